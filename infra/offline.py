@@ -1,0 +1,167 @@
+"""Run the Pulumi program offline under Pulumi's own mocks and record what it declares.
+
+The same `program.declare()` that `pulumi up` runs is executed with `preview=False`, so
+every `apply` runs and every input is known; the mocks stand in for the engine only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from infra.settings import PROJECT, read_stack_config
+
+KUBERNETES_PREFIX = "kubernetes:"
+PROVIDER_PREFIX = "pulumi:providers:"
+# Kinds the provider replaces, with a fresh auto-name, when their data changes
+# (pulumi-kubernetes provider/pkg/provider/diff.go; `enableConfigMapMutable` turns it off).
+REPLACED_ON_DATA_CHANGE = ("kubernetes:core/v1:ConfigMap", "kubernetes:core/v1:Secret")
+
+
+@dataclass(frozen=True)
+class DeclaredResource:
+    """One resource the program registered: identity, parent and the inputs it was given."""
+
+    urn: str
+    type: str
+    name: str
+    parent: str | None
+    custom: bool
+    inputs: dict[str, Any]
+    state: dict[str, Any]
+
+    @property
+    def is_kubernetes_object(self) -> bool:
+        return self.custom and self.type.startswith(KUBERNETES_PREFIX)
+
+    @property
+    def kind(self) -> str:
+        return self.type.rsplit(":", 1)[-1]
+
+    @property
+    def object(self) -> dict[str, Any]:
+        """The Kubernetes object as the provider would send it: inputs plus the auto-name."""
+        return self.state
+
+
+@dataclass
+class OfflineRun:
+    """Everything one offline run of one stack declared, in registration order."""
+
+    stack: str
+    resources: list[DeclaredResource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def by_urn(self) -> dict[str, DeclaredResource]:
+        return {r.urn: r for r in self.resources}
+
+    def kubernetes_objects(self) -> list[DeclaredResource]:
+        return [r for r in self.resources if r.is_kubernetes_object]
+
+    def find(self, type_: str, name: str) -> DeclaredResource:
+        for resource in self.resources:
+            if resource.type == type_ and resource.name == name:
+                return resource
+        raise KeyError(f"{type_} {name} not declared")
+
+
+def auto_name(resource_name: str, seed: str) -> str:
+    """What pulumi-kubernetes auto-naming produces (`<name>-<8 hex>`), deterministic per seed."""
+    return f"{resource_name}-{hashlib.sha256(seed.encode()).hexdigest()[:8]}"
+
+
+class _Mocks(pulumi_mocks.Mocks):
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict]:
+        state = dict(args.inputs)
+        if args.custom and args.typ.startswith(KUBERNETES_PREFIX):
+            metadata = dict(state.get("metadata") or {})
+            if not metadata.get("name"):
+                seed = f"{args.typ}::{args.name}"
+                if args.typ in REPLACED_ON_DATA_CHANGE:
+                    seed += json.dumps([state.get("data"), state.get("binaryData")], sort_keys=True)
+                metadata["name"] = auto_name(args.name, seed)
+            state["metadata"] = metadata
+            return f"{metadata.get('namespace', '')}/{metadata['name']}".lstrip("/"), state
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict, None]:
+        raise NotImplementedError(f"the program makes no calls, got {args.token}")
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    """MockMonitor that also keeps each registration's parent and inputs."""
+
+    def __init__(self, mocks: pulumi_mocks.Mocks):
+        super().__init__(mocks)
+        self.declared: list[DeclaredResource] = []
+
+    def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        registration = self.resources[response.urn]
+        self.declared.append(
+            DeclaredResource(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                parent=request.parent or None,
+                custom=bool(request.custom),
+                inputs=integral_numbers(rpc.deserialize_properties(request.object)),
+                state=integral_numbers(registration.state),
+            )
+        )
+        return response
+
+
+def integral_numbers(value: Any) -> Any:
+    """Pulumi's wire format carries every number as a double; give whole numbers back as ints,
+    as the provider does when it serialises the object to JSON for the API server."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral_numbers(v) for v in value]
+    return value
+
+
+def config_strings(config: dict[str, Any]) -> dict[str, str]:
+    """Stack-file values as the engine hands them to a program: strings, objects as JSON."""
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
+
+
+def run_stack(root: Path, stack: str) -> OfflineRun:
+    """Run the program for `stack` of the project at `root`; raises ConfigError on bad input."""
+    from infra import program
+
+    config = read_stack_config(root, stack)
+    mocks = _Mocks()
+    monitor = _RecordingMonitor(mocks)
+    # A fresh root Stack resource per run, so URNs carry this stack's name.
+    pulumi_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(config_strings(config), secret_keys=[])
+    pulumi_settings.SETTINGS.rpc_manager.clear()
+    pulumi_settings.SETTINGS.outputs.clear()
+    run = OfflineRun(stack=stack)
+
+    async def program_and_outputs() -> None:
+        program.declare(program.read_settings(), root)
+        stack_resource = pulumi_settings.get_root_resource()
+        for name, value in stack_resource.outputs.items():  # type: ignore[union-attr]
+            run.outputs[name] = await pulumi.Output.from_input(value).future()
+
+    _sync_await(run_pulumi_func(program_and_outputs))
+    run.resources = list(monitor.declared)
+    return run

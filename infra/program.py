@@ -1,0 +1,73 @@
+"""The Pulumi program: stack config and manifests in, one Platform and a ModelDeployment per model out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.components import ModelDeployment, Platform
+from infra.errors import ConfigError
+from infra.manifest import load_manifests, served_in
+from infra.settings import PROJECT, STRING_KEYS, StackSettings, settings_from_config, stack_file, stack_names
+from infra.workload import rest_url
+
+
+def read_settings() -> StackSettings:
+    """The only place config is read: `model-serving:*` of the running stack."""
+    stack = pulumi.get_stack()
+    config = pulumi.Config(PROJECT)
+
+    def get(key: str) -> object:
+        # Structured config reaches the program as JSON text; plain strings as they are.
+        return config.get(key) if key in STRING_KEYS else config.get_object(key)
+
+    return settings_from_config(stack, get, f"stacks/{stack_file(Path('.'), stack).name}")
+
+
+def provider(settings: StackSettings) -> k8s.Provider:
+    target = settings.kubernetes
+    return k8s.Provider(
+        "kubernetes",
+        context=target.context,
+        kubeconfig=target.kubeconfig,
+        # renderYamlToDirectory writes manifests instead of talking to a cluster (provider docs:
+        # "resources will not be created on a Kubernetes cluster"); the local stack uses it.
+        render_yaml_to_directory=target.render_dir,
+        # Server-side apply is the provider's default since v4; keep it explicit.
+        enable_server_side_apply=True,
+    )
+
+
+def declare(settings: StackSettings, root: Path) -> None:
+    """Declare everything for one stack; raises ConfigError before declaring anything if input is bad."""
+    manifests = load_manifests(root, environments=stack_names(root) or None)
+    served = served_in(manifests, settings.environment)
+    k8s_provider = provider(settings)
+    platform = Platform("platform", settings, opts=pulumi.ResourceOptions(providers=[k8s_provider]))
+    exported = {}
+    for model in served:
+        ModelDeployment(
+            model.name,
+            model,
+            settings,
+            platform.namespace_name,
+            opts=pulumi.ResourceOptions(providers=[k8s_provider], depends_on=[platform]),
+        )
+        exported[model.name] = {"url": rest_url(model.name, settings), "versions": dict(model.version_labels)}
+    pulumi.export("namespace", platform.namespace_name)
+    pulumi.export("models", exported)
+
+
+def main(root: Path | None = None) -> None:
+    """Entry point for `pulumi preview/up` (via the root `__main__.py`) and the offline plan."""
+    root = root or Path.cwd()
+    try:
+        settings = read_settings()
+        declare(settings, root)
+    except ConfigError as exc:
+        for item in exc.errors:
+            pulumi.log.error(str(item))
+        # RunError: Pulumi reports the message without a Python traceback.
+        raise pulumi.RunError(f"{len(exc.errors)} invalid manifest or stack setting(s); nothing declared") from None

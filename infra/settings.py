@@ -1,0 +1,298 @@
+"""Stack settings: the `model-serving:*` config of one stack, validated once into `StackSettings`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from infra.errors import ConfigError, ErrorItem, FieldProblems, pydantic_errors
+
+PROJECT = "model-serving"
+STACKS_DIR = "stacks"
+STACK_FILE_PREFIX = "Pulumi."
+STACK_FILE_SUFFIX = ".yaml"
+# Keys of a stack file's `config:` that belong to Pulumi itself or to providers we do not
+# configure through stack config; they are passed through untouched.
+PASSTHROUGH_NAMESPACES = ("pulumi",)
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+BUCKET_NAME = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+KEY_PREFIX = r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$"
+CIDR = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$"
+# docker/distribution reference grammar (reference/regexp.go), reduced to what we accept.
+IMAGE_REFERENCE = re.compile(
+    r"^(?P<repository>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+# An exact release: 2.19.1, v1.2.3, 2.17.0-gpu. `latest`, `2`, `2.19` float and are refused.
+EXACT_VERSION_TAG = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][A-Za-z0-9_.-]+)?$")
+
+DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
+Hostname = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=253)]
+
+
+class Settings(BaseModel):
+    """Base of the settings models: immutable, camelCase keys as Pulumi config spells them."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, alias_generator=to_camel, populate_by_name=False
+    )
+
+
+class KubernetesTarget(Settings):
+    context: str | None = Field(default=None, description="kubeconfig context of the target cluster.")
+    kubeconfig: str | None = Field(default=None, description="Path to a kubeconfig file; default: the usual lookup.")
+    render_dir: str | None = Field(
+        default=None,
+        description="Render manifests to this directory instead of applying them (no cluster needed).",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> KubernetesTarget:
+        if self.render_dir is None and self.context is None and self.kubeconfig is None:
+            raise FieldProblems(
+                [("", "name a cluster (`context` or `kubeconfig`) or a `renderDir`; refusing to guess the current context")]
+            )
+        if self.render_dir is not None and (self.context is not None or self.kubeconfig is not None):
+            raise FieldProblems([("renderDir", "a rendering stack talks to no cluster; drop `context`/`kubeconfig`")])
+        return self
+
+
+class RouteKind(str, Enum):
+    gateway = "gateway"
+    ingress = "ingress"
+
+
+class GatewaySettings(Settings):
+    create: bool = Field(default=True, description="Declare a Gateway for the stack's host in the namespace.")
+    name: DnsLabel = Field(default="models", description="Gateway name (declared or existing).")
+    namespace: DnsLabel | None = Field(default=None, description="Namespace of an existing Gateway.")
+    class_name: DnsLabel | None = Field(default=None, description="GatewayClass of the declared Gateway.")
+    listener: DnsLabel = Field(default="https", description="Listener (sectionName) routes attach to.")
+
+    @model_validator(mode="after")
+    def _class_when_created(self) -> GatewaySettings:
+        if self.create and self.class_name is None:
+            raise FieldProblems([("className", "required when the stack declares its Gateway (create: true)")])
+        if self.create and self.namespace is not None:
+            raise FieldProblems([("namespace", "a declared Gateway lives in the stack's namespace; drop it")])
+        return self
+
+
+class RoutingSettings(Settings):
+    kind: RouteKind = Field(default=RouteKind.gateway, strict=False, description="gateway (HTTPRoute) or ingress.")
+    host: Hostname = Field(description="Host name models are served on.")
+    tls_secret_name: DnsLabel | None = Field(default=None, description="Secret holding the host's TLS certificate.")
+    gateway: GatewaySettings | None = None
+    ingress_class_name: DnsLabel | None = Field(default=None, description="IngressClass (kind: ingress).")
+    controller_namespace: DnsLabel = Field(
+        description="Namespace of the Gateway/Ingress controller's proxies, allowed through the NetworkPolicy."
+    )
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> RoutingSettings:
+        problems = []
+        if self.kind is RouteKind.gateway:
+            if self.gateway is None:
+                problems.append(("gateway", "required when kind is gateway"))
+            elif self.gateway.create and self.tls_secret_name is None:
+                problems.append(("tlsSecretName", "required: the declared Gateway terminates TLS for the host"))
+            if self.ingress_class_name is not None:
+                problems.append(("ingressClassName", "only used when kind is ingress"))
+        else:
+            if self.ingress_class_name is None:
+                problems.append(("ingressClassName", "required when kind is ingress"))
+            if self.gateway is not None:
+                problems.append(("gateway", "only used when kind is gateway"))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+
+class ObjectStoreSettings(Settings):
+    bucket: Annotated[str, StringConstraints(pattern=BUCKET_NAME)] = Field(description="Bucket holding model versions.")
+    prefix: Annotated[str, StringConstraints(pattern=KEY_PREFIX)] = Field(description="Key prefix of all models.")
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]+$")] = Field(description="Region of the bucket.")
+    endpoint: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] | None = Field(
+        default=None, description="S3-compatible endpoint URL (MinIO, ...); AWS S3 when absent."
+    )
+    credentials_secret: DnsLabel | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the fetcher; "
+        "absent: the pod's workload identity (IRSA) or the node role.",
+    )
+    egress_cidrs: tuple[Annotated[str, StringConstraints(pattern=CIDR)], ...] = Field(
+        default=("0.0.0.0/0",), strict=False, description="Where the fetcher may connect to reach the store."
+    )
+    port: int = Field(default=443, ge=1, le=65535, description="TCP port of the store, for the NetworkPolicy.")
+
+    def url(self, path: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}/{path}"
+
+
+class ImageSettings(Settings):
+    serving: str = Field(description="TensorFlow Serving image, pinned to an exact version or digest.")
+    fetcher: str = Field(description="Init image that copies versions from the store (needs aws CLI, sh, sha256sum).")
+    require_digest: bool = Field(default=False, description="Refuse images not pinned by digest.")
+
+    @model_validator(mode="after")
+    def _pinned(self) -> ImageSettings:
+        problems = []
+        for field in ("serving", "fetcher"):
+            problem = image_pin_problem(getattr(self, field), self.require_digest)
+            if problem:
+                problems.append((field, problem))
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+
+def image_pin_problem(reference: str, require_digest: bool) -> str | None:
+    """Why `reference` is not an acceptably pinned image, or None."""
+    match = IMAGE_REFERENCE.match(reference)
+    if not match:
+        return f"Got {reference!r}; expected registry/repository:tag[@sha256:digest]"
+    tag, digest = match["tag"], match["digest"]
+    if require_digest and digest is None:
+        return f"Got {reference!r}; this stack requires images pinned by digest (@sha256:...)"
+    if digest is None and (tag is None or not EXACT_VERSION_TAG.match(tag)):
+        return f"Got {reference!r}; pin an exact version tag (e.g. :2.19.1) or a digest, never a floating tag"
+    return None
+
+
+class MonitoringSettings(Settings):
+    prometheus_namespace: DnsLabel | None = Field(
+        default=None, description="Namespace whose Prometheus may scrape the REST port."
+    )
+
+
+class StackSettings(Settings):
+    """Everything the program needs from one stack's config, read once in `program.main()`."""
+
+    stack: DnsLabel = Field(description="Stack name.")
+    environment: DnsLabel = Field(description="Which `environments.<env>` of the manifests this stack serves.")
+    namespace: DnsLabel = Field(description="Namespace the models run in.")
+    kubernetes: KubernetesTarget
+    routing: RoutingSettings
+    object_store: ObjectStoreSettings
+    images: ImageSettings
+    monitoring: MonitoringSettings = MonitoringSettings()
+    service_account_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations on every model ServiceAccount (e.g. an IRSA role ARN)."
+    )
+
+    @property
+    def rendering(self) -> bool:
+        return self.kubernetes.render_dir is not None
+
+
+# Config keys of this project, as written in a stack file after `model-serving:`.
+CONFIG_KEYS = tuple(
+    info.alias or name for name, info in StackSettings.model_fields.items() if name != "stack"
+)
+
+
+# Keys whose value is a plain string; every other key holds an object (Pulumi structured config).
+STRING_KEYS = ("environment", "namespace")
+
+
+def settings_from_config(stack: str, get: Callable[[str], Any], file: str) -> StackSettings:
+    """Build StackSettings from config values; `get(key)` returns a key's value or None."""
+    values: dict[str, Any] = {"stack": stack}
+    for key in CONFIG_KEYS:
+        value = get(key)
+        if value is not None:
+            values[key] = value
+    values.setdefault("environment", stack)
+    try:
+        return StackSettings.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_config_paths(pydantic_errors(file, exc))) from None
+
+
+def _config_paths(items: list[ErrorItem]) -> list[ErrorItem]:
+    """`objectStore.bucket` -> `config.model-serving:objectStore.bucket`, as the key is written in the file."""
+    fixed = []
+    for item in items:
+        path = f"config.{PROJECT}:{item.field}" if item.field else "config"
+        fixed.append(ErrorItem(item.file, path, item.message))
+    return fixed
+
+
+def stack_file(root: Path, stack: str) -> Path:
+    return root / STACKS_DIR / f"{STACK_FILE_PREFIX}{stack}{STACK_FILE_SUFFIX}"
+
+
+def stack_names(root: Path) -> list[str]:
+    """Stacks that have a file under `stacks/`, in name order."""
+    directory = root / STACKS_DIR
+    if not directory.is_dir():
+        return []
+    return sorted(
+        p.name[len(STACK_FILE_PREFIX) : -len(STACK_FILE_SUFFIX)]
+        for p in directory.glob(f"{STACK_FILE_PREFIX}*{STACK_FILE_SUFFIX}")
+    )
+
+
+def read_stack_config(root: Path, stack: str) -> dict[str, Any]:
+    """The `config:` mapping of a stack file, keys as written (`model-serving:namespace`)."""
+    from infra.manifest import read_yaml
+
+    path = stack_file(root, stack)
+    display = f"{STACKS_DIR}/{path.name}"
+    if not path.is_file():
+        raise ConfigError([ErrorItem(display, "", f"no such stack file (stacks are {', '.join(stack_names(root)) or 'none'})")])
+    document = read_yaml(path, display)
+    if not isinstance(document, dict):
+        raise ConfigError([ErrorItem(display, "", f"expected a mapping with `config:`, got {type(document).__name__}")])
+    unknown = sorted(set(document) - {"config", "secretsprovider", "encryptedkey", "encryptionsalt", "environment"})
+    if unknown:
+        raise ConfigError([ErrorItem(display, k, "unknown top-level key of a Pulumi stack file") for k in unknown])
+    config = document.get("config")
+    if not isinstance(config, dict):
+        raise ConfigError([ErrorItem(display, "config", "expected a mapping of config keys")])
+    errors = []
+    for key in config:
+        namespace = str(key).split(":", 1)[0] if ":" in str(key) else None
+        if namespace is None:
+            errors.append(ErrorItem(display, f"config.{key}", f"config keys are namespaced: `{PROJECT}:{key}`?"))
+        elif namespace == PROJECT:
+            name = str(key).split(":", 1)[1]
+            if name not in CONFIG_KEYS:
+                errors.append(
+                    ErrorItem(display, f"config.{key}", f"unknown setting; known: {', '.join(CONFIG_KEYS)}")
+                )
+            elif _is_secure(config[key]):
+                errors.append(
+                    ErrorItem(display, f"config.{key}", "must not be a secret: settings here end up in plain manifests")
+                )
+        elif namespace not in PASSTHROUGH_NAMESPACES:
+            errors.append(
+                ErrorItem(display, f"config.{key}", f"unknown config namespace {namespace!r}; this project reads `{PROJECT}:`")
+            )
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def _is_secure(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return set(value) == {"secure"} or any(_is_secure(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_is_secure(v) for v in value)
+    return False
+
+
+def load_stack_settings(root: Path, stack: str) -> StackSettings:
+    """Read and validate `stacks/Pulumi.<stack>.yaml`."""
+    config = read_stack_config(root, stack)
+    display = f"{STACKS_DIR}/{stack_file(root, stack).name}"
+    return settings_from_config(stack, lambda key: config.get(f"{PROJECT}:{key}"), display)

@@ -1,0 +1,489 @@
+"""Pure builders of one model's Kubernetes objects: typed pulumi-kubernetes *Args, no resources."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import tfserving
+from infra.manifest import LABEL_STABLE, ServedModel
+from infra.settings import RouteKind, StackSettings
+
+SERVING_CONTAINER = "tfserving"
+FETCHER_CONTAINER = "fetch-models"
+# A UID/GID above 10000 keeps clear of host users (kube-score, checkov CKV_K8S_40).
+RUN_AS_USER = 65532
+CONFIG_VOLUME = "config"
+MODELS_VOLUME = "models"
+TMP_VOLUME = "tmp"
+TMP_SIZE = "64Mi"
+CONFIG_HASH_ANNOTATION = "model-serving.dev/config-hash"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
+# Long enough for endpoints to drop the pod before the server stops taking requests.
+PRE_STOP_SLEEP_SECONDS = 10
+TERMINATION_GRACE_SECONDS = 45
+# Loading a large SavedModel can take minutes; the startup probe allows 5 s x 120.
+STARTUP_FAILURE_THRESHOLD = 120
+FETCHER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
+SCALE_DOWN_STABILIZATION_SECONDS = 300
+DNS_PORT = 53
+
+
+def selector_labels(model_name: str) -> dict[str, str]:
+    """Labels that select a model's pods; part of the Deployment selector, so never change them."""
+    return {"app.kubernetes.io/name": "tensorflow-serving", "app.kubernetes.io/instance": model_name}
+
+
+def common_labels(model_name: str) -> dict[str, str]:
+    return selector_labels(model_name) | {
+        "app.kubernetes.io/component": "model-server",
+        "app.kubernetes.io/part-of": "model-serving",
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def metadata(model_name: str, namespace: pulumi.Input[str], name: str | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+    """Object metadata; `name` only where a stable name matters, otherwise Pulumi auto-names."""
+    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=common_labels(model_name))
+
+
+def restricted_security_context() -> k8s.core.v1.SecurityContextArgs:
+    """Container context meeting the `restricted` Pod Security Standard and a read-only root."""
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False,
+        privileged=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        run_as_user=RUN_AS_USER,
+        run_as_group=RUN_AS_USER,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def service_account(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
+    """ServiceAccount kwargs; named after the model so a workload-identity role can trust it."""
+    meta = metadata(model.name, namespace, name=model.name)
+    meta.annotations = dict(settings.service_account_annotations) or None
+    # The pod mounts no API token: the server never talks to the Kubernetes API.
+    return {"metadata": meta, "automount_service_account_token": False}
+
+
+def config_map(model: ServedModel, files: dict[str, str], namespace: pulumi.Input[str]) -> dict[str, Any]:
+    """ConfigMap kwargs. Auto-named: pulumi-kubernetes replaces a ConfigMap whose data changes
+    (provider/pkg/provider/diff.go, unless enableConfigMapMutable), so the new name flows into
+    the pod template and the Deployment rolls out, awaited by Pulumi."""
+    return {"metadata": metadata(model.name, namespace), "data": dict(files), "immutable": True}
+
+
+def _http_probe(path: str, period: int, failure_threshold: int, timeout: int = 5) -> k8s.core.v1.ProbeArgs:
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port="http"),
+        period_seconds=period,
+        timeout_seconds=timeout,
+        failure_threshold=failure_threshold,
+    )
+
+
+def fetch_args(model: ServedModel) -> list[str]:
+    """`VERSION=DIGEST` per served version: what the init container copies and verifies."""
+    return [f"{v}={model.digest(v)}" for v in model.served_versions]
+
+
+def fetcher_container(model: ServedModel, settings: StackSettings) -> k8s.core.v1.ContainerArgs:
+    store = settings.object_store
+    env = [
+        k8s.core.v1.EnvVarArgs(name="MODEL_SOURCE", value=store.url(model.manifest.artifact.path)),
+        k8s.core.v1.EnvVarArgs(name="MODEL_DIR", value=tfserving.model_base_path(model.name)),
+        k8s.core.v1.EnvVarArgs(name="AWS_REGION", value=store.region),
+        # The aws CLI writes its cache under $HOME; the root filesystem is read-only.
+        k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),
+    ]
+    if store.endpoint:
+        env.append(k8s.core.v1.EnvVarArgs(name="S3_ENDPOINT", value=store.endpoint))
+    env_from = None
+    if store.credentials_secret:
+        env_from = [k8s.core.v1.EnvFromSourceArgs(secret_ref=k8s.core.v1.SecretEnvSourceArgs(name=store.credentials_secret))]
+    return k8s.core.v1.ContainerArgs(
+        name=FETCHER_CONTAINER,
+        image=settings.images.fetcher,
+        image_pull_policy=_pull_policy(settings.images.fetcher),
+        command=["/bin/sh", f"{tfserving.CONFIG_DIR}/{tfserving.FETCH_SCRIPT}"],
+        args=fetch_args(model),
+        env=env,
+        env_from=env_from,
+        resources=k8s.core.v1.ResourceRequirementsArgs(**FETCHER_RESOURCES),
+        security_context=restricted_security_context(),
+        volume_mounts=[
+            k8s.core.v1.VolumeMountArgs(name=MODELS_VOLUME, mount_path=tfserving.MODELS_ROOT),
+            k8s.core.v1.VolumeMountArgs(name=CONFIG_VOLUME, mount_path=tfserving.CONFIG_DIR, read_only=True),
+            k8s.core.v1.VolumeMountArgs(name=TMP_VOLUME, mount_path="/tmp"),
+        ],
+    )
+
+
+def _pull_policy(image: str) -> str:
+    # A digest cannot change under us; a tag is re-checked so a re-pushed tag is noticed.
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
+def serving_container(model: ServedModel, settings: StackSettings) -> k8s.core.v1.ContainerArgs:
+    resources = model.serving.resources
+    stable = model.version_labels[LABEL_STABLE]
+    # Metadata of a version answers 200 only once it is loaded (NotFound -> 404 otherwise,
+    # model_servers/http_server.cc), so readiness means "the stable version serves".
+    ready_path = f"/v1/models/{model.name}/versions/{stable}/metadata"
+    return k8s.core.v1.ContainerArgs(
+        name=SERVING_CONTAINER,
+        image=settings.images.serving,
+        image_pull_policy=_pull_policy(settings.images.serving),
+        command=[tfserving.SERVER_BINARY],
+        args=tfserving.server_args(model),
+        ports=[
+            k8s.core.v1.ContainerPortArgs(name="grpc", container_port=tfserving.GRPC_PORT, protocol="TCP"),
+            k8s.core.v1.ContainerPortArgs(name="http", container_port=tfserving.REST_PORT, protocol="TCP"),
+        ],
+        startup_probe=_http_probe(ready_path, period=5, failure_threshold=STARTUP_FAILURE_THRESHOLD),
+        readiness_probe=_http_probe(ready_path, period=5, failure_threshold=2),
+        liveness_probe=_http_probe(f"/v1/models/{model.name}", period=10, failure_threshold=3),
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": resources.cpu, "memory": resources.memory},
+            limits={"cpu": resources.cpu_limit or resources.cpu, "memory": resources.memory_limit or resources.memory},
+        ),
+        # Keep serving while endpoints drop this pod, so a rollout loses no request.
+        lifecycle=k8s.core.v1.LifecycleArgs(
+            pre_stop=k8s.core.v1.LifecycleHandlerArgs(sleep=k8s.core.v1.SleepActionArgs(seconds=PRE_STOP_SLEEP_SECONDS))
+        ),
+        security_context=restricted_security_context(),
+        volume_mounts=[
+            k8s.core.v1.VolumeMountArgs(name=MODELS_VOLUME, mount_path=tfserving.MODELS_ROOT, read_only=True),
+            k8s.core.v1.VolumeMountArgs(name=CONFIG_VOLUME, mount_path=tfserving.CONFIG_DIR, read_only=True),
+            k8s.core.v1.VolumeMountArgs(name=TMP_VOLUME, mount_path="/tmp"),
+        ],
+    )
+
+
+def deployment(
+    model: ServedModel,
+    settings: StackSettings,
+    namespace: pulumi.Input[str],
+    config_map_name: pulumi.Input[str],
+    config_hash: str,
+    service_account_name: pulumi.Input[str],
+) -> dict[str, Any]:
+    """Deployment kwargs: init container fetches, server serves, rolling update never drops capacity."""
+    labels = common_labels(model.name)
+    pod_spec = k8s.core.v1.PodSpecArgs(
+        service_account_name=service_account_name,
+        automount_service_account_token=False,
+        enable_service_links=False,
+        termination_grace_period_seconds=TERMINATION_GRACE_SECONDS,
+        security_context=k8s.core.v1.PodSecurityContextArgs(
+            run_as_non_root=True,
+            run_as_user=RUN_AS_USER,
+            run_as_group=RUN_AS_USER,
+            fs_group=RUN_AS_USER,
+            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+        ),
+        init_containers=[fetcher_container(model, settings)],
+        containers=[serving_container(model, settings)],
+        volumes=[
+            k8s.core.v1.VolumeArgs(
+                name=MODELS_VOLUME,
+                empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=model.serving.resources.model_storage),
+            ),
+            k8s.core.v1.VolumeArgs(
+                name=CONFIG_VOLUME,
+                config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map_name, default_mode=0o444),
+            ),
+            k8s.core.v1.VolumeArgs(name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=TMP_SIZE)),
+        ],
+        topology_spread_constraints=[
+            k8s.core.v1.TopologySpreadConstraintArgs(
+                max_skew=1,
+                topology_key="kubernetes.io/hostname",
+                when_unsatisfiable="ScheduleAnyway",
+                label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
+            )
+        ],
+    )
+    spec = k8s.apps.v1.DeploymentSpecArgs(
+        # No `replicas`: the HorizontalPodAutoscaler owns the count, and a value here would
+        # reset it on every `pulumi up`.
+        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
+        strategy=k8s.apps.v1.DeploymentStrategyArgs(
+            type="RollingUpdate",
+            rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1),
+        ),
+        min_ready_seconds=5,
+        revision_history_limit=5,
+        progress_deadline_seconds=900,
+        template=k8s.core.v1.PodTemplateSpecArgs(
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                labels=labels,
+                annotations={
+                    CONFIG_HASH_ANNOTATION: config_hash,
+                    "kubectl.kubernetes.io/default-container": SERVING_CONTAINER,
+                },
+            ),
+            spec=pod_spec,
+        ),
+    )
+    return {"metadata": metadata(model.name, namespace), "spec": spec}
+
+
+def service(model: ServedModel, namespace: pulumi.Input[str]) -> dict[str, Any]:
+    """Service kwargs, named after the model: clients and routes use a stable DNS name."""
+    return {
+        "metadata": metadata(model.name, namespace, name=model.name),
+        "spec": k8s.core.v1.ServiceSpecArgs(
+            type="ClusterIP",
+            selector=selector_labels(model.name),
+            ports=[
+                k8s.core.v1.ServicePortArgs(
+                    name="grpc", port=tfserving.GRPC_PORT, target_port="grpc", protocol="TCP", app_protocol="kubernetes.io/h2c"
+                ),
+                k8s.core.v1.ServicePortArgs(
+                    name="http", port=tfserving.REST_PORT, target_port="http", protocol="TCP", app_protocol="http"
+                ),
+            ],
+        ),
+    }
+
+
+def autoscaler(model: ServedModel, namespace: pulumi.Input[str], deployment_name: pulumi.Input[str]) -> dict[str, Any]:
+    scaling = model.serving.autoscaling
+    return {
+        "metadata": metadata(model.name, namespace),
+        "spec": k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+            scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+                api_version="apps/v1", kind="Deployment", name=deployment_name
+            ),
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            metrics=[
+                k8s.autoscaling.v2.MetricSpecArgs(
+                    type="Resource",
+                    resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                        name="cpu",
+                        target=k8s.autoscaling.v2.MetricTargetArgs(
+                            type="Utilization", average_utilization=scaling.target_cpu_utilization
+                        ),
+                    ),
+                )
+            ],
+            behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
+                scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(
+                    stabilization_window_seconds=SCALE_DOWN_STABILIZATION_SECONDS,
+                    policies=[k8s.autoscaling.v2.HPAScalingPolicyArgs(type="Pods", value=1, period_seconds=60)],
+                ),
+            ),
+        ),
+    }
+
+
+def disruption_budget(model: ServedModel, namespace: pulumi.Input[str]) -> dict[str, Any]:
+    return {
+        "metadata": metadata(model.name, namespace),
+        "spec": k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+            max_unavailable=1,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
+            # A pod stuck unready (e.g. a failed fetch) must not block node drains.
+            unhealthy_pod_eviction_policy="AlwaysAllow",
+        ),
+    }
+
+
+def _namespace_peer(name: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
+    return k8s.networking.v1.NetworkPolicyPeerArgs(
+        namespace_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"kubernetes.io/metadata.name": name})
+    )
+
+
+def _tcp(port: int) -> k8s.networking.v1.NetworkPolicyPortArgs:
+    return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=port)
+
+
+def network_policy(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
+    """What a model's pods may talk to, on top of the namespace's default deny."""
+    serving_ports = [_tcp(tfserving.GRPC_PORT), _tcp(tfserving.REST_PORT)]
+    ingress = [
+        # Clients in the namespace, and the route's proxies.
+        k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+            from_=[k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs())],
+            ports=serving_ports,
+        ),
+        k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+            from_=[_namespace_peer(settings.routing.controller_namespace)], ports=[_tcp(tfserving.REST_PORT)]
+        ),
+    ]
+    if settings.monitoring.prometheus_namespace:
+        ingress.append(
+            k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                from_=[_namespace_peer(settings.monitoring.prometheus_namespace)], ports=[_tcp(tfserving.REST_PORT)]
+            )
+        )
+    store = settings.object_store
+    egress = [
+        # The init container reaches the object store.
+        k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+            to=[k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c)) for c in store.egress_cidrs],
+            ports=[_tcp(store.port)],
+        )
+    ]
+    return {
+        "metadata": metadata(model.name, namespace),
+        "spec": k8s.networking.v1.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
+            policy_types=["Ingress", "Egress"],
+            ingress=ingress,
+            egress=egress,
+        ),
+    }
+
+
+def route_path(model_name: str) -> str:
+    return f"/v1/models/{model_name}"
+
+
+def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], service_name: pulumi.Input[str]) -> dict[str, Any]:
+    """Gateway API HTTPRoute kwargs (CustomResource): /v1/models/<name> on the host to the REST port."""
+    gateway = settings.routing.gateway
+    assert gateway is not None  # settings validation: kind gateway has gateway settings
+    parent: dict[str, Any] = {"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": gateway.name, "sectionName": gateway.listener}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    return {
+        "api_version": GATEWAY_API_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": metadata(model.name, namespace),
+        "spec": {
+            "parentRefs": [parent],
+            "hostnames": [settings.routing.host],
+            "rules": [
+                {
+                    # PathPrefix matches whole path elements: /v1/models/iris is not /v1/models/iris2.
+                    "matches": [{"path": {"type": "PathPrefix", "value": route_path(model.name)}}],
+                    "backendRefs": [{"name": service_name, "port": tfserving.REST_PORT}],
+                }
+            ],
+        },
+    }
+
+
+def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], service_name: pulumi.Input[str]) -> dict[str, Any]:
+    """networking.k8s.io/v1 Ingress kwargs, for clusters that still run an Ingress controller."""
+    routing = settings.routing
+    tls = None
+    if routing.tls_secret_name:
+        tls = [k8s.networking.v1.IngressTLSArgs(hosts=[routing.host], secret_name=routing.tls_secret_name)]
+    return {
+        "metadata": metadata(model.name, namespace),
+        "spec": k8s.networking.v1.IngressSpecArgs(
+            ingress_class_name=routing.ingress_class_name,
+            tls=tls,
+            rules=[
+                k8s.networking.v1.IngressRuleArgs(
+                    host=routing.host,
+                    http=k8s.networking.v1.HTTPIngressRuleValueArgs(
+                        paths=[
+                            k8s.networking.v1.HTTPIngressPathArgs(
+                                path=route_path(model.name),
+                                path_type="Prefix",
+                                backend=k8s.networking.v1.IngressBackendArgs(
+                                    service=k8s.networking.v1.IngressServiceBackendArgs(
+                                        name=service_name,
+                                        port=k8s.networking.v1.ServiceBackendPortArgs(name="http"),
+                                    )
+                                ),
+                            )
+                        ]
+                    ),
+                )
+            ],
+        ),
+    }
+
+
+def rest_url(model_name: str, settings: StackSettings) -> str:
+    scheme = "https" if settings.routing.tls_secret_name or settings.routing.kind is RouteKind.gateway else "http"
+    return f"{scheme}://{settings.routing.host}{route_path(model_name)}"
+
+
+# Platform objects ---------------------------------------------------------------------------
+
+
+def platform_labels() -> dict[str, str]:
+    return {"app.kubernetes.io/part-of": "model-serving", "app.kubernetes.io/managed-by": "pulumi"}
+
+
+def namespace(settings: StackSettings) -> dict[str, Any]:
+    """Namespace kwargs; the `restricted` Pod Security Standard is enforced, not just advised."""
+    labels = platform_labels() | {
+        f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")
+    }
+    return {"metadata": k8s.meta.v1.ObjectMetaArgs(name=settings.namespace, labels=labels)}
+
+
+def default_deny(namespace_name: pulumi.Input[str]) -> dict[str, Any]:
+    return {
+        "metadata": k8s.meta.v1.ObjectMetaArgs(namespace=namespace_name, labels=platform_labels()),
+        "spec": k8s.networking.v1.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]
+        ),
+    }
+
+
+def allow_dns(namespace_name: pulumi.Input[str]) -> dict[str, Any]:
+    """Every pod may resolve names through the cluster DNS (the fetcher needs the store's name)."""
+    return {
+        "metadata": k8s.meta.v1.ObjectMetaArgs(namespace=namespace_name, labels=platform_labels()),
+        "spec": k8s.networking.v1.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(),
+            policy_types=["Egress"],
+            egress=[
+                k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                    to=[
+                        k8s.networking.v1.NetworkPolicyPeerArgs(
+                            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                                match_labels={"kubernetes.io/metadata.name": "kube-system"}
+                            ),
+                            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}),
+                        )
+                    ],
+                    ports=[
+                        k8s.networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=DNS_PORT),
+                        k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=DNS_PORT),
+                    ],
+                )
+            ],
+        ),
+    }
+
+
+def gateway(settings: StackSettings, namespace_name: pulumi.Input[str]) -> dict[str, Any]:
+    """Gateway kwargs: one HTTPS listener for the stack's host, routes from this namespace only."""
+    routing = settings.routing
+    assert routing.gateway is not None and routing.tls_secret_name is not None
+    return {
+        "api_version": GATEWAY_API_VERSION,
+        "kind": "Gateway",
+        "metadata": k8s.meta.v1.ObjectMetaArgs(name=routing.gateway.name, namespace=namespace_name, labels=platform_labels()),
+        "spec": {
+            "gatewayClassName": routing.gateway.class_name,
+            "listeners": [
+                {
+                    "name": routing.gateway.listener,
+                    "protocol": "HTTPS",
+                    "port": 443,
+                    "hostname": routing.host,
+                    "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": routing.tls_secret_name}]},
+                    "allowedRoutes": {"namespaces": {"from": "Same"}},
+                }
+            ],
+        },
+    }
+

@@ -1,0 +1,1 @@
+"""`modelctl`: the operator CLI of the model-serving stack."""
