@@ -24,7 +24,9 @@ class Platform(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         namespace = k8s.core.v1.Namespace(f"{name}-namespace", **workload.namespace(settings), opts=child)
         self.namespace_name = namespace.metadata.name
-        k8s.networking.v1.NetworkPolicy(f"{name}-default-deny", **workload.default_deny(self.namespace_name), opts=child)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-default-deny", **workload.default_deny(self.namespace_name), opts=child
+        )
         k8s.networking.v1.NetworkPolicy(f"{name}-allow-dns", **workload.allow_dns(self.namespace_name), opts=child)
         gateway = settings.routing.gateway
         if settings.routing.kind is RouteKind.gateway and gateway is not None and gateway.create:

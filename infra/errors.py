@@ -28,7 +28,7 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
-class FieldProblems(ValueError):
+class FieldProblemsError(ValueError):
     """Raised inside a model validator to report problems at field paths relative to that model.
 
     Pydantic reports a model validator's error at the model's own location; this keeps
@@ -51,7 +51,7 @@ def pydantic_errors(file: str, exc: ValidationError, prefix: str = "") -> list[E
         loc = dotted(err["loc"])
         base = ".".join(p for p in (prefix, loc) if p)
         original = (err.get("ctx") or {}).get("error")
-        if isinstance(original, FieldProblems):
+        if isinstance(original, FieldProblemsError):
             for path, message in original.problems:
                 items.append(ErrorItem(file, ".".join(p for p in (base, path) if p), message))
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,10 +18,11 @@ from pydantic import (
     model_validator,
 )
 
-from infra.errors import ConfigError, ErrorItem, FieldProblems, pydantic_errors
+from infra.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
 
 MODELS_DIR = "models"
-MANIFEST_SUFFIX = ".yaml"
+# `.yml` files are read too, so a stray copy cannot shadow a manifest unnoticed.
+MANIFEST_SUFFIXES = (".yaml", ".yml")
 SCHEMA_FILE = "manifest.schema.json"
 
 # A model name is a TF-Serving model name, a URL segment and the stable name of its
@@ -44,9 +45,7 @@ DEFAULT_MODEL_STORAGE = "2Gi"
 DEFAULT_NUM_BATCH_THREADS = 4
 DEFAULT_MAX_ENQUEUED_BATCHES = 100
 
-ModelName = Annotated[
-    str, StringConstraints(pattern=MODEL_NAME_PATTERN, min_length=1, max_length=MODEL_NAME_MAX)
-]
+ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN, min_length=1, max_length=MODEL_NAME_MAX)]
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
 Digest = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
@@ -59,7 +58,7 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
-class Goal(str, Enum):
+class Goal(StrEnum):
     """Which direction of the promotion metric is better."""
 
     maximize = "maximize"
@@ -112,13 +111,17 @@ class Autoscaling(Frozen):
     min_replicas: int = Field(ge=1, strict=True, description="Fewest serving pods.")
     max_replicas: int = Field(ge=1, strict=True, description="Most serving pods.")
     target_cpu_utilization: int = Field(
-        default=DEFAULT_TARGET_CPU, ge=1, le=100, strict=True, description="Average CPU utilisation (% of request) the HPA aims for."
+        default=DEFAULT_TARGET_CPU,
+        ge=1,
+        le=100,
+        strict=True,
+        description="Average CPU utilisation (% of request) the HPA aims for.",
     )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
-            raise FieldProblems(
+            raise FieldProblemsError(
                 [("min_replicas", f"Got {self.min_replicas}, greater than max_replicas {self.max_replicas}")]
             )
         return self
@@ -164,7 +167,7 @@ class EnvironmentServing(Frozen):
     @model_validator(mode="after")
     def _labels_unique(self) -> EnvironmentServing:
         if self.canary is not None and self.canary == self.stable:
-            raise FieldProblems(
+            raise FieldProblemsError(
                 [("canary", f"Got {self.canary}, the stable version too; a version carries one label")]
             )
         return self
@@ -204,10 +207,10 @@ class ModelManifest(Frozen):
                     )
             try:
                 self.serving_for(env)
-            except FieldProblems as exc:
+            except FieldProblemsError as exc:
                 problems.extend(exc.problems)
         if problems:
-            raise FieldProblems(problems)
+            raise FieldProblemsError(problems)
         return self
 
     def serving_for(self, env: str) -> Serving:
@@ -220,7 +223,7 @@ class ModelManifest(Frozen):
         if served.autoscaling is not None:
             merged = autoscaling.model_dump() | served.autoscaling.model_dump(exclude_none=True)
             if merged["min_replicas"] > merged["max_replicas"]:
-                raise FieldProblems(
+                raise FieldProblemsError(
                     [
                         (
                             f"environments.{env}.autoscaling",
@@ -279,9 +282,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen[key] = True
     return loader.construct_mapping(node, deep=deep)
 
@@ -297,10 +298,13 @@ def read_yaml(path: Path, display: str) -> Any:
         raise ConfigError([ErrorItem(display, "", f"cannot read file: {exc}")]) from None
     try:
         documents = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
+    except yaml.reader.ReaderError as exc:
+        message = f"invalid YAML at character {exc.position + 1}: unacceptable character {exc.character!r}"
+        raise ConfigError([ErrorItem(display, "", message)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
         raise ConfigError([ErrorItem(display, "", f"invalid YAML{where}: {problem}")]) from None
     except RecursionError:
         raise ConfigError([ErrorItem(display, "", "invalid YAML: nesting too deep")]) from None
@@ -341,10 +345,11 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
     manifests: list[ModelManifest] = []
     origin: dict[str, str] = {}
     known = set(environments) if environments is not None else None
-    for path in sorted(models_dir.glob(f"*{MANIFEST_SUFFIX}")):
+    paths = sorted(p for p in models_dir.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+    for path in paths:
         display = f"{MODELS_DIR}/{path.name}"
         try:
-            manifest = parse_manifest(read_yaml(path, display), display, path.name[: -len(MANIFEST_SUFFIX)])
+            manifest = parse_manifest(read_yaml(path, display), display, path.stem)
         except ConfigError as exc:
             errors.extend(exc.errors)
             continue
@@ -399,4 +404,3 @@ __all__ = [
     "read_yaml",
     "served_in",
 ]
-

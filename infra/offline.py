@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class DeclaredResource:
     name: str
     parent: str | None
     custom: bool
+    provider: str | None
     inputs: dict[str, Any]
     state: dict[str, Any]
 
@@ -117,6 +119,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 name=request.name,
                 parent=request.parent or None,
                 custom=bool(request.custom),
+                provider=request.provider or None,
                 inputs=integral_numbers(rpc.deserialize_properties(request.object)),
                 state=integral_numbers(registration.state),
             )
@@ -141,8 +144,15 @@ def config_strings(config: dict[str, Any]) -> dict[str, str]:
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
 
 
-def run_stack(root: Path, stack: str) -> OfflineRun:
-    """Run the program for `stack` of the project at `root`; raises ConfigError on bad input."""
+def run_stack(
+    root: Path, stack: str, entry: Callable[[Path], None] | None = None, into: OfflineRun | None = None
+) -> OfflineRun:
+    """Run the program for `stack` of the project at `root`; raises ConfigError on bad input.
+
+    `entry` replaces the default `program.declare(program.read_settings(), root)`, e.g. with
+    `program.main` to exercise exactly what `pulumi up` runs. `into` receives what was
+    declared even when the run fails.
+    """
     from infra import program
 
     config = read_stack_config(root, stack)
@@ -154,14 +164,19 @@ def run_stack(root: Path, stack: str) -> OfflineRun:
     pulumi.runtime.set_all_config(config_strings(config), secret_keys=[])
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()
-    run = OfflineRun(stack=stack)
+    run = into if into is not None else OfflineRun(stack=stack)
 
     async def program_and_outputs() -> None:
-        program.declare(program.read_settings(), root)
+        if entry is None:
+            program.declare(program.read_settings(), root)
+        else:
+            entry(root)
         stack_resource = pulumi_settings.get_root_resource()
         for name, value in stack_resource.outputs.items():  # type: ignore[union-attr]
             run.outputs[name] = await pulumi.Output.from_input(value).future()
 
-    _sync_await(run_pulumi_func(program_and_outputs))
-    run.resources = list(monitor.declared)
+    try:
+        _sync_await(run_pulumi_func(program_and_outputs))
+    finally:
+        run.resources = list(monitor.declared)
     return run

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from infra.errors import ConfigError, ErrorItem, FieldProblems, pydantic_errors
+from infra.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
 
 PROJECT = "model-serving"
 STACKS_DIR = "stacks"
@@ -58,15 +58,23 @@ class KubernetesTarget(Settings):
     @model_validator(mode="after")
     def _one_target(self) -> KubernetesTarget:
         if self.render_dir is None and self.context is None and self.kubeconfig is None:
-            raise FieldProblems(
-                [("", "name a cluster (`context` or `kubeconfig`) or a `renderDir`; refusing to guess the current context")]
+            raise FieldProblemsError(
+                [
+                    (
+                        "",
+                        "name a cluster (`context` or `kubeconfig`) or a `renderDir`; "
+                        "refusing to guess the current context",
+                    )
+                ]
             )
         if self.render_dir is not None and (self.context is not None or self.kubeconfig is not None):
-            raise FieldProblems([("renderDir", "a rendering stack talks to no cluster; drop `context`/`kubeconfig`")])
+            raise FieldProblemsError(
+                [("renderDir", "a rendering stack talks to no cluster; drop `context`/`kubeconfig`")]
+            )
         return self
 
 
-class RouteKind(str, Enum):
+class RouteKind(StrEnum):
     gateway = "gateway"
     ingress = "ingress"
 
@@ -81,9 +89,9 @@ class GatewaySettings(Settings):
     @model_validator(mode="after")
     def _class_when_created(self) -> GatewaySettings:
         if self.create and self.class_name is None:
-            raise FieldProblems([("className", "required when the stack declares its Gateway (create: true)")])
+            raise FieldProblemsError([("className", "required when the stack declares its Gateway (create: true)")])
         if self.create and self.namespace is not None:
-            raise FieldProblems([("namespace", "a declared Gateway lives in the stack's namespace; drop it")])
+            raise FieldProblemsError([("namespace", "a declared Gateway lives in the stack's namespace; drop it")])
         return self
 
 
@@ -113,7 +121,7 @@ class RoutingSettings(Settings):
             if self.gateway is not None:
                 problems.append(("gateway", "only used when kind is gateway"))
         if problems:
-            raise FieldProblems(problems)
+            raise FieldProblemsError(problems)
         return self
 
 
@@ -151,7 +159,7 @@ class ImageSettings(Settings):
             if problem:
                 problems.append((field, problem))
         if problems:
-            raise FieldProblems(problems)
+            raise FieldProblemsError(problems)
         return self
 
 
@@ -195,9 +203,7 @@ class StackSettings(Settings):
 
 
 # Config keys of this project, as written in a stack file after `model-serving:`.
-CONFIG_KEYS = tuple(
-    info.alias or name for name, info in StackSettings.model_fields.items() if name != "stack"
-)
+CONFIG_KEYS = tuple(info.alias or name for name, info in StackSettings.model_fields.items() if name != "stack")
 
 
 # Keys whose value is a plain string; every other key holds an object (Pulumi structured config).
@@ -249,7 +255,9 @@ def read_stack_config(root: Path, stack: str) -> dict[str, Any]:
     path = stack_file(root, stack)
     display = f"{STACKS_DIR}/{path.name}"
     if not path.is_file():
-        raise ConfigError([ErrorItem(display, "", f"no such stack file (stacks are {', '.join(stack_names(root)) or 'none'})")])
+        raise ConfigError(
+            [ErrorItem(display, "", f"no such stack file (stacks are {', '.join(stack_names(root)) or 'none'})")]
+        )
     document = read_yaml(path, display)
     if not isinstance(document, dict):
         raise ConfigError([ErrorItem(display, "", f"expected a mapping with `config:`, got {type(document).__name__}")])
@@ -267,16 +275,16 @@ def read_stack_config(root: Path, stack: str) -> dict[str, Any]:
         elif namespace == PROJECT:
             name = str(key).split(":", 1)[1]
             if name not in CONFIG_KEYS:
-                errors.append(
-                    ErrorItem(display, f"config.{key}", f"unknown setting; known: {', '.join(CONFIG_KEYS)}")
-                )
+                errors.append(ErrorItem(display, f"config.{key}", f"unknown setting; known: {', '.join(CONFIG_KEYS)}"))
             elif _is_secure(config[key]):
                 errors.append(
                     ErrorItem(display, f"config.{key}", "must not be a secret: settings here end up in plain manifests")
                 )
         elif namespace not in PASSTHROUGH_NAMESPACES:
             errors.append(
-                ErrorItem(display, f"config.{key}", f"unknown config namespace {namespace!r}; this project reads `{PROJECT}:`")
+                ErrorItem(
+                    display, f"config.{key}", f"unknown config namespace {namespace!r}; this project reads `{PROJECT}:`"
+                )
             )
     if errors:
         raise ConfigError(errors)

@@ -106,7 +106,9 @@ def fetcher_container(model: ServedModel, settings: StackSettings) -> k8s.core.v
         env.append(k8s.core.v1.EnvVarArgs(name="S3_ENDPOINT", value=store.endpoint))
     env_from = None
     if store.credentials_secret:
-        env_from = [k8s.core.v1.EnvFromSourceArgs(secret_ref=k8s.core.v1.SecretEnvSourceArgs(name=store.credentials_secret))]
+        env_from = [
+            k8s.core.v1.EnvFromSourceArgs(secret_ref=k8s.core.v1.SecretEnvSourceArgs(name=store.credentials_secret))
+        ]
     return k8s.core.v1.ContainerArgs(
         name=FETCHER_CONTAINER,
         image=settings.images.fetcher,
@@ -199,7 +201,9 @@ def deployment(
                 name=CONFIG_VOLUME,
                 config_map=k8s.core.v1.ConfigMapVolumeSourceArgs(name=config_map_name, default_mode=0o444),
             ),
-            k8s.core.v1.VolumeArgs(name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=TMP_SIZE)),
+            k8s.core.v1.VolumeArgs(
+                name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=TMP_SIZE)
+            ),
         ],
         topology_spread_constraints=[
             k8s.core.v1.TopologySpreadConstraintArgs(
@@ -244,7 +248,11 @@ def service(model: ServedModel, namespace: pulumi.Input[str]) -> dict[str, Any]:
             selector=selector_labels(model.name),
             ports=[
                 k8s.core.v1.ServicePortArgs(
-                    name="grpc", port=tfserving.GRPC_PORT, target_port="grpc", protocol="TCP", app_protocol="kubernetes.io/h2c"
+                    name="grpc",
+                    port=tfserving.GRPC_PORT,
+                    target_port="grpc",
+                    protocol="TCP",
+                    app_protocol="kubernetes.io/h2c",
                 ),
                 k8s.core.v1.ServicePortArgs(
                     name="http", port=tfserving.REST_PORT, target_port="http", protocol="TCP", app_protocol="http"
@@ -330,7 +338,10 @@ def network_policy(model: ServedModel, settings: StackSettings, namespace: pulum
     egress = [
         # The init container reaches the object store.
         k8s.networking.v1.NetworkPolicyEgressRuleArgs(
-            to=[k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c)) for c in store.egress_cidrs],
+            to=[
+                k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
+                for c in store.egress_cidrs
+            ],
             ports=[_tcp(store.port)],
         )
     ]
@@ -349,11 +360,18 @@ def route_path(model_name: str) -> str:
     return f"/v1/models/{model_name}"
 
 
-def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], service_name: pulumi.Input[str]) -> dict[str, Any]:
+def http_route(
+    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], service_name: pulumi.Input[str]
+) -> dict[str, Any]:
     """Gateway API HTTPRoute kwargs (CustomResource): /v1/models/<name> on the host to the REST port."""
     gateway = settings.routing.gateway
     assert gateway is not None  # settings validation: kind gateway has gateway settings
-    parent: dict[str, Any] = {"group": GATEWAY_API_GROUP, "kind": "Gateway", "name": gateway.name, "sectionName": gateway.listener}
+    parent: dict[str, Any] = {
+        "group": GATEWAY_API_GROUP,
+        "kind": "Gateway",
+        "name": gateway.name,
+        "sectionName": gateway.listener,
+    }
     if gateway.namespace:
         parent["namespace"] = gateway.namespace
     return {
@@ -374,7 +392,9 @@ def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.In
     }
 
 
-def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], service_name: pulumi.Input[str]) -> dict[str, Any]:
+def ingress(
+    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], service_name: pulumi.Input[str]
+) -> dict[str, Any]:
     """networking.k8s.io/v1 Ingress kwargs, for clusters that still run an Ingress controller."""
     routing = settings.routing
     tls = None
@@ -471,7 +491,9 @@ def gateway(settings: StackSettings, namespace_name: pulumi.Input[str]) -> dict[
     return {
         "api_version": GATEWAY_API_VERSION,
         "kind": "Gateway",
-        "metadata": k8s.meta.v1.ObjectMetaArgs(name=routing.gateway.name, namespace=namespace_name, labels=platform_labels()),
+        "metadata": k8s.meta.v1.ObjectMetaArgs(
+            name=routing.gateway.name, namespace=namespace_name, labels=platform_labels()
+        ),
         "spec": {
             "gatewayClassName": routing.gateway.class_name,
             "listeners": [
@@ -480,10 +502,12 @@ def gateway(settings: StackSettings, namespace_name: pulumi.Input[str]) -> dict[
                     "protocol": "HTTPS",
                     "port": 443,
                     "hostname": routing.host,
-                    "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": routing.tls_secret_name}]},
+                    "tls": {
+                        "mode": "Terminate",
+                        "certificateRefs": [{"kind": "Secret", "name": routing.tls_secret_name}],
+                    },
                     "allowedRoutes": {"namespaces": {"from": "Same"}},
                 }
             ],
         },
     }
-

@@ -1,0 +1,45 @@
+"""Shared fixtures: the repository's stacks and manifests, and offline runs of the program."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.manifest import load_manifests
+from infra.offline import OfflineRun, run_stack
+from infra.settings import stack_names
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = stack_names(ROOT)
+MANIFESTS = load_manifests(ROOT)
+MODELS = [m.name for m in MANIFESTS]
+MODEL_X_STACK = [(model, stack) for stack in STACKS for model in MODELS]
+
+
+def copy_project(destination: Path) -> Path:
+    """A throwaway copy of what the program reads: manifests, stacks, Pulumi.yaml."""
+    for name in ("models", "stacks"):
+        shutil.copytree(ROOT / name, destination / name)
+    shutil.copy(ROOT / "Pulumi.yaml", destination / "Pulumi.yaml")
+    return destination
+
+
+def edit_yaml(path: Path, change) -> None:
+    """Load, change in place with `change(document)`, write back."""
+    document = yaml.safe_load(path.read_text())
+    change(document)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def runs() -> dict[str, OfflineRun]:
+    """One offline run (Pulumi mocks, preview=False) per stack of the repository."""
+    return {stack: run_stack(ROOT, stack) for stack in STACKS}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return copy_project(tmp_path / "project")

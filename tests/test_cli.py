@@ -1,0 +1,87 @@
+"""`modelctl validate`, `schema` and `plan --render`, and the program's own refusal of bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+import yaml
+
+from infra import program
+from infra.manifest import manifest_json_schema
+from infra.offline import OfflineRun, run_stack
+from scripts.modelctl.cli import main
+from scripts.modelctl.render import INDEX_FILE
+from tests.conftest import ROOT, STACKS, edit_yaml
+
+
+def test_validate_accepts_the_repository(capsys):
+    assert main(["--root", str(ROOT), "validate"]) == 0
+    assert "4 stack(s)" in capsys.readouterr().out
+
+
+def test_committed_schema_is_current_and_referenced_by_every_manifest(capsys):
+    assert main(["schema"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == manifest_json_schema()
+    committed = json.loads((ROOT / "models" / "manifest.schema.json").read_text())
+    assert committed == printed, "run `make schema`"
+    for manifest in (ROOT / "models").glob("*.yaml"):
+        assert manifest.read_text().startswith("# yaml-language-server: $schema=manifest.schema.json\n")
+    assert set(printed["properties"]) >= {"name", "versions", "serving", "environments", "promotion", "card"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_plan_prints_one_line_per_resource_and_renders_each_object(runs, stack, capsys, tmp_path):
+    out = tmp_path / "render"
+    assert main(["--root", str(ROOT), "plan", "--stack", stack, "--render", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    run = runs[stack]
+    rows = [line.split() for line in printed if line.startswith("  ")]
+    assert len(rows) == len(run.resources)
+    assert {(r[0], r[1]) for r in rows} == {(r.type, r.name) for r in run.resources}
+    for row in rows:
+        resource = run.find(row[0], row[1])
+        parent = run.by_urn().get(resource.parent)
+        assert row[3] == (parent.name if parent else f"model-serving-{stack}")
+    files = sorted(p for p in out.rglob("*.yaml"))
+    assert len(files) == len(run.kubernetes_objects())
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in (yaml.safe_load(f.read_text()) for f in files)}
+    assert rendered == {(r.object["kind"], r.object["metadata"]["name"]) for r in run.kubernetes_objects()}
+    assert {f.parent.name for f in files} == {"platform", *run.outputs["models"]}
+
+
+def test_render_removes_what_it_wrote_before_and_nothing_else(project, tmp_path, capsys):
+    out = tmp_path / "render"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["--root", str(project), "plan", "--stack", "prod", "--render", str(out)]) == 0
+    assert (out / "iris").is_dir()
+    edit_yaml(project / "models" / "iris.yaml", lambda d: d["environments"].pop("prod"))
+    assert main(["--root", str(project), "plan", "--stack", "prod", "--render", str(out)]) == 0
+    assert not list((out / "iris").glob("*.yaml")), "stale objects of a removed model are gone"
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / INDEX_FILE).is_file()
+
+
+def test_rendered_objects_carry_no_secret_material(tmp_path, capsys):
+    out = tmp_path / "render"
+    assert main(["--root", str(ROOT), "plan", "--stack", "local", "--render", str(out)]) == 0
+    text = "".join(p.read_text() for p in out.rglob("*.yaml"))
+    # Credentials come from a Secret reference, never as values.
+    assert "object-store-credentials" in text
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "aws_secret_access_key" not in text
+
+
+def test_program_main_refuses_invalid_manifests_before_declaring_anything(project):
+    edit_yaml(project / "models" / "iris.yaml", lambda d: d["environments"]["prod"].update({"stable": 42}))
+    declared = OfflineRun(stack="prod")
+    with pytest.raises(pulumi.RunError, match="nothing declared"):
+        run_stack(project, "prod", entry=program.main, into=declared)
+    assert declared.resources == [], "no provider, no namespace, no model from an invalid manifest"
+
+
+def test_program_main_declares_the_stack_like_the_offline_run(runs):
+    via_main = run_stack(ROOT, "prod", entry=program.main)
+    assert {r.urn for r in via_main.resources} == {r.urn for r in runs["prod"].resources}

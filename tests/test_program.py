@@ -1,0 +1,269 @@
+"""The Pulumi program under mocks (preview=False): what each model declares in each stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra import tfserving
+from infra.components import MODEL_TYPE, PLATFORM_TYPE
+from infra.manifest import served_in
+from infra.offline import DeclaredResource, OfflineRun
+from infra.settings import load_stack_settings
+from tests.conftest import MANIFESTS, MODEL_X_STACK, ROOT, STACKS
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+SERVICE = "kubernetes:core/v1:Service"
+SERVICE_ACCOUNT = "kubernetes:core/v1:ServiceAccount"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+PDB = "kubernetes:policy/v1:PodDisruptionBudget"
+NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+HTTP_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
+INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+
+
+def served(model: str, stack: str):
+    settings = load_stack_settings(ROOT, stack)
+    return next(m for m in served_in(MANIFESTS, settings.environment) if m.name == model), settings
+
+
+def children(run: OfflineRun, model: str) -> dict[str, DeclaredResource]:
+    component = run.find(MODEL_TYPE, model)
+    kids = [r for r in run.resources if r.parent == component.urn]
+    by_type = {r.type: r for r in kids}
+    assert len(by_type) == len(kids), "one resource of each type per model"
+    return by_type
+
+
+def pod_spec(run: OfflineRun, model: str) -> dict:
+    return children(run, model)[DEPLOYMENT].object["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_model_declares_its_resources_under_its_component(runs, model, stack):
+    run = runs[stack]
+    _, settings = served(model, stack)
+    component = run.find(MODEL_TYPE, model)
+    stack_urn = run.find(PLATFORM_TYPE, "platform").parent
+    assert component.parent == stack_urn
+    route = HTTP_ROUTE if settings.routing.kind.value == "gateway" else INGRESS
+    assert set(children(run, model)) == {
+        SERVICE_ACCOUNT,
+        CONFIG_MAP,
+        DEPLOYMENT,
+        SERVICE,
+        HPA,
+        PDB,
+        NETWORK_POLICY,
+        route,
+    }
+    for resource in children(run, model).values():
+        assert resource.name.startswith(f"{model}-")
+        assert resource.object["metadata"]["namespace"] == settings.namespace
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_kubernetes_object_uses_the_explicit_provider(runs, stack):
+    # The stacks disable default providers; a resource without ours would fail `pulumi up`.
+    provider = runs[stack].find("pulumi:providers:kubernetes", "kubernetes")
+    objects = runs[stack].kubernetes_objects()
+    assert objects
+    for resource in objects:
+        # A provider reference is "<provider urn>::<provider id>".
+        assert resource.provider is not None, resource.urn
+        assert resource.provider.rsplit("::", 1)[0] == provider.urn, resource.urn
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_provider_targets_the_stack_cluster_or_renders(runs, stack):
+    settings = load_stack_settings(ROOT, stack)
+    provider = runs[stack].find("pulumi:providers:kubernetes", "kubernetes").inputs
+    if settings.rendering:
+        assert provider["renderYamlToDirectory"] == settings.kubernetes.render_dir
+        assert "context" not in provider
+    else:
+        assert provider["context"] == settings.kubernetes.context
+        assert "renderYamlToDirectory" not in provider
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_autoscaler_targets_the_deployment(runs, model, stack):
+    kids = children(runs[stack], model)
+    served_model, _ = served(model, stack)
+    spec = kids[HPA].object["spec"]
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": kids[DEPLOYMENT].object["metadata"]["name"],
+    }
+    assert spec["minReplicas"] == served_model.serving.autoscaling.min_replicas
+    assert spec["maxReplicas"] == served_model.serving.autoscaling.max_replicas
+    # The HPA owns the replica count.
+    assert "replicas" not in kids[DEPLOYMENT].object["spec"]
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_service_selects_the_pods_and_exposes_both_ports(runs, model, stack):
+    kids = children(runs[stack], model)
+    service = kids[SERVICE].object
+    template_labels = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector and selector.items() <= template_labels.items()
+    assert selector == kids[DEPLOYMENT].object["spec"]["selector"]["matchLabels"]
+    assert service["metadata"]["name"] == model
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert ports["grpc"]["port"] == 8500 and ports["http"]["port"] == 8501
+    container = pod_spec(runs[stack], model)["containers"][0]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert named[ports["http"]["targetPort"]] == 8501
+    assert named[ports["grpc"]["targetPort"]] == 8500
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_route_sends_the_model_path_to_the_rest_port(runs, model, stack):
+    kids = children(runs[stack], model)
+    _, settings = served(model, stack)
+    service = kids[SERVICE].object
+    http_port = next(p for p in service["spec"]["ports"] if p["name"] == "http")
+    if settings.routing.kind.value == "gateway":
+        route = kids[HTTP_ROUTE].object
+        assert route["spec"]["hostnames"] == [settings.routing.host]
+        (parent,) = route["spec"]["parentRefs"]
+        assert parent["name"] == settings.routing.gateway.name
+        assert parent.get("namespace") == settings.routing.gateway.namespace
+        (rule,) = route["spec"]["rules"]
+        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": f"/v1/models/{model}"}}]
+        assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": http_port["port"]}]
+    else:
+        ingress = kids[INGRESS].object
+        assert ingress["spec"]["ingressClassName"] == settings.routing.ingress_class_name
+        (rule,) = ingress["spec"]["rules"]
+        assert rule["host"] == settings.routing.host
+        (path,) = rule["http"]["paths"]
+        assert path["path"] == f"/v1/models/{model}" and path["pathType"] == "Prefix"
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"] == {"name": http_port["name"]}
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_init_container_fetches_exactly_the_served_versions(runs, model, stack):
+    served_model, settings = served(model, stack)
+    (fetcher,) = pod_spec(runs[stack], model)["initContainers"]
+    expected = sorted(set(served_model.version_labels.values()))
+    assert fetcher["args"] == [f"{v}={served_model.manifest.versions[v].digest}" for v in expected]
+    env = {e["name"]: e.get("value") for e in fetcher["env"]}
+    store = settings.object_store
+    assert env["MODEL_SOURCE"] == f"s3://{store.bucket}/{store.prefix}/{served_model.manifest.artifact.path}"
+    assert env["MODEL_DIR"] == f"/models/{model}"
+    assert env.get("S3_ENDPOINT") == store.endpoint
+    assert fetcher["image"] == settings.images.fetcher
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_pods_meet_the_restricted_pod_security_standard(runs, model, stack):
+    spec = pod_spec(runs[stack], model)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    assert "hostNetwork" not in spec and "hostPID" not in spec and "hostIPC" not in spec
+    for container in spec["containers"] + spec["initContainers"]:
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True
+        assert context["runAsUser"] > 10000
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert set(container["resources"]["limits"]) >= {"cpu", "memory"}
+    for volume in spec["volumes"]:
+        assert set(volume) - {"name"} <= {"emptyDir", "configMap"}, "restricted allows no hostPath"
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_server_rolls_without_dropping_requests(runs, model, stack):
+    served_model, settings = served(model, stack)
+    deployment = children(runs[stack], model)[DEPLOYMENT].object
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    stable = served_model.version_labels["stable"]
+    assert server["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{model}/versions/{stable}/metadata"
+    assert server["livenessProbe"]["httpGet"]["path"] == f"/v1/models/{model}"
+    assert server["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert server["image"] == settings.images.serving
+    assert f"--model_config_file={tfserving.CONFIG_DIR}/{tfserving.MODELS_CONFIG}" in server["args"]
+    assert ("--enable_batching=true" in server["args"]) == (served_model.serving.batching is not None)
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_pod_template_mounts_its_config_map(runs, model, stack):
+    kids = children(runs[stack], model)
+    spec = kids[DEPLOYMENT].object["spec"]["template"]["spec"]
+    config_volume = next(v for v in spec["volumes"] if v["name"] == "config")
+    assert config_volume["configMap"]["name"] == kids[CONFIG_MAP].object["metadata"]["name"]
+    assert kids[CONFIG_MAP].object["immutable"] is True
+    assert spec["serviceAccountName"] == kids[SERVICE_ACCOUNT].object["metadata"]["name"] == model
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_disruption_budget_and_network_policy_select_the_pods(runs, model, stack):
+    kids = children(runs[stack], model)
+    selector = kids[DEPLOYMENT].object["spec"]["selector"]["matchLabels"]
+    assert kids[PDB].object["spec"]["selector"]["matchLabels"] == selector
+    policy = kids[NETWORK_POLICY].object["spec"]
+    assert policy["podSelector"]["matchLabels"] == selector
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    _, settings = served(model, stack)
+    allowed_from = [p.get("namespaceSelector", {}).get("matchLabels", {}) for r in policy["ingress"] for p in r["from"]]
+    assert {"kubernetes.io/metadata.name": settings.routing.controller_namespace} in allowed_from
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_platform_declares_namespace_default_deny_and_gateway(runs, stack):
+    run = runs[stack]
+    settings = load_stack_settings(ROOT, stack)
+    platform = run.find(PLATFORM_TYPE, "platform")
+    kids = [r for r in run.resources if r.parent == platform.urn]
+    namespace = next(r for r in kids if r.type == NAMESPACE).object
+    assert namespace["metadata"]["name"] == settings.namespace
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    policies = [r.object["spec"] for r in kids if r.type == NETWORK_POLICY]
+    assert {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]} in policies
+    gateways = [r.object for r in kids if r.type == GATEWAY]
+    wants_gateway = settings.routing.gateway is not None and settings.routing.gateway.create
+    assert len(gateways) == (1 if wants_gateway else 0)
+    if gateways:
+        (listener,) = gateways[0]["spec"]["listeners"]
+        assert listener["hostname"] == settings.routing.host
+        assert listener["protocol"] == "HTTPS" and listener["port"] == 443
+        assert listener["tls"]["certificateRefs"] == [{"kind": "Secret", "name": settings.routing.tls_secret_name}]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_exports_url_and_versions_per_model(runs, stack):
+    settings = load_stack_settings(ROOT, stack)
+    exported = runs[stack].outputs["models"]
+    expected = {m.name: m for m in served_in(MANIFESTS, settings.environment)}
+    assert set(exported) == set(expected)
+    for name, model in expected.items():
+        assert exported[name]["url"] == f"https://{settings.routing.host}/v1/models/{name}"
+        assert exported[name]["versions"] == dict(model.version_labels)
+
+
+def test_a_model_not_served_in_an_environment_declares_nothing_there(project):
+    from tests.conftest import edit_yaml
+
+    edit_yaml(project / "models" / "iris.yaml", lambda d: d["environments"].pop("prod"))
+    from infra.offline import run_stack
+
+    prod = run_stack(project, "prod")
+    assert not [r for r in prod.resources if r.name.startswith("iris")]
+    assert prod.find(MODEL_TYPE, "taxi-fare")
+    assert set(prod.outputs["models"]) == {"taxi-fare"}
+    assert run_stack(project, "dev").find(MODEL_TYPE, "iris")

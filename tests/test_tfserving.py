@@ -1,0 +1,93 @@
+"""Generated TF-Serving configuration, parsed with TF-Serving's own protos."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from infra import tfserving
+from infra.manifest import Batching
+from tests.conftest import MODEL_X_STACK
+from tests.test_program import CONFIG_MAP, DEPLOYMENT, children, served
+
+PROTOS = Path(__file__).parent / "protos"
+
+
+@pytest.fixture(scope="module")
+def extra_protos(tmp_path_factory):
+    """monitoring_config / BatchingParameters, compiled from TF-Serving's .proto sources with protoc."""
+    out = tmp_path_factory.mktemp("protos")
+    import grpc_tools
+
+    include = Path(grpc_tools.__file__).parent / "_proto"
+    sources = [str(p.relative_to(PROTOS)) for p in PROTOS.rglob("*.proto")]
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}", f"-I{include}", f"--python_out={out}", *sources],
+        check=True,
+        cwd=PROTOS,
+    )
+    sys.path.insert(0, str(out))
+    try:
+        # The package name clashes with the installed tensorflow_serving; load by file.
+        modules = {}
+        for name in ("monitoring_config_pb2", "batching_parameters_pb2"):
+            spec = importlib.util.spec_from_file_location(name, out / "tensorflow_serving" / "config" / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            modules[name] = module
+        yield modules
+    finally:
+        sys.path.remove(str(out))
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_models_config_parses_as_model_server_config(runs, model, stack):
+    served_model, _ = served(model, stack)
+    data = children(runs[stack], model)[CONFIG_MAP].object["data"]
+    config = text_format.Parse(data[tfserving.MODELS_CONFIG], model_server_config_pb2.ModelServerConfig())
+    (entry,) = config.model_config_list.config
+    assert entry.name == model
+    assert entry.base_path == f"/models/{model}"
+    assert entry.model_platform == "tensorflow"
+    assert list(entry.model_version_policy.specific.versions) == sorted(set(served_model.version_labels.values()))
+    assert dict(entry.version_labels) == dict(served_model.version_labels)
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_monitoring_and_batching_configs_parse_with_their_protos(runs, model, stack, extra_protos):
+    served_model, _ = served(model, stack)
+    data = children(runs[stack], model)[CONFIG_MAP].object["data"]
+    monitoring = text_format.Parse(
+        data[tfserving.MONITORING_CONFIG], extra_protos["monitoring_config_pb2"].MonitoringConfig()
+    )
+    assert monitoring.prometheus_config.enable is True
+    assert monitoring.prometheus_config.path == tfserving.PROMETHEUS_PATH
+    batching = served_model.serving.batching
+    assert (tfserving.BATCHING_CONFIG in data) == (batching is not None)
+    if batching is not None:
+        parsed = text_format.Parse(
+            data[tfserving.BATCHING_CONFIG], extra_protos["batching_parameters_pb2"].BatchingParameters()
+        )
+        assert parsed.max_batch_size.value == batching.max_batch_size
+        assert parsed.batch_timeout_micros.value == batching.batch_timeout_micros
+        assert parsed.num_batch_threads.value == batching.num_batch_threads
+        assert parsed.max_enqueued_batches.value == batching.max_enqueued_batches
+
+
+def test_batching_config_rejects_nothing_it_writes(extra_protos):
+    text = tfserving.batching_config(Batching(max_batch_size=1, batch_timeout_micros=0))
+    parsed = text_format.Parse(text, extra_protos["batching_parameters_pb2"].BatchingParameters())
+    assert parsed.max_batch_size.value == 1 and parsed.HasField("batch_timeout_micros")
+
+
+@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
+def test_pod_template_carries_the_config_hash(runs, model, stack):
+    kids = children(runs[stack], model)
+    annotations = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["model-serving.dev/config-hash"] == tfserving.content_hash(kids[CONFIG_MAP].object["data"])

@@ -1,0 +1,58 @@
+"""A served-version bump touches exactly one model's ConfigMap and pod template, in one stack."""
+
+from __future__ import annotations
+
+from infra.offline import run_stack
+from tests.conftest import ROOT, STACKS, edit_yaml
+from tests.test_program import CONFIG_MAP, DEPLOYMENT
+
+
+def changed_urns(before, after) -> set[str]:
+    old, new = before.by_urn(), after.by_urn()
+    assert set(old) == set(new), "a bump neither adds nor removes resources"
+    return {urn for urn in old if old[urn].state != new[urn].state or old[urn].inputs != new[urn].inputs}
+
+
+def test_bumping_one_served_version_changes_only_that_models_config_and_pod_template(project, runs):
+    def bump(manifest):
+        assert manifest["environments"]["prod"]["stable"] == 2
+        manifest["environments"]["prod"]["stable"] = 3
+
+    edit_yaml(project / "models" / "iris.yaml", bump)
+    for stack in STACKS:
+        after = run_stack(project, stack)
+        changed = changed_urns(runs[stack], after)
+        if stack != "prod":
+            assert changed == set(), f"{stack} must not change"
+            continue
+        config = runs[stack].find(CONFIG_MAP, "iris-config")
+        deployment = runs[stack].find(DEPLOYMENT, "iris-deployment")
+        assert changed == {config.urn, deployment.urn}
+
+        new_config = after.find(CONFIG_MAP, "iris-config").object
+        assert new_config["metadata"]["name"] != config.object["metadata"]["name"], "a new ConfigMap (replace)"
+        assert "versions: 3" in new_config["data"]["models.config"]
+
+        old_spec, new_spec = deployment.object["spec"], after.find(DEPLOYMENT, "iris-deployment").object["spec"]
+        # Only the pod template differs, so Kubernetes starts a rollout and Pulumi awaits it.
+        assert {k: v for k, v in old_spec.items() if k != "template"} == {
+            k: v for k, v in new_spec.items() if k != "template"
+        }
+        assert old_spec["template"] != new_spec["template"]
+        old_pod, new_pod = old_spec["template"]["spec"], new_spec["template"]["spec"]
+        assert new_pod["initContainers"][0]["args"] == [f"3={_digest('iris', 3)}"]
+        assert old_pod["initContainers"][0]["args"] == [f"2={_digest('iris', 2)}"]
+        assert new_pod["volumes"][1]["configMap"]["name"] == new_config["metadata"]["name"]
+        assert after.outputs["models"]["iris"]["versions"] == {"stable": 3}
+
+
+def test_an_unchanged_tree_declares_identical_resources(project, runs):
+    for stack in STACKS:
+        assert changed_urns(runs[stack], run_stack(project, stack)) == set()
+
+
+def _digest(model: str, version: int) -> str:
+    import yaml
+
+    manifest = yaml.safe_load((ROOT / "models" / f"{model}.yaml").read_text())
+    return manifest["versions"][version]["digest"]
