@@ -30,6 +30,7 @@ STARTUP_FAILURE_THRESHOLD = 120
 FETCHER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}
 SCALE_DOWN_STABILIZATION_SECONDS = 300
 DNS_PORT = 53
+ROLLING_SURGE = "25%"
 
 
 def selector_labels(model_name: str) -> dict[str, str]:
@@ -220,7 +221,9 @@ def deployment(
         selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
         strategy=k8s.apps.v1.DeploymentStrategyArgs(
             type="RollingUpdate",
-            rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1),
+            # Never below the serving capacity; surge a quarter (at least one pod) at a time
+            # so large deployments roll in a few steps.
+            rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=ROLLING_SURGE),
         ),
         min_ready_seconds=5,
         revision_history_limit=5,

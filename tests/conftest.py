@@ -43,3 +43,15 @@ def runs() -> dict[str, OfflineRun]:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One S3 protocol server on loopback for the session."""
+    from tests.s3server import S3Server
+
+    server = S3Server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -189,7 +189,7 @@ def test_server_rolls_without_dropping_requests(runs, model, stack):
     deployment = children(runs[stack], model)[DEPLOYMENT].object
     assert deployment["spec"]["strategy"] == {
         "type": "RollingUpdate",
-        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
     }
     (server,) = deployment["spec"]["template"]["spec"]["containers"]
     stable = served_model.version_labels["stable"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,13 +62,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_errors(errors)
         return EXIT_ERROR
     run = run_stack(args.root, args.stack)
+    by_urn = run.by_urn()
     rows = sorted(
-        (group_of(r, run) if r.parent else "", r.type, r.name, _parent_name(r.parent, run)) for r in run.resources
+        (_group_rank(group_of(r, by_urn)), group_of(r, by_urn), r.type, r.name, _parent_name(r, by_urn))
+        for r in run.resources
     )
     print(f"Stack {args.stack}: {len(rows)} resources")
-    width = max(len(r[1]) for r in rows)
-    name_width = max(len(r[2]) for r in rows)
-    for _, type_, name, parent in rows:
+    width = max(len(row[2]) for row in rows)
+    name_width = max(len(row[3]) for row in rows)
+    for _, _, type_, name, parent in rows:
         print(f"  {type_:<{width}}  {name:<{name_width}}  parent: {parent}")
     if args.render:
         files = render(run, args.render)
@@ -75,11 +78,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parent_name(parent_urn: str | None, run) -> str:
-    if not parent_urn:
-        return "-"
-    parent = run.by_urn().get(parent_urn)
-    return parent.name if parent is not None else parent_urn.rsplit("::", 1)[-1]
+def _group_rank(group: str) -> int:
+    """Stack-level resources first, then the platform, then the models by name."""
+    return 0 if group == "" else 1 if group == "platform" else 2
+
+
+def _parent_name(resource, by_urn) -> str:
+    parent = by_urn.get(resource.parent or "")
+    if parent is not None:
+        return parent.name
+    # The root Stack resource is not recorded; its URN ends with its name.
+    return resource.parent.rsplit("::", 1)[-1] if resource.parent else "-"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_errors(exc.errors)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away; Python's advice: silence the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except OSError as exc:
-        print(f"modelctl: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"modelctl: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

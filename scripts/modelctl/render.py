@@ -11,11 +11,10 @@ from infra.offline import DeclaredResource, OfflineRun
 INDEX_FILE = ".modelctl-render"
 
 
-def group_of(resource: DeclaredResource, run: OfflineRun) -> str:
-    """The component a resource belongs to (`platform`, a model name), or the stack."""
-    by_urn = run.by_urn()
+def group_of(resource: DeclaredResource, by_urn: dict[str, DeclaredResource]) -> str:
+    """The component a resource belongs to (`platform`, a model name); "" for the stack's own."""
     parent = by_urn.get(resource.parent or "")
-    return parent.name if parent is not None else run.stack
+    return parent.name if parent is not None else ""
 
 
 def render(run: OfflineRun, directory: Path) -> list[Path]:
@@ -32,10 +31,11 @@ def render(run: OfflineRun, directory: Path) -> list[Path]:
             if line and stale.is_file() and stale.resolve().is_relative_to(directory.resolve()):
                 stale.unlink()
     written = []
+    by_urn = run.by_urn()
     for resource in run.kubernetes_objects():
         obj = resource.object
         name = obj["metadata"]["name"]
-        path = directory / group_of(resource, run) / f"{obj['kind'].lower()}-{name}.yaml"
+        path = directory / group_of(resource, by_urn) / f"{obj['kind'].lower()}-{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
         written.append(path)
