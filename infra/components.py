@@ -46,11 +46,13 @@ class ModelDeployment(pulumi.ComponentResource):
         name: str,
         model: ServedModel,
         settings: StackSettings,
-        namespace: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__(MODEL_TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        # Names known up front are passed as plain strings: ordering comes from the
+        # component's `depends_on` (the Platform), and fewer Outputs keep large stacks fast.
+        namespace = settings.namespace
         files = tfserving.config_files(model, fetch_script())
 
         account = k8s.core.v1.ServiceAccount(
@@ -65,12 +67,13 @@ class ModelDeployment(pulumi.ComponentResource):
                 namespace,
                 config_map_name=config.metadata.name,
                 config_hash=tfserving.content_hash(files),
-                service_account_name=account.metadata.name,
+                service_account_name=model.name,
             ),
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
         )
         service = k8s.core.v1.Service(f"{name}-service", **workload.service(model, namespace), opts=child)
         self.service_name = service.metadata.name
+        route_opts = pulumi.ResourceOptions(parent=self, depends_on=[service])
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa", **workload.autoscaler(model, namespace, deployment.metadata.name), opts=child
         )
@@ -81,10 +84,10 @@ class ModelDeployment(pulumi.ComponentResource):
         if model.serving.ingress:
             if settings.routing.kind is RouteKind.gateway:
                 k8s.apiextensions.CustomResource(
-                    f"{name}-route", **workload.http_route(model, settings, namespace, self.service_name), opts=child
+                    f"{name}-route", **workload.http_route(model, settings, namespace, model.name), opts=route_opts
                 )
             else:
                 k8s.networking.v1.Ingress(
-                    f"{name}-ingress", **workload.ingress(model, settings, namespace, self.service_name), opts=child
+                    f"{name}-ingress", **workload.ingress(model, settings, namespace, model.name), opts=route_opts
                 )
         self.register_outputs({"service": self.service_name, "versions": dict(model.version_labels)})

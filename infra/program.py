@@ -52,7 +52,6 @@ def declare(settings: StackSettings, root: Path) -> None:
             model.name,
             model,
             settings,
-            platform.namespace_name,
             opts=pulumi.ResourceOptions(providers=[k8s_provider], depends_on=[platform]),
         )
         exported[model.name] = {"url": rest_url(model.name, settings), "versions": dict(model.version_labels)}
