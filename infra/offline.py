@@ -24,6 +24,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from infra.settings import PROJECT, read_stack_config
 
+SECRET = "[secret]"
 KUBERNETES_PREFIX = "kubernetes:"
 PROVIDER_PREFIX = "pulumi:providers:"
 # Kinds the provider replaces, with a fresh auto-name, when their data changes
@@ -160,9 +161,22 @@ def integral_numbers(value: Any) -> Any:
     return value
 
 
+def mask_secrets(value: Any) -> Any:
+    """Stack-config values written `secure: <ciphertext>` become "[secret]": an offline run
+    cannot decrypt them, and no plan, log or file may show them."""
+    if isinstance(value, dict):
+        if set(value) == {"secure"}:
+            return SECRET
+        return {k: mask_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v) for v in value]
+    return value
+
+
 def config_strings(config: dict[str, Any]) -> dict[str, str]:
     """Stack-file values as the engine hands them to a program: strings, objects as JSON."""
-    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in config.items()}
+    masked = mask_secrets(config)
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in masked.items()}
 
 
 def run_stack(

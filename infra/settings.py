@@ -17,9 +17,10 @@ PROJECT = "model-serving"
 STACKS_DIR = "stacks"
 STACK_FILE_PREFIX = "Pulumi."
 STACK_FILE_SUFFIX = ".yaml"
-# Keys of a stack file's `config:` that belong to Pulumi itself or to providers we do not
-# configure through stack config; they are passed through untouched.
-PASSTHROUGH_NAMESPACES = ("pulumi",)
+# Keys of a stack file's `config:` that belong to Pulumi itself or to providers the program
+# may use (aws, for a managed object store); they are passed through untouched and may be
+# secrets (`secure:`), which offline runs mask.
+PASSTHROUGH_NAMESPACES = ("pulumi", "aws")
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

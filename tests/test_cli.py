@@ -38,13 +38,15 @@ def test_plan_prints_one_line_per_resource_and_renders_each_object(runs, stack, 
     assert main(["--root", str(ROOT), "plan", "--stack", stack, "--render", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
     run = runs[stack]
-    rows = [line.split() for line in printed if line.startswith("  ")]
+    # Without a base every resource is a create: "  + <type>  <name>  parent: <parent>  create: new"
+    rows = [line.split() for line in printed if line.startswith("  + ")]
     assert len(rows) == len(run.resources)
-    assert {(r[0], r[1]) for r in rows} == {(r.type, r.name) for r in run.resources}
+    assert {(r[1], r[2]) for r in rows} == {(r.type, r.name) for r in run.resources}
     for row in rows:
-        resource = run.find(row[0], row[1])
+        resource = run.find(row[1], row[2])
         parent = run.by_urn().get(resource.parent)
-        assert row[3] == (parent.name if parent else f"model-serving-{stack}")
+        assert row[3] == "parent:"
+        assert row[4] == (parent.name if parent else f"model-serving-{stack}")
     files = sorted(p for p in out.rglob("*.yaml"))
     assert len(files) == len(run.kubernetes_objects())
     rendered = {(d["kind"], d["metadata"]["name"]) for d in (yaml.safe_load(f.read_text()) for f in files)}

@@ -10,9 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infra.errors import ConfigError, ErrorItem
+from scripts.modelctl.snapshot import RevisionError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_CHANGES = 2  # `plan --detailed-exitcode`, as `pulumi preview --expect-no-changes` users expect
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,42 +55,57 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from infra.offline import run_stack
+    from infra.offline import OfflineRun, mask_secrets
     from infra.project import validate_project
-    from scripts.modelctl.render import group_of, render
+    from infra.settings import read_stack_config, stack_names
+    from scripts.modelctl import snapshot
+    from scripts.modelctl.plan import capacity, plan_stack
+    from scripts.modelctl.render import render
+    from scripts.modelctl.report import PlanReport, render_json, render_markdown, render_text
 
+    stacks = stack_names(args.root) if args.all_stacks else list(dict.fromkeys(args.stack or []))
+    if not stacks:
+        print("modelctl plan: name a --stack or use --all-stacks", file=sys.stderr)
+        return EXIT_ERROR
     _, errors = validate_project(args.root)
     if errors:
         _print_errors(errors)
         return EXIT_ERROR
-    run = run_stack(args.root, args.stack)
-    by_urn = run.by_urn()
-    rows = sorted(
-        (_group_rank(group_of(r, by_urn)), group_of(r, by_urn), r.type, r.name, _parent_name(r, by_urn))
-        for r in run.resources
+    head = snapshot.take(args.root, stacks)
+    if args.base:
+        base = snapshot.of_revision(args.root, args.base, stacks)
+        touched = {
+            Path(path).stem
+            for path in snapshot.changed_files(args.root, args.base)
+            if path.startswith("models/") and Path(path).suffix in (".yaml", ".yml")
+        }
+    else:
+        base = snapshot.Snapshot("nothing", {stack: OfflineRun(stack=stack) for stack in stacks})
+        touched = None
+    plans = [plan_stack(stack, base.runs[stack], head.runs[stack]) for stack in stacks]
+    report = PlanReport(
+        plans=plans,
+        base_label=args.base,
+        head_label="working tree",
+        touched_models=touched,
+        base_capacity={stack: capacity(run) for stack, run in base.runs.items()},
+        head_capacity={stack: capacity(run) for stack, run in head.runs.items()},
+        config={stack: mask_secrets(read_stack_config(args.root, stack)) for stack in stacks},
     )
-    print(f"Stack {args.stack}: {len(rows)} resources")
-    width = max(len(row[2]) for row in rows)
-    name_width = max(len(row[3]) for row in rows)
-    for _, _, type_, name, parent in rows:
-        print(f"  {type_:<{width}}  {name:<{name_width}}  parent: {parent}")
+    if args.format == "json":
+        print(json.dumps(render_json(report), indent=2, sort_keys=False))
+    elif args.format == "markdown":
+        sys.stdout.write(render_markdown(report))
+    else:
+        sys.stdout.write(render_text(report))
     if args.render:
-        files = render(run, args.render)
-        print(f"Rendered {len(files)} Kubernetes objects to {args.render}/")
+        for stack in stacks:
+            directory = args.render if len(stacks) == 1 else args.render / stack
+            files = render(head.runs[stack], directory)
+            print(f"Rendered {len(files)} Kubernetes objects of {stack} to {directory}/", file=sys.stderr)
+    if args.detailed_exitcode and report.has_changes:
+        return EXIT_CHANGES
     return EXIT_OK
-
-
-def _group_rank(group: str) -> int:
-    """Stack-level resources first, then the platform, then the models by name."""
-    return 0 if group == "" else 1 if group == "platform" else 2
-
-
-def _parent_name(resource, by_urn) -> str:
-    parent = by_urn.get(resource.parent or "")
-    if parent is not None:
-        return parent.name
-    # The root Stack resource is not recorded; its URN ends with its name.
-    return resource.parent.rsplit("::", 1)[-1] if resource.parent else "-"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,9 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument("--output", type=Path, help="write to this file instead of stdout")
     schema.set_defaults(func=cmd_schema)
 
-    plan = commands.add_parser("plan", help="run the program offline under Pulumi's mocks")
-    plan.add_argument("--stack", required=True, help="stack name (stacks/Pulumi.<stack>.yaml)")
+    plan = commands.add_parser("plan", help="run the program offline under Pulumi's mocks and diff it")
+    which = plan.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stack", action="append", help="stack name (stacks/Pulumi.<stack>.yaml); repeatable")
+    which.add_argument("--all-stacks", action="store_true", help="every stack under stacks/")
+    plan.add_argument("--base", metavar="REF", help="git revision to diff against (its own program and manifests)")
+    plan.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     plan.add_argument("--render", type=Path, metavar="DIR", help="write each Kubernetes object as YAML under DIR")
+    plan.add_argument(
+        "--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 on changes, 1 on error"
+    )
     plan.set_defaults(func=cmd_plan)
     return parser
 
@@ -121,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         _print_errors(exc.errors)
+        return EXIT_ERROR
+    except RevisionError as exc:
+        print(f"modelctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away; Python's advice: silence the flush at exit.

@@ -1,0 +1,277 @@
+"""The offline plan: what a change does to each stack, step by step, with pulumi-kubernetes' rules.
+
+Resources of the base and the head run are matched by URN. Each step is same, create,
+update, replace or delete, with the property paths that differ in Pulumi's detailedDiff
+notation (`spec.template.spec.containers[0].args[1]`, `data["models.config"]`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+from infra.components import MODEL_TYPE, PLATFORM_TYPE
+from infra.offline import DeclaredResource, OfflineRun
+
+PLATFORM = "platform"
+
+
+class Op(StrEnum):
+    same = "same"
+    create = "create"
+    update = "update"
+    replace = "replace"
+    delete = "delete"
+
+
+class DiffKind(StrEnum):
+    """Pulumi's detailedDiff kinds (sdk/go/common/resource/plugin: DiffKind.String())."""
+
+    add = "add"
+    add_replace = "add-replace"
+    delete = "delete"
+    delete_replace = "delete-replace"
+    update = "update"
+    update_replace = "update-replace"
+
+
+# Property paths whose change makes pulumi-kubernetes replace rather than update, from
+# pulumi-kubernetes provider/pkg/provider/diff.go (`forceNewProperties`): metadata name
+# and namespace for every kind, plus per kind. Immutable ConfigMaps and Secrets are
+# replaced on any data change, and ConfigMaps are by default (`enableConfigMapMutable`
+# off). Paths are matched as prefixes of the changed path.
+_METADATA_FORCE_NEW = ("metadata.name", "metadata.namespace")
+_SELECTOR = "spec.selector"
+FORCE_NEW: dict[str, tuple[str, ...]] = {
+    "kubernetes:apps/v1:Deployment": (_SELECTOR,),
+    "kubernetes:apps/v1:DaemonSet": (_SELECTOR,),
+    "kubernetes:apps/v1:StatefulSet": (
+        "spec.podManagementPolicy",
+        "spec.revisionHistoryLimit",
+        _SELECTOR,
+        "spec.serviceName",
+        "spec.volumeClaimTemplates",
+    ),
+    "kubernetes:core/v1:ConfigMap": ("data", "binaryData"),
+    "kubernetes:core/v1:Secret": ("type", "stringData", "data"),
+    "kubernetes:core/v1:Service": ("spec.clusterIP",),
+    "kubernetes:core/v1:PersistentVolumeClaim": (
+        "spec.accessModes",
+        "spec.selector",
+        "spec.storageClassName",
+        "spec.volumeName",
+    ),
+    "kubernetes:batch/v1:Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
+    "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding": ("roleRef",),
+    "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding": ("roleRef",),
+    "kubernetes:storage.k8s.io/v1:StorageClass": ("parameters", "provisioner"),
+}
+_IDENTIFIER = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$-]*$")
+
+
+@dataclass(frozen=True)
+class PropertyDiff:
+    path: str
+    kind: DiffKind
+
+    @property
+    def replaces(self) -> bool:
+        return self.kind.value.endswith("-replace")
+
+
+@dataclass(frozen=True)
+class Step:
+    op: Op
+    urn: str
+    type: str
+    name: str
+    component: str  # "platform", a model name, or "" for the stack's own resources
+    old: DeclaredResource | None
+    new: DeclaredResource | None
+    diffs: tuple[PropertyDiff, ...] = ()
+
+    @property
+    def resource(self) -> DeclaredResource:
+        resource = self.new or self.old
+        assert resource is not None
+        return resource
+
+    @property
+    def diff_reasons(self) -> list[str]:
+        """Top-level properties that differ, as `pulumi preview --json` lists them."""
+        return sorted({_top(d.path) for d in self.diffs})
+
+    @property
+    def replace_reasons(self) -> list[str]:
+        return sorted({_top(d.path) for d in self.diffs if d.replaces})
+
+    @property
+    def model(self) -> str | None:
+        return self.component if self.component not in ("", PLATFORM) else None
+
+
+@dataclass
+class StackPlan:
+    stack: str
+    steps: list[Step]
+    base_outputs: dict[str, Any] = field(default_factory=dict)
+    head_outputs: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for step in self.steps:
+            counts[step.op.value] = counts.get(step.op.value, 0) + 1
+        return counts
+
+    @property
+    def changes(self) -> list[Step]:
+        return [s for s in self.steps if s.op is not Op.same]
+
+    def affected_models(self) -> list[str]:
+        return sorted({s.model for s in self.changes if s.model})
+
+    @property
+    def platform_changed(self) -> bool:
+        return any(s.component == PLATFORM for s in self.changes)
+
+
+def _top(path: str) -> str:
+    return re.split(r"[.\[]", path, maxsplit=1)[0]
+
+
+def format_path(parts: Iterable[str | int]) -> str:
+    """Pulumi's property path notation: `a.b[0]`, `data["models.config"]`."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _IDENTIFIER.match(part) and not any(c in part for c in '."[]'):
+            text += f".{part}" if text else part
+        else:
+            escaped = part.replace("\\", "\\\\").replace('"', '\\"')
+            text += f'["{escaped}"]'
+    return text
+
+
+def _differences(old: Any, new: Any, parts: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple, str]]:
+    """(path parts, add|delete|update) for every leaf-level difference of two JSON values."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new), key=str):
+            if key not in old:
+                yield (*parts, key), "add"
+            elif key not in new:
+                yield (*parts, key), "delete"
+            else:
+                yield from _differences(old[key], new[key], (*parts, key))
+    elif isinstance(old, list) and isinstance(new, list):
+        for index in range(max(len(old), len(new))):
+            if index >= len(old):
+                yield (*parts, index), "add"
+            elif index >= len(new):
+                yield (*parts, index), "delete"
+            else:
+                yield from _differences(old[index], new[index], (*parts, index))
+    elif old != new or type(old) is not type(new):
+        yield parts, "update"
+
+
+def _forces_replace(resource_type: str, parts: tuple) -> bool:
+    path = ".".join(str(p) for p in parts if not isinstance(p, int))
+    for prefix in _METADATA_FORCE_NEW + FORCE_NEW.get(resource_type, ()):
+        if path == prefix or path.startswith(prefix + "."):
+            return True
+    return False
+
+
+def property_diffs(resource_type: str, old: dict, new: dict) -> tuple[PropertyDiff, ...]:
+    diffs = []
+    for parts, kind in _differences(old, new):
+        suffix = "-replace" if _forces_replace(resource_type, parts) else ""
+        diffs.append(PropertyDiff(format_path(parts), DiffKind(kind + suffix)))
+    return tuple(diffs)
+
+
+def _components(run: OfflineRun) -> dict[str, str]:
+    """URN -> owning component name (`platform`, model name, "" for the stack's own)."""
+    by_urn = run.by_urn()
+    owners: dict[str, str] = {}
+    for resource in run.resources:
+        if resource.type in (MODEL_TYPE, PLATFORM_TYPE):
+            owners[resource.urn] = resource.name
+            continue
+        parent = by_urn.get(resource.parent or "")
+        owners[resource.urn] = parent.name if parent is not None else ""
+    return owners
+
+
+def plan_stack(stack: str, base: OfflineRun, head: OfflineRun) -> StackPlan:
+    """Steps that take `base` to `head`, in the head's order, deletions last."""
+    old, new = base.by_urn(), head.by_urn()
+    owners = _components(base) | _components(head)
+    steps = []
+    for resource in head.resources:
+        before = old.get(resource.urn)
+        component = owners[resource.urn]
+        if before is None:
+            steps.append(Step(Op.create, resource.urn, resource.type, resource.name, component, None, resource))
+            continue
+        # Pulumi diffs the inputs the program gave (auto-names are kept on update).
+        diffs = property_diffs(resource.type, before.inputs, resource.inputs)
+        op = Op.same if not diffs else Op.replace if any(d.replaces for d in diffs) else Op.update
+        steps.append(Step(op, resource.urn, resource.type, resource.name, component, before, resource, diffs))
+    for resource in base.resources:
+        if resource.urn not in new:
+            steps.append(
+                Step(Op.delete, resource.urn, resource.type, resource.name, owners[resource.urn], resource, None)
+            )
+    order = {"": 0, PLATFORM: 1}
+    steps.sort(key=lambda s: (order.get(s.component, 2), s.component, s.type, s.name))
+    return StackPlan(stack, steps, base.outputs, head.outputs)
+
+
+# Capacity -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Replica bounds and the serving containers' requests of one model in one stack."""
+
+    min_replicas: int
+    max_replicas: int
+    cpu: float  # cores requested per pod
+    memory: float  # bytes requested per pod
+
+    def totals(self) -> dict[str, tuple[float, float]]:
+        return {
+            "cpu": (self.min_replicas * self.cpu, self.max_replicas * self.cpu),
+            "memory": (self.min_replicas * self.memory, self.max_replicas * self.memory),
+        }
+
+
+def capacity(run: OfflineRun) -> dict[str, Capacity]:
+    """Per model: HPA bounds x the Deployment's container requests (init containers excluded:
+    they finish before the pod serves)."""
+    owners = _components(run)
+    deployments: dict[str, dict] = {}
+    scalers: dict[str, dict] = {}
+    for resource in run.kubernetes_objects():
+        owner = owners.get(resource.urn, "")
+        if resource.type == "kubernetes:apps/v1:Deployment":
+            deployments[owner] = resource.inputs
+        elif resource.type == "kubernetes:autoscaling/v2:HorizontalPodAutoscaler":
+            scalers[owner] = resource.inputs
+    result = {}
+    for model, deployment in deployments.items():
+        containers = deployment["spec"]["template"]["spec"]["containers"]
+        requests = [c.get("resources", {}).get("requests", {}) for c in containers]
+        cpu = float(sum(parse_quantity(r.get("cpu", 0)) for r in requests))
+        memory = float(sum(parse_quantity(r.get("memory", 0)) for r in requests))
+        scaler = scalers.get(model, {}).get("spec", {})
+        replicas = deployment["spec"].get("replicas", 1)
+        result[model] = Capacity(scaler.get("minReplicas", replicas), scaler.get("maxReplicas", replicas), cpu, memory)
+    return result

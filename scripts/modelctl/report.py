@@ -1,0 +1,291 @@
+"""Plans as text, as a pull-request comment (markdown) and as `pulumi preview --json`-shaped JSON."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from infra.offline import DeclaredResource
+from scripts.modelctl.plan import Capacity, Op, StackPlan, Step
+
+COMMENT_MARKER = "<!-- modelctl-plan -->"
+SYMBOLS = {Op.same: " ", Op.create: "+", Op.update: "~", Op.replace: "+-", Op.delete: "-"}
+SUMMARY_ORDER = (Op.create, Op.update, Op.replace, Op.delete, Op.same)
+WORDS = {Op.create: "to create", Op.update: "to update", Op.replace: "to replace", Op.delete: "to delete"}
+
+
+@dataclass
+class PlanReport:
+    """Everything a report shows: the plans, where they came from, and what the change touched."""
+
+    plans: list[StackPlan]
+    base_label: str | None  # None: no base, everything is a create
+    head_label: str
+    touched_models: set[str] | None = None  # models whose manifest the change edits; None: unknown
+    base_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
+    head_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
+    config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stack, secrets masked
+
+    @property
+    def has_changes(self) -> bool:
+        return any(p.changes for p in self.plans)
+
+    def blast_radius(self) -> list[str]:
+        return sorted({m for p in self.plans for m in p.affected_models()})
+
+    def untouched_but_affected(self) -> list[str]:
+        if self.touched_models is None:
+            return []
+        return [m for m in self.blast_radius() if m not in self.touched_models]
+
+
+def summary_line(plan: StackPlan) -> str:
+    counts = plan.summary()
+    if not plan.changes:
+        return f"no changes ({counts.get('same', 0)} unchanged)"
+    parts = [f"{counts[op.value]} {WORDS[op]}" for op in SUMMARY_ORDER[:-1] if counts.get(op.value)]
+    parts.append(f"{counts.get('same', 0)} unchanged")
+    return ", ".join(parts)
+
+
+def _why(step: Step, limit: int = 4) -> str:
+    if step.op is Op.create:
+        return "new"
+    if step.op is Op.delete:
+        return "no longer declared"
+    paths = [d.path + (" (forces replacement)" if d.replaces else "") for d in step.diffs]
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+# Text -----------------------------------------------------------------------------------------
+
+
+def render_text(report: PlanReport) -> str:
+    """Per stack a summary, then one line per changed resource (type, name, parent, why)."""
+    lines = []
+    source = f"{report.base_label} -> {report.head_label}" if report.base_label else report.head_label
+    for plan in report.plans:
+        lines.append(f"Stack {plan.stack} ({source}): {summary_line(plan)}")
+        changes = plan.changes
+        type_width = max((len(s.type) for s in changes), default=0)
+        name_width = max((len(s.name) for s in changes), default=0)
+        for step in changes:
+            parent = step.resource.parent.rsplit("::", 1)[-1] if step.resource.parent else "-"
+            lines.append(
+                f"  {SYMBOLS[step.op]:<2} {step.type:<{type_width}}  {step.name:<{name_width}}  "
+                f"parent: {parent}  {step.op.value}: {_why(step)}"
+            )
+        if changes:
+            models = plan.affected_models()
+            platform = " (and the platform)" if plan.platform_changed else ""
+            lines.append(f"  blast radius: {', '.join(models) if models else 'no model'}{platform}")
+        for row in _capacity_rows(report, plan.stack):
+            lines.append("  capacity " + " | ".join(row))
+    for model in report.untouched_but_affected():
+        lines.append(f"warning: {model} changes although its manifest is untouched")
+    return "\n".join(lines) + "\n"
+
+
+# Capacity -------------------------------------------------------------------------------------
+
+
+def _cores(value: float) -> str:
+    return f"{value:g}"
+
+
+def _bytes(value: float) -> str:
+    for unit, size in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:g}"
+
+
+def _span(low: float, high: float, fmt) -> str:
+    return fmt(low) if low == high else f"{fmt(low)}–{fmt(high)}"
+
+
+def _describe(capacity: Capacity | None) -> tuple[str, str, str]:
+    if capacity is None:
+        return ("–", "–", "–")
+    totals = capacity.totals()
+    return (
+        _span(capacity.min_replicas, capacity.max_replicas, str),
+        _span(*totals["cpu"], _cores),
+        _span(*totals["memory"], _bytes),
+    )
+
+
+def _sum(capacities: Mapping[str, Capacity]) -> tuple[str, str, str]:
+    low_replicas = sum(c.min_replicas for c in capacities.values())
+    high_replicas = sum(c.max_replicas for c in capacities.values())
+    cpu = [sum(c.totals()["cpu"][i] for c in capacities.values()) for i in (0, 1)]
+    memory = [sum(c.totals()["memory"][i] for c in capacities.values()) for i in (0, 1)]
+    return (
+        _span(low_replicas, high_replicas, str),
+        _span(cpu[0], cpu[1], _cores),
+        _span(memory[0], memory[1], _bytes),
+    )
+
+
+def _capacity_rows(report: PlanReport, stack: str) -> list[tuple[str, str, str, str]]:
+    """(model, replicas, CPU, memory) rows with `before → after`, for models whose capacity changes."""
+    before = report.base_capacity.get(stack, {})
+    after = report.head_capacity.get(stack, {})
+    rows = []
+    for model in sorted(set(before) | set(after)):
+        if before.get(model) == after.get(model):
+            continue
+        old, new = _describe(before.get(model)), _describe(after.get(model))
+        rows.append((model, *(f"{o} → {n}" for o, n in zip(old, new, strict=True))))
+    if rows:
+        old, new = _sum(before), _sum(after)
+        rows.append(("total", *(f"{o} → {n}" for o, n in zip(old, new, strict=True))))
+    return rows
+
+
+# Markdown -------------------------------------------------------------------------------------
+
+
+def _yaml(resource: DeclaredResource | None) -> list[str]:
+    if resource is None:
+        return []
+    return yaml.safe_dump(resource.state, sort_keys=True).splitlines(keepends=True)
+
+
+def unified_yaml_diff(step: Step) -> str:
+    old_name = f"{step.old.name} (base)" if step.old else "/dev/null"
+    new_name = f"{step.new.name} (head)" if step.new else "/dev/null"
+    return "".join(difflib.unified_diff(_yaml(step.old), _yaml(step.new), old_name, new_name, n=3))
+
+
+def _code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def render_markdown(report: PlanReport) -> str:
+    out = [COMMENT_MARKER]
+    source = f"{_code(report.base_label)} → {report.head_label}" if report.base_label else report.head_label
+    out.append(f"## Offline plan: {source}")
+    out.append("")
+    for plan in report.plans:
+        out.append(f"- **{plan.stack}**: {summary_line(plan)}")
+    out.append("")
+    if not report.has_changes:
+        out.append("No stack changes.")
+        return "\n".join(out) + "\n"
+    radius = report.blast_radius()
+    out.append(f"**Blast radius:** {', '.join(_code(m) for m in radius) if radius else 'no model'}")
+    platform_stacks = [p.stack for p in report.plans if p.platform_changed]
+    if platform_stacks:
+        out.append(f" and the platform of {', '.join(platform_stacks)}")
+    out.append("")
+    for model in report.untouched_but_affected():
+        out.append("> [!WARNING]")
+        out.append(
+            f"> {_code(model)} changes although this change does not touch its manifest "
+            f"(a code, stack or shared-config change reaches it)."
+        )
+        out.append("")
+    for plan in report.plans:
+        if not plan.changes:
+            continue
+        out.append(f"### Stack {_code(plan.stack)}: {summary_line(plan)}")
+        out.append("")
+        rows = _capacity_rows(report, plan.stack)
+        if rows:
+            out.append("Capacity (replicas min–max × requests), before → after:")
+            out.append("")
+            out.append("| model | replicas | CPU (cores) | memory |")
+            out.append("| --- | --- | --- | --- |")
+            for model, replicas, cpu, memory in rows:
+                name = "**total**" if model == "total" else _code(model)
+                out.append(f"| {name} | {replicas} | {cpu} | {memory} |")
+            out.append("")
+        for component in _components_in_order(plan):
+            title = "platform" if component == "platform" else "stack" if component == "" else "model"
+            changes = [s for s in plan.changes if s.component == component]
+            out.append(f"#### {title.capitalize()} {_code(component) if component else ''}".rstrip())
+            out.append("")
+            out.append("| resource | operation | why |")
+            out.append("| --- | --- | --- |")
+            for step in changes:
+                why = _why(step).replace("|", "\\|")
+                out.append(f"| {_code(step.type)} {_code(step.name)} | {step.op.value} | {why} |")
+            out.append("")
+            for step in changes:
+                out.append(f"<details><summary>{step.type.rsplit(':', 1)[-1]} {step.name}: {step.op.value}</summary>")
+                out.append("")
+                out.append("```diff")
+                out.append(unified_yaml_diff(step).rstrip("\n"))
+                out.append("```")
+                out.append("")
+                out.append("</details>")
+                out.append("")
+    return "\n".join(out) + "\n"
+
+
+def _components_in_order(plan: StackPlan) -> list[str]:
+    seen: list[str] = []
+    for step in plan.changes:
+        if step.component not in seen:
+            seen.append(step.component)
+    return seen
+
+
+# JSON -----------------------------------------------------------------------------------------
+
+
+def _state(resource: DeclaredResource | None) -> dict[str, Any] | None:
+    if resource is None:
+        return None
+    state = {
+        "urn": resource.urn,
+        "custom": resource.custom,
+        "type": resource.type,
+        "inputs": resource.inputs,
+        "outputs": resource.state,
+    }
+    if resource.parent:
+        state["parent"] = resource.parent
+    if resource.provider:
+        state["provider"] = resource.provider
+    return state
+
+
+def step_json(step: Step) -> dict[str, Any]:
+    """One step as `pulumi preview --json` prints it (pkg/backend/display/json.go: previewStep)."""
+    document: dict[str, Any] = {"op": step.op.value, "urn": step.urn}
+    if step.resource.provider:
+        document["provider"] = step.resource.provider
+    if step.old is not None:
+        document["oldState"] = _state(step.old)
+    if step.new is not None:
+        document["newState"] = _state(step.new)
+    if step.diffs:
+        document["diffReasons"] = step.diff_reasons
+    if step.replace_reasons:
+        document["replaceReasons"] = step.replace_reasons
+    document["detailedDiff"] = {d.path: {"kind": d.kind.value, "inputDiff": True} for d in step.diffs}
+    return document
+
+
+def stack_json(plan: StackPlan, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    document: dict[str, Any] = {"stack": plan.stack}
+    if config:
+        document["config"] = dict(config)
+    document["steps"] = [step_json(s) for s in plan.steps]
+    document["changeSummary"] = plan.summary()
+    return document
+
+
+def render_json(report: PlanReport) -> dict[str, Any]:
+    """One stack: the `pulumi preview --json` shape; several: `{"stacks": {name: that shape}}`."""
+    documents = {p.stack: stack_json(p, report.config.get(p.stack)) for p in report.plans}
+    if len(documents) == 1:
+        return next(iter(documents.values()))
+    return {"stacks": documents}

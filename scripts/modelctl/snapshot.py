@@ -1,0 +1,130 @@
+"""What a revision's program declares per stack: run in-process, or from a git worktree in a subprocess.
+
+The base of a plan is computed with the base revision's own `infra/` code, so a pull
+request that changes the program is planned honestly; the head is the working tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from infra.errors import ConfigError, ErrorItem
+from infra.offline import DeclaredResource, OfflineRun
+
+DRIVER = Path(__file__).with_name("snapshot_driver.py")
+
+
+class RevisionError(Exception):
+    """A revision could not be planned (bad ref, broken program, invalid input)."""
+
+
+@dataclass
+class Snapshot:
+    """Offline runs of some stacks of one revision."""
+
+    label: str
+    runs: dict[str, OfflineRun]
+
+
+def _code_root() -> Path:
+    import infra
+
+    return Path(infra.__file__).resolve().parent.parent
+
+
+def take(root: Path, stacks: Sequence[str], label: str = "working tree") -> Snapshot:
+    """Run the program of the tree at `root` for `stacks`.
+
+    In-process when `root` holds the code this process runs; otherwise in a subprocess
+    that imports `root`'s own `infra/`.
+    """
+    if root.resolve() == _code_root():
+        from infra.offline import run_stack
+
+        return Snapshot(label, {stack: run_stack(root, stack) for stack in stacks})
+    return _take_in_subprocess(root, stacks, label)
+
+
+def _take_in_subprocess(root: Path, stacks: Sequence[str], label: str) -> Snapshot:
+    with tempfile.TemporaryDirectory(prefix="modelctl-snapshot-") as scratch:
+        output = Path(scratch) / "snapshot.json"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_CONFIG")}
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        result = subprocess.run(
+            [sys.executable, str(DRIVER), "--root", str(root), "--output", str(output), *stacks],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0 or not output.is_file():
+            detail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise RevisionError(f"{label}: the program failed: {detail[0]}")
+        document = json.loads(output.read_text())
+    if document.get("errors"):
+        raise ConfigError([ErrorItem(f"{label}: {e['file']}", e["field"], e["message"]) for e in document["errors"]])
+    runs = {}
+    for stack, data in document["stacks"].items():
+        resources = [DeclaredResource(**_known_fields(r)) for r in data["resources"]]
+        runs[stack] = OfflineRun(stack=stack, resources=resources, outputs=data["outputs"])
+    return Snapshot(label, runs)
+
+
+def _known_fields(record: dict) -> dict:
+    """Fill fields an older revision's records may lack."""
+    record = dict(record)
+    record.setdefault("provider", None)
+    record.setdefault("state", record.get("inputs", {}))
+    return {k: record[k] for k in ("urn", "type", "name", "parent", "custom", "provider", "inputs", "state")}
+
+
+def of_revision(repo: Path, ref: str, stacks: Sequence[str]) -> Snapshot:
+    """Run the program of revision `ref` of the git repository at `repo` (a temporary worktree)."""
+    label = f"base {ref}"
+    commit = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if commit is None:
+        raise RevisionError(f"{label}: not a commit in {repo}")
+    prefix = _git(repo, "rev-parse", "--show-prefix") or ""
+    with tempfile.TemporaryDirectory(prefix="modelctl-base-") as scratch:
+        worktree = Path(scratch) / "tree"
+        if _git(repo, "worktree", "add", "--detach", "--quiet", str(worktree), commit) is None:
+            raise RevisionError(f"{label}: cannot create a git worktree")
+        try:
+            root = worktree / prefix
+            available = [s for s in stacks if (root / "stacks" / f"Pulumi.{s}.yaml").is_file()]
+            snapshot = _take_in_subprocess(root, available, label) if available else Snapshot(label, {})
+            # A stack added by the change has no base: everything in it is a create.
+            for stack in stacks:
+                snapshot.runs.setdefault(stack, OfflineRun(stack=stack))
+            return snapshot
+        finally:
+            _git(repo, "worktree", "remove", "--force", str(worktree))
+            _git(repo, "worktree", "prune")
+
+
+def changed_files(repo: Path, ref: str) -> set[str]:
+    """Paths (relative to `repo`) that differ between `ref` and the working tree, untracked included."""
+    changed = _git(repo, "diff", "--name-only", "--relative", ref, "--") or ""
+    untracked = _git(repo, "ls-files", "--others", "--exclude-standard") or ""
+    return {line for line in (changed + "\n" + untracked).splitlines() if line}
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def to_json(snapshot: Snapshot) -> dict:
+    return {
+        "stacks": {
+            stack: {"resources": [asdict(r) for r in run.resources], "outputs": run.outputs}
+            for stack, run in snapshot.runs.items()
+        }
+    }

@@ -1,0 +1,42 @@
+"""Subprocess entry: run a tree's own program offline for some stacks and write JSON.
+
+Run by path with `--root TREE`; TREE goes first on sys.path so its `infra/` is imported,
+not the caller's. Kept to what every revision's `infra.offline.run_stack` offers.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("stacks", nargs="*")
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.root.resolve()))
+    from infra.offline import run_stack
+
+    document = {"stacks": {}, "errors": []}
+    for stack in args.stacks:
+        try:
+            run = run_stack(args.root, stack)
+        except Exception as exc:
+            errors = getattr(exc, "errors", None)
+            if errors is None:
+                raise
+            document["errors"] += [{"file": e.file, "field": e.field, "message": e.message} for e in errors]
+            continue
+        document["stacks"][stack] = {
+            "resources": [dataclasses.asdict(r) for r in run.resources],
+            "outputs": run.outputs,
+        }
+    args.output.write_text(json.dumps(document))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
