@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint schema clean
+.PHONY: install demo test test-fast lint schema bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,6 @@ schema: $(STAMP)
 
 clean:
 	rm -rf build .pytest_cache
+
+bench: $(STAMP)
+	$(BIN)/python -m scripts.bench_plan

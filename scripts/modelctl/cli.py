@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infra.errors import ConfigError, ErrorItem
+from scripts.modelctl.report import DIFF_BUDGET
 from scripts.modelctl.snapshot import RevisionError
 
 EXIT_OK = 0
@@ -71,7 +72,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if errors:
         _print_errors(errors)
         return EXIT_ERROR
-    head = snapshot.take(args.root, stacks)
+    head = snapshot.take(args.root, stacks, short_lived=True)
     if args.base:
         base = snapshot.of_revision(args.root, args.base, stacks)
         touched = {
@@ -95,7 +96,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(render_json(report), indent=2, sort_keys=False))
     elif args.format == "markdown":
-        sys.stdout.write(render_markdown(report))
+        sys.stdout.write(render_markdown(report, diff_budget=args.max_diff_chars))
     else:
         sys.stdout.write(render_text(report))
     if args.render:
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--base", metavar="REF", help="git revision to diff against (its own program and manifests)")
     plan.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     plan.add_argument("--render", type=Path, metavar="DIR", help="write each Kubernetes object as YAML under DIR")
+    plan.add_argument(
+        "--max-diff-chars",
+        type=int,
+        default=DIFF_BUDGET,
+        metavar="N",
+        help=f"markdown: YAML diffs up to N characters (default {DIFF_BUDGET}, within GitHub's comment limit; 0: all)",
+    )
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 on changes, 1 on error"
     )

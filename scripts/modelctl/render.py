@@ -11,6 +11,36 @@ from infra.offline import DeclaredResource, OfflineRun
 INDEX_FILE = ".modelctl-render"
 
 
+class _BlockStyleDumper(yaml.SafeDumper):
+    """Multi-line strings (models.config, the fetch script) as `|` blocks, readable in diffs."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockStyleDumper.add_representer(str, _represent_str)
+
+
+_FIRST_KEYS = ("apiVersion", "kind", "metadata")
+
+
+def _canonical(value: object, top: bool = False) -> object:
+    """Keys sorted (the wire format keeps no order), apiVersion/kind/metadata first."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (_FIRST_KEYS.index(k) if top and k in _FIRST_KEYS else len(_FIRST_KEYS), k))
+        return {k: _canonical(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def dump_yaml(document: object) -> str:
+    """YAML of a Kubernetes object as the render and the plan's diffs show it, in a stable order."""
+    return yaml.dump(_canonical(document, top=True), Dumper=_BlockStyleDumper, sort_keys=False, width=120)
+
+
 def group_of(resource: DeclaredResource, by_urn: dict[str, DeclaredResource]) -> str:
     """The component a resource belongs to (`platform`, a model name); "" for the stack's own."""
     parent = by_urn.get(resource.parent or "")
@@ -37,7 +67,7 @@ def render(run: OfflineRun, directory: Path) -> list[Path]:
         name = obj["metadata"]["name"]
         path = directory / group_of(resource, by_urn) / f"{obj['kind'].lower()}-{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
+        path.write_text(dump_yaml(obj), encoding="utf-8")
         written.append(path)
     written.sort()
     index.write_text("".join(f"{p.relative_to(directory)}\n" for p in written), encoding="utf-8")

@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from infra.offline import DeclaredResource
 from scripts.modelctl.plan import Capacity, Op, StackPlan, Step
+from scripts.modelctl.render import dump_yaml
 
 COMMENT_MARKER = "<!-- modelctl-plan -->"
+# GitHub refuses comments over 65,536 characters; YAML diffs past this budget are left out.
+DIFF_BUDGET = 50_000
 SYMBOLS = {Op.same: " ", Op.create: "+", Op.update: "~", Op.replace: "+-", Op.delete: "-"}
 SUMMARY_ORDER = (Op.create, Op.update, Op.replace, Op.delete, Op.same)
 WORDS = {Op.create: "to create", Op.update: "to update", Op.replace: "to replace", Op.delete: "to delete"}
@@ -52,12 +53,12 @@ def summary_line(plan: StackPlan) -> str:
     return ", ".join(parts)
 
 
-def _why(step: Step, limit: int = 4) -> str:
+def _why(step: Step, limit: int = 4, quote=str) -> str:
     if step.op is Op.create:
         return "new"
     if step.op is Op.delete:
         return "no longer declared"
-    paths = [d.path + (" (forces replacement)" if d.replaces else "") for d in step.diffs]
+    paths = [quote(d.path) + (" (forces replacement)" if d.replaces else "") for d in step.diffs]
     shown = ", ".join(paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
@@ -154,7 +155,7 @@ def _capacity_rows(report: PlanReport, stack: str) -> list[tuple[str, str, str, 
 def _yaml(resource: DeclaredResource | None) -> list[str]:
     if resource is None:
         return []
-    return yaml.safe_dump(resource.state, sort_keys=True).splitlines(keepends=True)
+    return dump_yaml(resource.state).splitlines(keepends=True)
 
 
 def unified_yaml_diff(step: Step) -> str:
@@ -167,7 +168,9 @@ def _code(text: str) -> str:
     return "`" + text.replace("`", "'") + "`"
 
 
-def render_markdown(report: PlanReport) -> str:
+def render_markdown(report: PlanReport, diff_budget: int = DIFF_BUDGET) -> str:
+    """The pull-request comment; `diff_budget` characters of YAML diffs at most (0: no limit)."""
+    limited = diff_budget > 0
     out = [COMMENT_MARKER]
     source = f"{_code(report.base_label)} → {report.head_label}" if report.base_label else report.head_label
     out.append(f"## Offline plan: {source}")
@@ -191,6 +194,7 @@ def render_markdown(report: PlanReport) -> str:
             f"(a code, stack or shared-config change reaches it)."
         )
         out.append("")
+    omitted = 0
     for plan in report.plans:
         if not plan.changes:
             continue
@@ -214,18 +218,28 @@ def render_markdown(report: PlanReport) -> str:
             out.append("| resource | operation | why |")
             out.append("| --- | --- | --- |")
             for step in changes:
-                why = _why(step).replace("|", "\\|")
+                why = _why(step, quote=_code).replace("|", "\\|")
                 out.append(f"| {_code(step.type)} {_code(step.name)} | {step.op.value} | {why} |")
             out.append("")
             for step in changes:
+                diff = unified_yaml_diff(step).rstrip("\n")
+                diff_budget -= len(diff)
+                if diff_budget < 0 and limited:
+                    omitted += 1
+                    continue
                 out.append(f"<details><summary>{step.type.rsplit(':', 1)[-1]} {step.name}: {step.op.value}</summary>")
                 out.append("")
                 out.append("```diff")
-                out.append(unified_yaml_diff(step).rstrip("\n"))
+                out.append(diff)
                 out.append("```")
                 out.append("")
                 out.append("</details>")
                 out.append("")
+    if omitted:
+        out.append(
+            f"_{omitted} YAML diff(s) left out to keep this comment within GitHub's size limit; "
+            "`modelctl plan --format markdown --max-diff-chars 0` prints them all._"
+        )
     return "\n".join(out) + "\n"
 
 

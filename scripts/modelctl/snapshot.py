@@ -39,16 +39,16 @@ def _code_root() -> Path:
     return Path(infra.__file__).resolve().parent.parent
 
 
-def take(root: Path, stacks: Sequence[str], label: str = "working tree") -> Snapshot:
+def take(root: Path, stacks: Sequence[str], label: str = "working tree", short_lived: bool = False) -> Snapshot:
     """Run the program of the tree at `root` for `stacks`.
 
     In-process when `root` holds the code this process runs; otherwise in a subprocess
-    that imports `root`'s own `infra/`.
+    that imports `root`'s own `infra/`. `short_lived`: see `run_stack`.
     """
     if root.resolve() == _code_root():
         from infra.offline import run_stack
 
-        return Snapshot(label, {stack: run_stack(root, stack) for stack in stacks})
+        return Snapshot(label, {stack: run_stack(root, stack, short_lived=short_lived) for stack in stacks})
     return _take_in_subprocess(root, stacks, label)
 
 

@@ -18,12 +18,17 @@ def main() -> int:
     parser.add_argument("stacks", nargs="*")
     args = parser.parse_args()
     sys.path.insert(0, str(args.root.resolve()))
+    import inspect
+
     from infra.offline import run_stack
+
+    # This process ends after writing: skip the final garbage collection where supported.
+    options = {"short_lived": True} if "short_lived" in inspect.signature(run_stack).parameters else {}
 
     document = {"stacks": {}, "errors": []}
     for stack in args.stacks:
         try:
-            run = run_stack(args.root, stack)
+            run = run_stack(args.root, stack, **options)
         except Exception as exc:
             errors = getattr(exc, "errors", None)
             if errors is None:

@@ -1,0 +1,96 @@
+"""The pull-request workflows: structure, and the comment upsert script against a fake `gh`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import ROOT
+
+WORKFLOWS = ROOT / ".github" / "workflows"
+UPSERT = ROOT / ".github" / "scripts" / "upsert-comment.sh"
+
+
+def load(name: str) -> dict:
+    document = yaml.safe_load((WORKFLOWS / name).read_text())
+    # YAML 1.1 reads the key `on` as True.
+    document["on"] = document.pop(True)
+    return document
+
+
+def test_preview_runs_the_offline_plan_on_pull_requests_touching_the_inputs():
+    workflow = load("preview.yml")
+    paths = workflow["on"]["pull_request"]["paths"]
+    assert {"models/**", "stacks/**", "infra/**"} <= set(paths)
+    job = workflow["jobs"]["offline-plan"]
+    assert job["permissions"]["pull-requests"] == "write"
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "modelctl plan --all-stacks --base" in runs and "--format markdown" in runs
+    assert any("upsert-comment.sh" in step.get("run", "") for step in job["steps"])
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["fetch-depth"] == 0, "the base revision must be in the clone"
+    assert "secrets." not in (WORKFLOWS / "preview.yml").read_text().split("credentials:")[0]
+
+
+def test_pulumi_preview_runs_per_stack_only_with_credentials():
+    job = load("preview.yml")["jobs"]["pulumi-preview"]
+    assert job["needs"] == "credentials"
+    assert job["if"] == "needs.credentials.outputs.available == 'true'"
+    assert set(job["strategy"]["matrix"]["stack"]) == {"dev", "staging", "prod"}
+    action = next(s for s in job["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
+    assert action["with"]["command"] == "preview"
+    assert action["with"]["comment-on-pr"] is True
+
+
+def test_fork_comments_come_from_the_artifact_without_running_fork_code():
+    workflow = load("preview-comment.yml")
+    assert workflow["on"]["workflow_run"]["workflows"] == ["preview"]
+    steps = workflow["jobs"]["comment"]["steps"]
+    assert not any("make" in s.get("run", "") or "modelctl" in s.get("run", "") for s in steps)
+
+
+def fake_gh(tmp_path: Path, existing_comments: str) -> tuple[dict, Path]:
+    log = tmp_path / "gh.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gh").write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *"--jq"*) printf "%s" "$FAKE_GH_IDS" ;; esac\n'
+    )
+    (bin_dir / "gh").chmod(0o755)
+    env = os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GH_IDS": existing_comments}
+    return env, log
+
+
+def test_upsert_updates_the_existing_plan_comment(tmp_path):
+    body = tmp_path / "plan.md"
+    body.write_text("<!-- modelctl-plan -->\n## Offline plan\n")
+    env, log = fake_gh(tmp_path, "4242\n")
+    result = subprocess.run(
+        ["bash", str(UPSERT), "acme/models", "7", str(body)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "api --method PATCH repos/acme/models/issues/comments/4242" in log.read_text()
+
+
+def test_upsert_creates_a_comment_when_there_is_none(tmp_path):
+    body = tmp_path / "plan.md"
+    body.write_text("<!-- modelctl-plan -->\n## Offline plan\n")
+    env, log = fake_gh(tmp_path, "")
+    result = subprocess.run(
+        ["bash", str(UPSERT), "acme/models", "7", str(body)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "api --method POST repos/acme/models/issues/7/comments" in log.read_text()
+
+
+def test_upsert_refuses_a_body_without_the_marker(tmp_path):
+    body = tmp_path / "plan.md"
+    body.write_text("something else\n")
+    env, _ = fake_gh(tmp_path, "")
+    result = subprocess.run(
+        ["bash", str(UPSERT), "acme/models", "7", str(body)], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 1
