@@ -56,43 +56,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from infra.offline import OfflineRun, mask_secrets
     from infra.project import validate_project
-    from infra.settings import read_stack_config, stack_names
-    from scripts.modelctl import snapshot
-    from scripts.modelctl.plan import capacity, plan_stack
+    from infra.settings import stack_names
     from scripts.modelctl.render import render
-    from scripts.modelctl.report import PlanReport, render_json, render_markdown, render_text
+    from scripts.modelctl.report import build_report, render_json, render_markdown, render_text
 
     stacks = stack_names(args.root) if args.all_stacks else list(dict.fromkeys(args.stack or []))
     if not stacks:
         print("modelctl plan: name a --stack or use --all-stacks", file=sys.stderr)
         return EXIT_ERROR
+    if args.max_diff_chars < 0:
+        print("modelctl plan: --max-diff-chars takes 0 (no limit) or a positive number", file=sys.stderr)
+        return EXIT_ERROR
     _, errors = validate_project(args.root)
     if errors:
         _print_errors(errors)
         return EXIT_ERROR
-    head = snapshot.take(args.root, stacks, short_lived=True)
-    if args.base:
-        base = snapshot.of_revision(args.root, args.base, stacks)
-        touched = {
-            Path(path).stem
-            for path in snapshot.changed_files(args.root, args.base)
-            if path.startswith("models/") and Path(path).suffix in (".yaml", ".yml")
-        }
-    else:
-        base = snapshot.Snapshot("nothing", {stack: OfflineRun(stack=stack) for stack in stacks})
-        touched = None
-    plans = [plan_stack(stack, base.runs[stack], head.runs[stack]) for stack in stacks]
-    report = PlanReport(
-        plans=plans,
-        base_label=args.base,
-        head_label="working tree",
-        touched_models=touched,
-        base_capacity={stack: capacity(run) for stack, run in base.runs.items()},
-        head_capacity={stack: capacity(run) for stack, run in head.runs.items()},
-        config={stack: mask_secrets(read_stack_config(args.root, stack)) for stack in stacks},
-    )
+    report = build_report(args.root, stacks, args.base)
     if args.format == "json":
         print(json.dumps(render_json(report), indent=2, sort_keys=False))
     elif args.format == "markdown":
@@ -102,7 +82,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.render:
         for stack in stacks:
             directory = args.render if len(stacks) == 1 else args.render / stack
-            files = render(head.runs[stack], directory)
+            files = render(report.head_runs[stack], directory)
             print(f"Rendered {len(files)} Kubernetes objects of {stack} to {directory}/", file=sys.stderr)
     if args.detailed_exitcode and report.has_changes:
         return EXIT_CHANGES

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from infra.offline import DeclaredResource
-from scripts.modelctl.plan import Capacity, Op, StackPlan, Step
+from infra.manifest import MANIFEST_SUFFIXES, MODELS_DIR
+from infra.offline import DeclaredResource, OfflineRun, mask_secrets
+from infra.settings import read_stack_config
+from scripts.modelctl import snapshot
+from scripts.modelctl.plan import Capacity, Op, StackPlan, Step, capacity, plan_stack
 from scripts.modelctl.render import dump_yaml
 
 COMMENT_MARKER = "<!-- modelctl-plan -->"
@@ -30,6 +34,7 @@ class PlanReport:
     base_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
     head_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
     config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stack, secrets masked
+    head_runs: dict[str, OfflineRun] = field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:
@@ -42,6 +47,31 @@ class PlanReport:
         if self.touched_models is None:
             return []
         return [m for m in self.blast_radius() if m not in self.touched_models]
+
+
+def build_report(root: Path, stacks: Sequence[str], base_ref: str | None) -> PlanReport:
+    """Plan `stacks` of the working tree at `root` against revision `base_ref` (None: nothing)."""
+    head = snapshot.take(root, stacks, short_lived=True)
+    if base_ref:
+        base = snapshot.of_revision(root, base_ref, stacks)
+        touched: set[str] | None = {
+            Path(path).stem
+            for path in snapshot.changed_files(root, base_ref)
+            if path.startswith(f"{MODELS_DIR}/") and Path(path).suffix in MANIFEST_SUFFIXES
+        }
+    else:
+        base = snapshot.Snapshot("nothing", {stack: OfflineRun(stack=stack) for stack in stacks})
+        touched = None
+    return PlanReport(
+        plans=[plan_stack(stack, base.runs[stack], head.runs[stack]) for stack in stacks],
+        base_label=base_ref,
+        head_label="working tree",
+        touched_models=touched,
+        base_capacity={stack: capacity(run) for stack, run in base.runs.items()},
+        head_capacity={stack: capacity(run) for stack, run in head.runs.items()},
+        config={stack: mask_secrets(read_stack_config(root, stack)) for stack in stacks},
+        head_runs=head.runs,
+    )
 
 
 def summary_line(plan: StackPlan) -> str:
