@@ -27,6 +27,10 @@ class ConfigError(Exception):
         self.errors: list[ErrorItem] = list(errors)
         super().__init__("\n".join(str(e) for e in self.errors))
 
+    @classmethod
+    def single(cls, file: str, field: str, message: str) -> ConfigError:
+        return cls([ErrorItem(file, field, message)])
+
 
 class FieldProblemsError(ValueError):
     """Raised inside a model validator to report problems at field paths relative to that model.

@@ -8,6 +8,7 @@ set -eu
 
 checksums="@CHECKSUMS_FILE@"
 marker="@COMMIT_MARKER@"
+claim="@CLAIM_FILE@"
 
 aws_s3() {
   if [ -n "${S3_ENDPOINT:-}" ]; then
@@ -35,6 +36,7 @@ for spec in "$@"; do
     || fail "version $version is not committed: $source/$marker is missing"
   aws_s3 cp --only-show-errors --recursive "$source/" "$staging/" \
     || fail "cannot copy $source/"
+  rm -f "$staging/$claim"  # the publisher's lock, not part of the model
   actual="sha256:$(sha256sum "$staging/$checksums" | cut -d ' ' -f 1)"
   [ "$actual" = "$expected" ] \
     || fail "version $version: $source/$checksums has digest $actual, the manifest says $expected"

@@ -40,10 +40,20 @@ def provider(settings: StackSettings) -> k8s.Provider:
     )
 
 
-def declare(settings: StackSettings, root: Path) -> None:
-    """Declare everything for one stack; raises ConfigError before declaring anything if input is bad."""
+def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False) -> None:
+    """Declare everything for one stack; raises ConfigError before declaring anything if input is bad.
+
+    With `verify_artifacts`, every served version must be committed in the object store
+    with the manifest's digest, or nothing is declared.
+    """
     manifests = load_manifests(root, environments=stack_names(root) or None)
     served = served_in(manifests, settings.environment)
+    if verify_artifacts:
+        from infra.artifacts import verify_served_versions
+
+        problems = verify_served_versions(served, settings.object_store)
+        if problems:
+            raise ConfigError(problems)
     k8s_provider = provider(settings)
     platform = Platform("platform", settings, opts=pulumi.ResourceOptions(providers=[k8s_provider]))
     exported = {}
@@ -64,7 +74,8 @@ def main(root: Path | None = None) -> None:
     root = root or Path.cwd()
     try:
         settings = read_settings()
-        declare(settings, root)
+        # The offline plan runs `declare` directly; a real preview/up checks the artifacts.
+        declare(settings, root, verify_artifacts=settings.object_store.verify_artifacts)
     except ConfigError as exc:
         for item in exc.errors:
             pulumi.log.error(str(item))

@@ -142,6 +142,11 @@ class ObjectStoreSettings(Settings):
         default=("0.0.0.0/0",), strict=False, description="Where the fetcher may connect to reach the store."
     )
     port: int = Field(default=443, ge=1, le=65535, description="TCP port of the store, for the NetworkPolicy.")
+    verify_artifacts: bool = Field(
+        default=True,
+        description="A real `pulumi preview`/`up` first checks that every served version is committed "
+        "and matches its digest (standard AWS credential chain).",
+    )
 
     def url(self, path: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}/{path}"

@@ -48,7 +48,7 @@ def project(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def s3_server():
     """One S3 protocol server on loopback for the session."""
-    from tests.s3server import S3Server
+    from scripts.modelctl.localstore import S3Server
 
     server = S3Server.start()
     try:

@@ -84,6 +84,11 @@ def test_program_main_refuses_invalid_manifests_before_declaring_anything(projec
     assert declared.resources == [], "no provider, no namespace, no model from an invalid manifest"
 
 
-def test_program_main_declares_the_stack_like_the_offline_run(runs):
-    via_main = run_stack(ROOT, "prod", entry=program.main)
+def test_program_main_declares_the_stack_like_the_offline_run(runs, project):
+    # Artifact verification against a real store is tested in test_lifecycle.py.
+    edit_yaml(
+        project / "stacks" / "Pulumi.prod.yaml",
+        lambda d: d["config"]["model-serving:objectStore"].update({"verifyArtifacts": False}),
+    )
+    via_main = run_stack(project, "prod", entry=program.main)
     assert {r.urn for r in via_main.resources} == {r.urn for r in runs["prod"].resources}

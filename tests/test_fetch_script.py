@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infra.object_store import CHECKSUMS_FILE, COMMIT_MARKER, fetch_script, version_prefix
-from tests.s3server import TEST_CREDENTIALS
+from scripts.modelctl.localstore import TEST_CREDENTIALS
 
 SAVED_MODEL = {
     "saved_model.pb": b"\x08\x01graph-bytes",

@@ -10,8 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infra.errors import ConfigError, ErrorItem
+from infra.object_store import StoreError
+from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.report import DIFF_BUDGET
 from scripts.modelctl.snapshot import RevisionError
+from scripts.training.recipes import RecipeError
+from scripts.training.savedmodel import SavedModelError
+from scripts.training.train import TrainingError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -73,6 +78,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_errors(errors)
         return EXIT_ERROR
     report = build_report(args.root, stacks, args.base)
+    if args.check_artifacts:
+        problems = check_artifacts(args.root, stacks)
+        if problems:
+            _print_errors(problems)
+            return EXIT_ERROR
     if args.format == "json":
         print(json.dumps(render_json(report), indent=2, sort_keys=False))
     elif args.format == "markdown":
@@ -87,6 +97,74 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.detailed_exitcode and report.has_changes:
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def check_artifacts(root: Path, stacks: Sequence[str]) -> list[ErrorItem]:
+    """Every version each stack serves, against that stack's object store."""
+    from infra.artifacts import verify_served_versions
+    from infra.manifest import load_manifests, served_in
+    from infra.settings import load_stack_settings
+
+    manifests = load_manifests(root)
+    problems = []
+    for stack in stacks:
+        settings = load_stack_settings(root, stack)
+        problems += verify_served_versions(served_in(manifests, settings.environment), settings.object_store)
+    return problems
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from scripts.modelctl import manifest_edit
+    from scripts.training.recipes import recipe_for
+    from scripts.training.train import train
+
+    manifest = manifest_edit.load(args.root, args.model)
+    recipe = recipe_for(args.model)
+    trained = train(manifest, recipe, args.version, args.out)
+    metrics = ", ".join(f"{k} {v:g}" for k, v in sorted(trained.metrics.items()))
+    print(f"trained {args.model} version {args.version}: {metrics} (held-out split) -> {trained.path}")
+    return EXIT_OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from scripts.modelctl.publish import publish_model
+
+    published = publish_model(
+        args.root, args.model, args.savedmodel, args.stack, args.version, args.takeover, progress=not args.quiet
+    )
+    print(
+        f"published {args.model} version {published.version}: {published.files} files, {published.bytes} bytes "
+        f"-> {published.url} ({published.digest}); recorded in models/{args.model}.yaml"
+    )
+    return EXIT_OK
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from scripts.modelctl.promote import promote
+
+    comparison = promote(args.root, args.model, args.env, args.version, args.canary)
+    label = "canary" if args.canary else "stable"
+    print(comparison.describe())
+    print(f"promoted {args.model} version {comparison.candidate} to {label} in {args.env} (models/{args.model}.yaml)")
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from scripts.modelctl.promote import rollback
+
+    current, previous = rollback(args.root, args.model, args.env)
+    print(f"rolled {args.model} back in {args.env}: stable {current} -> {previous} (models/{args.model}.yaml)")
+    return EXIT_OK
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: versions start at 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +198,39 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 on changes, 1 on error"
     )
+    plan.add_argument(
+        "--check-artifacts",
+        action="store_true",
+        help="also check that every served version is committed in the stack's store with its digest",
+    )
     plan.set_defaults(func=cmd_plan)
+
+    train = commands.add_parser("train", help="train an example model and export a SavedModel")
+    train.add_argument("model")
+    train.add_argument("--version", type=_positive, required=True)
+    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes DIR/<model>/<version>/")
+    train.set_defaults(func=cmd_train)
+
+    publish = commands.add_parser("publish", help="publish a SavedModel as an immutable version")
+    publish.add_argument("model")
+    publish.add_argument("savedmodel", type=Path, metavar="SAVEDMODEL_DIR")
+    publish.add_argument("--stack", required=True, help="whose object store (stacks/Pulumi.<stack>.yaml)")
+    publish.add_argument("--version", type=_positive, help="default: the next after the newest published")
+    publish.add_argument("--takeover", action="store_true", help="replace the claim of an interrupted publish")
+    publish.add_argument("--quiet", action="store_true", help="no progress bar")
+    publish.set_defaults(func=cmd_publish)
+
+    promote = commands.add_parser("promote", help="serve a version if it beats the champion")
+    promote.add_argument("model")
+    promote.add_argument("--env", required=True, help="environment (a stack's `environment`)")
+    promote.add_argument("--version", type=_positive, help="default: the newest published")
+    promote.add_argument("--canary", action="store_true", help="serve it as the canary instead of stable")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = commands.add_parser("rollback", help="serve the previous stable version again")
+    rollback.add_argument("model")
+    rollback.add_argument("--env", required=True)
+    rollback.set_defaults(func=cmd_rollback)
     return parser
 
 
@@ -134,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_errors(exc.errors)
         return EXIT_ERROR
-    except RevisionError as exc:
+    except (RevisionError, StoreError, PromotionError, SavedModelError, RecipeError, TrainingError) as exc:
         print(f"modelctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

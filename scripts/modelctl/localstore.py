@@ -1,4 +1,4 @@
-"""A real S3 protocol server (moto in server mode) in its own process on loopback."""
+"""A real S3 protocol server (moto in server mode) in its own process on loopback: `make demo` and the tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
-# Credentials the local server accepts; never real ones.
+# Credentials the local server accepts (moto takes any); never real ones.
 TEST_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -35,6 +35,9 @@ class S3Server:
     @classmethod
     def start(cls, port: int | None = None, timeout: float = 30.0) -> S3Server:
         port = port or free_port()
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(f"127.0.0.1:{port} is already in use; stop what listens there")
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=subprocess.DEVNULL,

@@ -1,0 +1,100 @@
+"""Edits of a manifest that keep its comments and layout, so the pull request is a few-line diff.
+
+Every edit is validated as a whole manifest before the file is replaced (atomically):
+an edit never leaves an invalid or half-written manifest behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from infra.errors import ConfigError
+from infra.manifest import MODELS_DIR, ModelManifest, parse_manifest, read_yaml
+
+
+def _yaml() -> YAML:
+    yaml = YAML()  # round-trip: comments, key order, flow/block style and quotes survive
+    yaml.preserve_quotes = True
+    yaml.width = 4096
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    return yaml
+
+
+def manifest_path(root: Path, model: str) -> Path:
+    path = root / MODELS_DIR / f"{model}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / MODELS_DIR).glob("*.yaml"))
+        raise ConfigError.single(f"{MODELS_DIR}/{model}.yaml", "", f"no such model (models are {', '.join(known)})")
+    return path
+
+
+def load(root: Path, model: str) -> ModelManifest:
+    path = manifest_path(root, model)
+    display = f"{MODELS_DIR}/{path.name}"
+    return parse_manifest(read_yaml(path, display), display, model)
+
+
+def edit(root: Path, model: str, change: Callable[[CommentedMap], None]) -> ModelManifest:
+    """Apply `change` to the round-trip document of `model`'s manifest; validate; write atomically."""
+    path = manifest_path(root, model)
+    display = f"{MODELS_DIR}/{path.name}"
+    yaml = _yaml()
+    text = path.read_text(encoding="utf-8")
+    document = yaml.load(text)
+    change(document)
+    buffer = io.StringIO()
+    yaml.dump(document, buffer)
+    new_text = buffer.getvalue()
+    import yaml as pyyaml
+
+    manifest = parse_manifest(pyyaml.safe_load(new_text), display, model)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(new_text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+def _flow_map(values: dict[str, Any]) -> CommentedMap:
+    mapping = CommentedMap(values)
+    mapping.fa.set_flow_style()
+    return mapping
+
+
+def add_version(document: CommentedMap, version: int, digest: str, metrics: dict[str, float]) -> None:
+    """Append `versions.<version>` in the style of the entries already there."""
+    versions = document["versions"]
+    if version in versions:
+        raise ValueError(f"version {version} is already in the manifest; published versions are immutable")
+    entry = CommentedMap()
+    entry["digest"] = digest
+    entry["metrics"] = _flow_map(dict(sorted(metrics.items())))
+    versions[version] = entry
+
+
+def set_label(document: CommentedMap, environment: str, label: str, version: int) -> None:
+    """`environments.<environment>.<label> = version`, creating the environment entry if needed."""
+    environments = document.setdefault("environments", CommentedMap())
+    served = environments.get(environment)
+    if served is None:
+        served = CommentedMap()
+        environments[environment] = served
+    served[label] = version
+
+
+def drop_label(document: CommentedMap, environment: str, label: str) -> None:
+    served = document.get("environments", {}).get(environment)
+    if served is not None and label in served:
+        del served[label]

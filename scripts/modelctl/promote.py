@@ -1,0 +1,183 @@
+"""The champion/challenger gate (`modelctl promote`) and `modelctl rollback`, as manifest edits."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.errors import ConfigError
+from infra.manifest import LABEL_CANARY, LABEL_STABLE, MODELS_DIR, Goal, ModelManifest
+from infra.object_store import check_version, s3_client, version_prefix
+from infra.project import validate_project
+from infra.settings import StackSettings
+from scripts.modelctl import manifest_edit
+
+# Metric differences below this are float noise (0.972 - 0.967 is not exactly 0.005).
+EPSILON = 1e-9
+
+
+class PromotionError(Exception):
+    """The gate refused, or the candidate is not a trustworthy version; the message says why."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    goal: Goal
+    min_delta: float
+    champion: int | None
+    champion_value: float | None
+    candidate: int
+    candidate_value: float
+
+    @property
+    def improvement(self) -> float | None:
+        if self.champion_value is None:
+            return None
+        delta = self.candidate_value - self.champion_value
+        return delta if self.goal is Goal.maximize else -delta
+
+    @property
+    def passed(self) -> bool:
+        # Better by more than the minimum delta; no champion: nothing to beat.
+        return self.improvement is None or self.improvement > self.min_delta + EPSILON
+
+    def describe(self) -> str:
+        direction = "higher" if self.goal is Goal.maximize else "lower"
+        candidate = f"candidate v{self.candidate}: {self.metric} = {self.candidate_value:g}"
+        if self.champion is None:
+            return f"{candidate}; no stable version yet, nothing to beat"
+        champion = f"champion v{self.champion}: {self.metric} = {self.champion_value:g}"
+        verdict = "passes" if self.passed else "fails"
+        return (
+            f"{candidate}\n{champion}\n"
+            f"improvement {self.improvement:+g} ({direction} is better); the rule needs more than "
+            f"{self.min_delta:g}: {verdict}"
+        )
+
+
+def stacks_serving(root: Path, environment: str) -> list[StackSettings]:
+    settings, errors = validate_project(root)
+    if errors:
+        raise ConfigError(errors)
+    stacks = [s for s in settings.values() if s.environment == environment]
+    if not stacks:
+        known = sorted({s.environment for s in settings.values()})
+        raise PromotionError(f"no stack serves environment {environment!r} (environments: {', '.join(known)})")
+    return stacks
+
+
+def require_committed(manifest: ModelManifest, version: int, stacks: list[StackSettings], client: Any = None) -> None:
+    """Refuse a version that is not published in the manifest and committed, with its digest, in every store."""
+    if version not in manifest.versions:
+        published = ", ".join(str(v) for v in sorted(manifest.versions))
+        raise PromotionError(f"{manifest.name} version {version} is not published (published: {published})")
+    for stack in stacks:
+        store = stack.object_store
+        prefix = version_prefix(store.prefix, manifest.artifact.path, version)
+        problem = check_version(client or s3_client(store), store.bucket, prefix, manifest.versions[version].digest)
+        if problem is not None:
+            raise PromotionError(
+                f"{manifest.name} version {version} is not usable in stack {stack.stack}: "
+                f"{problem.key}: {problem.message}"
+            )
+
+
+def compare(manifest: ModelManifest, environment: str, candidate: int) -> Comparison:
+    rule = manifest.promotion
+    served = manifest.environments.get(environment)
+    champion = served.stable if served is not None else None
+
+    def value(version: int) -> float:
+        metrics = manifest.versions[version].metrics
+        if rule.metric not in metrics:
+            raise PromotionError(
+                f"{manifest.name} version {version} has no {rule.metric!r} metric "
+                f"(the promotion rule's); it has {', '.join(sorted(metrics)) or 'none'}"
+            )
+        return metrics[rule.metric]
+
+    return Comparison(
+        rule.metric,
+        rule.goal,
+        rule.min_delta,
+        champion,
+        value(champion) if champion is not None else None,
+        candidate,
+        value(candidate),
+    )
+
+
+def promote(
+    root: Path, model: str, environment: str, version: int | None = None, canary: bool = False, client: Any = None
+) -> Comparison:
+    """Gate `version` (default: the newest published) against the stable version of `environment`;
+    on success serve it there as stable (or canary)."""
+    manifest = manifest_edit.load(root, model)
+    candidate = version if version is not None else max(manifest.versions)
+    served = manifest.environments.get(environment)
+    if served is not None and served.stable == candidate:
+        raise PromotionError(f"{model} version {candidate} is already stable in {environment}")
+    if canary and served is None:
+        raise PromotionError(f"{model} has no stable version in {environment}; promote one before a canary")
+    stacks = stacks_serving(root, environment)
+    require_committed(manifest, candidate, stacks, client)
+    comparison = compare(manifest, environment, candidate)
+    if not comparison.passed:
+        raise PromotionError(
+            f"{model}: the challenger does not beat the champion in {environment}\n{comparison.describe()}"
+        )
+
+    def change(document):
+        if canary:
+            manifest_edit.set_label(document, environment, LABEL_CANARY, candidate)
+        else:
+            manifest_edit.set_label(document, environment, LABEL_STABLE, candidate)
+            if served is not None and served.canary == candidate:
+                manifest_edit.drop_label(document, environment, LABEL_CANARY)
+
+    manifest_edit.edit(root, model, change)
+    return comparison
+
+
+def stable_history(root: Path, model: str, environment: str) -> list[int]:
+    """The stable version of `environment` in each commit that touched the manifest, newest first."""
+    path = f"{MODELS_DIR}/{model}.yaml"
+    log = subprocess.run(["git", "-C", str(root), "log", "--format=%H", "--", path], capture_output=True, text=True)
+    if log.returncode != 0:
+        raise PromotionError(f"{root}: not a git repository; rollback reads the manifest's history from git")
+    history = []
+    for commit in log.stdout.split():
+        shown = subprocess.run(["git", "-C", str(root), "show", f"{commit}:./{path}"], capture_output=True, text=True)
+        if shown.returncode != 0:
+            continue
+        try:
+            document = yaml.safe_load(shown.stdout) or {}
+            stable = document["environments"][environment]["stable"]
+        except (yaml.YAMLError, KeyError, TypeError):
+            continue
+        if isinstance(stable, int):
+            history.append(stable)
+    return history
+
+
+def rollback(root: Path, model: str, environment: str, client: Any = None) -> tuple[int, int]:
+    """Serve the stable version `environment` had before the current one; (from, to)."""
+    manifest = manifest_edit.load(root, model)
+    served = manifest.environments.get(environment)
+    if served is None:
+        raise PromotionError(f"{model} is not served in {environment}")
+    current = served.stable
+    previous = next((v for v in stable_history(root, model, environment) if v != current), None)
+    if previous is None:
+        raise PromotionError(
+            f"{model} has served only version {current} as stable in {environment} in this history; "
+            "there is nothing to roll back to"
+        )
+    require_committed(manifest, previous, stacks_serving(root, environment), client)
+    manifest_edit.edit(root, model, lambda d: manifest_edit.set_label(d, environment, LABEL_STABLE, previous))
+    return current, previous
