@@ -257,6 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug, not bad input: still one line, the traceback on request
+        if os.environ.get("MODELCTL_DEBUG"):
+            raise
+        print(
+            f"modelctl: internal error: {type(exc).__name__}: {exc} (MODELCTL_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
 
 
 def main_entry() -> None:

@@ -1,0 +1,131 @@
+"""`make demo`: the whole lifecycle on embedded defaults, leaving the working tree as it was.
+
+On a throwaway git copy of the project: start an S3 server on loopback, train two versions
+of the iris model, publish both to the local stack's store, promote the better (and watch
+the gate refuse the other), show the local stack's plan with its version-bump diff, render
+its YAML to build/local/, stop the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_FILES = ("infra", "scripts", "models", "stacks", "Pulumi.yaml", "__main__.py")
+MODEL = "iris"
+STACK = "local"
+RENDER_DIR = ROOT / "build" / "local"
+
+
+def step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def modelctl(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    print(f"$ modelctl {' '.join(args)}", flush=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.modelctl.cli", "--root", str(root), *args],
+        cwd=root,
+        text=True,
+        capture_output=True,
+        env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"},
+    )
+    print(result.stdout, end="")
+    print(result.stderr, end="", file=sys.stderr)
+    if check and result.returncode != 0:
+        raise SystemExit(f"demo: `modelctl {' '.join(args)}` failed with exit code {result.returncode}")
+    return result
+
+
+def git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-C", str(root), "-c", "user.name=demo", "-c", "user.email=demo@example.com", *args],
+        check=True,
+        capture_output=True,
+    )
+
+
+def copy_project(destination: Path, endpoint: str) -> Path:
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, destination / name)
+    # The throwaway copy's local store is the server this demo started (a free port).
+    stack_file = destination / "stacks" / f"Pulumi.{STACK}.yaml"
+    text = stack_file.read_text()
+    configured = yaml.safe_load(text)["config"]["model-serving:objectStore"]["endpoint"]
+    stack_file.write_text(text.replace(configured, endpoint))
+    git(destination, "init", "-q", "-b", "main")
+    git(destination, "add", "-A")
+    git(destination, "commit", "-q", "-m", "demo: the project as it is")
+    return destination
+
+
+def main() -> int:
+    from scripts.modelctl.localstore import TEST_CREDENTIALS, S3Server
+
+    os.environ.update(TEST_CREDENTIALS)  # the loopback server's; no real credentials are involved
+    with tempfile.TemporaryDirectory(prefix="model-serving-demo-") as scratch:
+        scratch_dir = Path(scratch)
+        step("Start an S3 server on loopback")
+        server = S3Server.start()
+        try:
+            print(f"S3 protocol server (moto) at {server.endpoint}")
+            project = copy_project(scratch_dir / "project", server.endpoint)
+            bucket = yaml.safe_load((project / "stacks" / f"Pulumi.{STACK}.yaml").read_text())["config"][
+                "model-serving:objectStore"
+            ]["bucket"]
+            server.client().create_bucket(Bucket=bucket)
+            print(f"bucket s3://{bucket} created; working on a throwaway copy of the project in {project}")
+            run_story(project, scratch_dir / "trained")
+        finally:
+            step("Stop the S3 server")
+            server.stop()
+            print("stopped; the working tree is as it was")
+    return 0
+
+
+def run_story(project: Path, trained: Path) -> None:
+    manifest = yaml.safe_load((project / "models" / f"{MODEL}.yaml").read_text())
+    first, second = max(manifest["versions"]) + 1, max(manifest["versions"]) + 2
+
+    step(f"Train two versions of {MODEL}")
+    metrics = {}
+    for version in (first, second):
+        modelctl(project, "train", MODEL, "--version", str(version), "--out", str(trained))
+        metrics[version] = json.loads((trained / MODEL / str(version) / "metrics.json").read_text())["accuracy"]
+
+    step(f"Publish both to the {STACK} stack's store")
+    for version in (first, second):
+        modelctl(project, "publish", MODEL, str(trained / MODEL / str(version)), "--stack", STACK, "--quiet")
+    print("$ git diff models/ (what the pull request would contain)")
+    print(subprocess.run(["git", "-C", str(project), "diff", "--", "models"], capture_output=True, text=True).stdout)
+
+    better, worse = (second, first) if metrics[second] >= metrics[first] else (first, second)
+    step(f"Promote the better version ({better}) in {STACK}")
+    modelctl(project, "promote", MODEL, "--env", STACK, "--version", str(better))
+    step(f"The gate refuses the other ({worse}): it does not beat the new champion")
+    refused = modelctl(project, "promote", MODEL, "--env", STACK, "--version", str(worse), check=False)
+    if refused.returncode != 1:
+        raise SystemExit("demo: the promotion gate should have refused the worse version")
+
+    step(f"Plan of the {STACK} stack: the version bump against the last commit")
+    modelctl(project, "plan", "--stack", STACK, "--base", "HEAD")
+    modelctl(project, "plan", "--stack", STACK, "--base", "HEAD", "--format", "markdown")
+
+    step(f"Render the {STACK} stack's YAML to {RENDER_DIR.relative_to(ROOT)}/")
+    modelctl(project, "plan", "--stack", STACK, "--render", str(RENDER_DIR))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""An HTTP proxy on loopback in front of the S3 server that injects faults at the network.
+
+The client under test is the real boto3 client talking to a real S3 server; only the
+wire between them misbehaves: a PUT to chosen keys gets 403 AccessDenied, or the whole
+proxy goes away after some bytes (the "server" stops mid-upload) and can come back.
+One request per connection (`Connection: close`) keeps the relaying simple.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+
+DENIED = b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+DENIED_BODY = b"<Error><Code>AccessDenied</Code><Message>injected by the test proxy</Message></Error>"
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.deny_puts: re.Pattern[str] | None = None
+        self.cut_after_bytes: int | None = None
+        self.forwarded = 0
+        self.denied: list[str] = []
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Go away: no listener, every connection reset."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = self._connections, set()
+        if listener is not None:
+            listener.close()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+    @property
+    def running(self) -> bool:
+        return self._listener is not None
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._listener is not listener:
+                    client.close()
+                    return
+                self._connections.add(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = None
+        try:
+            head, body_start = _read_head(client)
+            if head is None:
+                return
+            request_line, headers = _parse(head)
+            method, target, _ = request_line.split(" ", 2)
+            length = int(headers.get("content-length", "0"))
+            expects_continue = headers.get("expect", "").lower() == "100-continue"
+            if self.deny_puts is not None and method == "PUT" and self.deny_puts.search(target):
+                if not expects_continue:  # with Expect, the client sends no body after a final answer
+                    _drain(client, length - len(body_start))
+                self.denied.append(target)
+                client.sendall(DENIED % (len(DENIED_BODY), DENIED_BODY))
+                return
+            if expects_continue:
+                client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._connections.add(upstream)
+            upstream.sendall(_rewrite(head))
+            remaining = length
+            chunk = body_start
+            while True:
+                if chunk:
+                    self._count(len(chunk))
+                    upstream.sendall(chunk)
+                    remaining -= len(chunk)
+                if remaining <= 0:
+                    break
+                chunk = client.recv(min(65536, remaining))
+                if not chunk:
+                    return
+            while data := upstream.recv(65536):
+                client.sendall(data)
+        except OSError:
+            return
+        finally:
+            for sock in (client, upstream):
+                if sock is not None:
+                    with self._lock:
+                        self._connections.discard(sock)
+                    sock.close()
+
+    def _count(self, size: int) -> None:
+        with self._lock:
+            self.forwarded += size
+            cut = self.cut_after_bytes is not None and self.forwarded > self.cut_after_bytes
+        if cut:
+            self.cut_after_bytes = None
+            self.stop()
+            raise OSError("proxy stopped by the test")
+
+
+def _read_head(sock: socket.socket) -> tuple[bytes | None, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None, b""
+        data += chunk
+    head, rest = data.split(b"\r\n\r\n", 1)
+    return head + b"\r\n\r\n", rest
+
+
+def _parse(head: bytes) -> tuple[str, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    return lines[0], headers
+
+
+def _rewrite(head: bytes) -> bytes:
+    lines = head.decode("latin-1").split("\r\n")
+    kept = [line for line in lines if line and not line.lower().startswith(("connection:", "expect:"))]
+    return ("\r\n".join(kept) + "\r\nConnection: close\r\n\r\n").encode("latin-1")
+
+
+def _drain(sock: socket.socket, remaining: int) -> None:
+    while remaining > 0:
+        chunk = sock.recv(min(65536, remaining))
+        if not chunk:
+            return
+        remaining -= len(chunk)
