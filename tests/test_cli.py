@@ -92,3 +92,18 @@ def test_program_main_declares_the_stack_like_the_offline_run(runs, project):
     )
     via_main = run_stack(project, "prod", entry=program.main)
     assert {r.urn for r in via_main.resources} == {r.urn for r in runs["prod"].resources}
+
+
+def test_tensorflow_is_imported_only_by_the_commands_that_need_it():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from scripts.modelctl.cli import main\n"
+        "assert main(['--root', sys.argv[1], 'validate']) == 0\n"
+        "assert main(['--root', sys.argv[1], 'plan', '--stack', 'dev']) == 0\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
