@@ -6,9 +6,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import tfserving, workload
-from infra.manifest import ServedModel
+from infra.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
 from infra.object_store import fetch_script
 from infra.settings import RouteKind, StackSettings
+from infra.workload import Workload
 
 PLATFORM_TYPE = "model-serving:platform:Platform"
 MODEL_TYPE = "model-serving:model:ModelDeployment"
@@ -37,7 +38,11 @@ class Platform(pulumi.ComponentResource):
 
 
 class ModelDeployment(pulumi.ComponentResource):
-    """Everything one model needs in one environment: config, workload, scaling, routing."""
+    """Everything one model needs in one environment: config, workloads, scaling, routing.
+
+    The stable workload's resources are named `<model>-config`, `<model>-deployment`, ...;
+    a canary adds `<model>-canary-*` and removing it deletes exactly those.
+    """
 
     service_name: pulumi.Output[str]
 
@@ -53,41 +58,54 @@ class ModelDeployment(pulumi.ComponentResource):
         # Names known up front are passed as plain strings: ordering comes from the
         # component's `depends_on` (the Platform), and fewer Outputs keep large stacks fast.
         namespace = settings.namespace
-        files = tfserving.config_files(model, fetch_script())
 
         account = k8s.core.v1.ServiceAccount(
             f"{name}-sa", **workload.service_account(model, settings, namespace), opts=child
         )
-        config = k8s.core.v1.ConfigMap(f"{name}-config", **workload.config_map(model, files, namespace), opts=child)
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            **workload.deployment(
-                model,
-                settings,
-                namespace,
-                config_map_name=config.metadata.name,
-                config_hash=tfserving.content_hash(files),
-                service_account_name=model.name,
-            ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
-        )
-        service = k8s.core.v1.Service(f"{name}-service", **workload.service(model, namespace), opts=child)
-        self.service_name = service.metadata.name
-        route_opts = pulumi.ResourceOptions(parent=self, depends_on=[service])
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa", **workload.autoscaler(model, namespace, deployment.metadata.name), opts=child
-        )
-        k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", **workload.disruption_budget(model, namespace), opts=child)
+        services = []
+        for track in (LABEL_STABLE, LABEL_CANARY):
+            if track in model.version_labels:
+                services.append(self._workload(name, Workload.of(model, track), settings, account))
+        self.service_name = services[0].metadata.name
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", **workload.network_policy(model, settings, namespace), opts=child
         )
         if model.serving.ingress:
+            route_opts = pulumi.ResourceOptions(parent=self, depends_on=services)
             if settings.routing.kind is RouteKind.gateway:
                 k8s.apiextensions.CustomResource(
-                    f"{name}-route", **workload.http_route(model, settings, namespace, model.name), opts=route_opts
+                    f"{name}-route", **workload.http_route(model, settings, namespace), opts=route_opts
                 )
             else:
                 k8s.networking.v1.Ingress(
-                    f"{name}-ingress", **workload.ingress(model, settings, namespace, model.name), opts=route_opts
+                    f"{name}-ingress", **workload.ingress(model, settings, namespace), opts=route_opts
                 )
         self.register_outputs({"service": self.service_name, "versions": dict(model.version_labels)})
+
+    def _workload(
+        self, name: str, track: Workload, settings: StackSettings, account: k8s.core.v1.ServiceAccount
+    ) -> k8s.core.v1.Service:
+        """ConfigMap, Deployment, Service, HPA and PDB of one track; returns its Service."""
+        prefix = name if track.track == LABEL_STABLE else f"{name}-{track.track}"
+        namespace = settings.namespace
+        child = pulumi.ResourceOptions(parent=self)
+        files = tfserving.config_files(track.model, fetch_script())
+        config = k8s.core.v1.ConfigMap(f"{prefix}-config", **workload.config_map(track, files, namespace), opts=child)
+        deployment = k8s.apps.v1.Deployment(
+            f"{prefix}-deployment",
+            **workload.deployment(
+                track,
+                settings,
+                namespace,
+                config_map_name=config.metadata.name,
+                config_hash=tfserving.content_hash(files),
+                service_account_name=track.name,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
+        )
+        service = k8s.core.v1.Service(f"{prefix}-service", **workload.service(track, namespace), opts=child)
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{prefix}-hpa", **workload.autoscaler(track, namespace, deployment.metadata.name), opts=child
+        )
+        k8s.policy.v1.PodDisruptionBudget(f"{prefix}-pdb", **workload.disruption_budget(track, namespace), opts=child)
+        return service

@@ -44,6 +44,9 @@ DEFAULT_TARGET_CPU = 70
 DEFAULT_MODEL_STORAGE = "2Gi"
 DEFAULT_NUM_BATCH_THREADS = 4
 DEFAULT_MAX_ENQUEUED_BATCHES = 100
+DEFAULT_AVAILABILITY = 0.99
+DEFAULT_LATENCY_P99_MS = 500.0
+DEFAULT_CANARY_WEIGHT = 10
 
 ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN, min_length=1, max_length=MODEL_NAME_MAX)]
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
@@ -127,12 +130,52 @@ class Autoscaling(Frozen):
         return self
 
 
+class Slo(Frozen):
+    """Service-level objectives the alerts and the metric-gated rollout hold the model to."""
+
+    availability: float = Field(
+        default=DEFAULT_AVAILABILITY, gt=0, lt=1, description="Share of requests that must succeed (0.99: 1% errors)."
+    )
+    latency_p99_ms: float = Field(default=DEFAULT_LATENCY_P99_MS, gt=0, description="p99 request latency bound, ms.")
+
+
+class Rollout(Frozen):
+    """Metric-gated rollout (Flagger analysis) settings; unset fields take the stack's defaults."""
+
+    interval: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*[smh]$")] | None = Field(
+        default=None, description="How often the analysis runs, e.g. 1m."
+    )
+    threshold: int | None = Field(default=None, ge=1, strict=True, description="Failed checks before rollback.")
+    step_weight: int | None = Field(default=None, ge=1, le=50, strict=True, description="Traffic added per step, %.")
+    max_weight: int | None = Field(default=None, ge=1, le=100, strict=True, description="Largest canary share, %.")
+
+
 class Serving(Frozen):
     signature: NonEmpty = Field(default=DEFAULT_SIGNATURE, description="SavedModel signature clients call.")
     resources: Resources
     batching: Batching | None = Field(default=None, description="Server-side batching; off when absent.")
     autoscaling: Autoscaling
     ingress: bool = Field(default=True, description="Expose /v1/models/<name> on the stack's host.")
+    slo: Slo = Field(default_factory=Slo, description="Objectives for alerts and metric-gated rollouts.")
+    rollout: Rollout | None = Field(default=None, description="Metric-gated rollout settings (stacks with Flagger).")
+    example_request: dict[str, Any] | None = Field(
+        default=None,
+        description='A TF-Serving REST predict body (`{"instances": [...]}`) used by `modelctl smoke`.',
+    )
+
+    @model_validator(mode="after")
+    def _example_shape(self) -> Serving:
+        body = self.example_request
+        if body is not None:
+            rows = body.get("instances", body.get("inputs"))
+            if not isinstance(rows, list | dict) or not rows:
+                raise FieldProblemsError([("example_request", "needs non-empty `instances` (or `inputs`)")])
+            unknown = sorted(set(body) - {"instances", "inputs", "signature_name"})
+            if unknown:
+                raise FieldProblemsError(
+                    [(f"example_request.{unknown[0]}", "not a field of a TF-Serving predict body")]
+                )
+        return self
 
 
 class Promotion(Frozen):
@@ -156,9 +199,18 @@ class AutoscalingOverride(Frozen):
     target_cpu_utilization: int | None = Field(default=None, ge=1, le=100, strict=True)
 
 
+class Canary(Frozen):
+    version: VersionNumber = Field(description="Published version the canary workload serves.")
+    weight: int = Field(
+        default=DEFAULT_CANARY_WEIGHT, ge=1, le=99, strict=True, description="Share of the route's traffic, %."
+    )
+
+
 class EnvironmentServing(Frozen):
     stable: VersionNumber = Field(description="Published version served under the `stable` label.")
-    canary: VersionNumber | None = Field(default=None, description="Published version served under the `canary` label.")
+    canary: Canary | None = Field(
+        default=None, description="A second workload serving another version for `weight`% of the traffic."
+    )
     resources: ResourcesOverride | None = Field(default=None, description="Per-environment resource overrides.")
     autoscaling: AutoscalingOverride | None = Field(default=None, description="Per-environment autoscaling overrides.")
     batching: Batching | None = Field(default=None, description="Per-environment batching (replaces the default).")
@@ -166,9 +218,9 @@ class EnvironmentServing(Frozen):
 
     @model_validator(mode="after")
     def _labels_unique(self) -> EnvironmentServing:
-        if self.canary is not None and self.canary == self.stable:
+        if self.canary is not None and self.canary.version == self.stable:
             raise FieldProblemsError(
-                [("canary", f"Got {self.canary}, the stable version too; a version carries one label")]
+                [("canary.version", f"Got {self.canary.version}, the stable version too; a canary serves another")]
             )
         return self
 
@@ -176,7 +228,7 @@ class EnvironmentServing(Frozen):
         """TF-Serving version labels to version numbers."""
         labels = {LABEL_STABLE: self.stable}
         if self.canary is not None:
-            labels[LABEL_CANARY] = self.canary
+            labels[LABEL_CANARY] = self.canary.version
         return labels
 
 
@@ -202,8 +254,9 @@ class ModelManifest(Frozen):
         for env, served in self.environments.items():
             for label, version in served.labels().items():
                 if version not in self.versions:
+                    field = "stable" if label == LABEL_STABLE else "canary.version"
                     problems.append(
-                        (f"environments.{env}.{label}", f"Got {version}; published versions are {published}")
+                        (f"environments.{env}.{field}", f"Got {version}; published versions are {published}")
                     )
             try:
                 self.serving_for(env)
@@ -251,10 +304,21 @@ class ServedModel:
     environment: str
     serving: Serving
     version_labels: Mapping[str, int]
+    canary_weight: int | None = None
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def has_canary(self) -> bool:
+        return LABEL_CANARY in self.version_labels
+
+    def track(self, label: str) -> ServedModel:
+        """The part of this model one workload serves: only the version under `label`."""
+        return ServedModel(
+            self.manifest, self.environment, self.serving, {label: self.version_labels[label]}, self.canary_weight
+        )
 
     @property
     def served_versions(self) -> tuple[int, ...]:
@@ -266,11 +330,20 @@ class ServedModel:
 
 def served_in(manifests: Iterable[ModelManifest], environment: str) -> list[ServedModel]:
     """The models `environment` serves, in name order."""
-    return [
-        ServedModel(m, environment, m.serving_for(environment), m.environments[environment].labels())
-        for m in sorted(manifests, key=lambda m: m.name)
-        if environment in m.environments
-    ]
+    served = []
+    for m in sorted(manifests, key=lambda m: m.name):
+        if environment in m.environments:
+            canary = m.environments[environment].canary
+            served.append(
+                ServedModel(
+                    m,
+                    environment,
+                    m.serving_for(environment),
+                    m.environments[environment].labels(),
+                    canary.weight if canary else None,
+                )
+            )
+    return served
 
 
 # libyaml's parser when PyYAML was built with it (the PyPI wheels are): ~10x faster.

@@ -10,6 +10,7 @@ import pulumi_kubernetes as k8s
 from infra.components import ModelDeployment, Platform
 from infra.errors import ConfigError
 from infra.manifest import load_manifests, served_in
+from infra.project import stack_errors
 from infra.settings import PROJECT, STRING_KEYS, StackSettings, settings_from_config, stack_file, stack_names
 from infra.workload import rest_url
 
@@ -47,6 +48,9 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
     with the manifest's digest, or nothing is declared.
     """
     manifests = load_manifests(root, environments=stack_names(root) or None)
+    problems = stack_errors(settings, manifests)
+    if problems:
+        raise ConfigError(problems)
     served = served_in(manifests, settings.environment)
     if verify_artifacts:
         from infra.artifacts import verify_served_versions

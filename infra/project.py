@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from infra.errors import ConfigError, ErrorItem
-from infra.manifest import load_manifests
-from infra.settings import STACKS_DIR, StackSettings, load_stack_settings, stack_names
+from infra.manifest import MODELS_DIR, ModelManifest, load_manifests
+from infra.settings import STACKS_DIR, RouteKind, StackSettings, load_stack_settings, stack_names
+
+
+def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) -> list[ErrorItem]:
+    """Rules that need both a stack and the manifests it serves."""
+    errors = []
+    for manifest in manifests:
+        served = manifest.environments.get(settings.environment)
+        if served is None or served.canary is None:
+            continue
+        if settings.routing.kind is RouteKind.ingress:
+            errors.append(
+                ErrorItem(
+                    f"{MODELS_DIR}/{manifest.name}.yaml",
+                    f"environments.{settings.environment}.canary",
+                    f"stack {settings.stack} routes by Ingress, which has no portable traffic split; "
+                    "a canary needs Gateway API routing (routing.kind: gateway) for its weight",
+                )
+            )
+    return errors
 
 
 def validate_project(root: Path) -> tuple[dict[str, StackSettings], list[ErrorItem]]:
@@ -26,7 +46,10 @@ def validate_project(root: Path) -> tuple[dict[str, StackSettings], list[ErrorIt
             # Assume the default so one broken stack file does not also fail every manifest.
             environments.add(stack)
     try:
-        load_manifests(root, environments=environments or None)
+        manifests = load_manifests(root, environments=environments or None)
     except ConfigError as exc:
         errors.extend(exc.errors)
+    else:
+        for stack_settings in settings.values():
+            errors.extend(stack_errors(stack_settings, manifests))
     return settings, sorted(set(errors), key=lambda e: (e.file, e.field, e.message))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import tfserving
-from infra.manifest import LABEL_STABLE, ServedModel
+from infra.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
 from infra.settings import RouteKind, StackSettings
 
 SERVING_CONTAINER = "tfserving"
@@ -33,22 +34,60 @@ DNS_PORT = 53
 ROLLING_SURGE = "25%"
 
 
-def selector_labels(model_name: str) -> dict[str, str]:
-    """Labels that select a model's pods; part of the Deployment selector, so never change them."""
-    return {"app.kubernetes.io/name": "tensorflow-serving", "app.kubernetes.io/instance": model_name}
+MODEL_LABEL = "model-serving.dev/model"
+TRACK_LABEL = "model-serving.dev/track"
+VERSION_LABEL = "model-serving.dev/version"
 
 
-def common_labels(model_name: str) -> dict[str, str]:
-    return selector_labels(model_name) | {
+@dataclass(frozen=True)
+class Workload:
+    """One Deployment of a model: the stable track, or the canary serving another version."""
+
+    model: ServedModel  # restricted to this track's version label
+    track: str  # LABEL_STABLE or LABEL_CANARY
+
+    @classmethod
+    def of(cls, model: ServedModel, track: str) -> Workload:
+        return cls(model.track(track), track)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def instance(self) -> str:
+        """`iris` for stable, `iris-canary`: the stable name is the model's, so URNs and the
+        Service name stay put when a canary comes and goes."""
+        return self.model.name if self.track == LABEL_STABLE else f"{self.model.name}-{self.track}"
+
+    @property
+    def version(self) -> int:
+        return self.model.version_labels[self.track]
+
+
+def selector_labels(instance: str) -> dict[str, str]:
+    """Labels that select one workload's pods; part of the Deployment selector, so never change them."""
+    return {"app.kubernetes.io/name": "tensorflow-serving", "app.kubernetes.io/instance": instance}
+
+
+def model_selector(model_name: str) -> dict[str, str]:
+    """Selects every pod of a model, whatever its track."""
+    return {MODEL_LABEL: model_name}
+
+
+def common_labels(workload: Workload) -> dict[str, str]:
+    return selector_labels(workload.instance) | {
+        MODEL_LABEL: workload.name,
+        TRACK_LABEL: workload.track,
         "app.kubernetes.io/component": "model-server",
         "app.kubernetes.io/part-of": "model-serving",
         "app.kubernetes.io/managed-by": "pulumi",
     }
 
 
-def metadata(model_name: str, namespace: pulumi.Input[str], name: str | None = None) -> k8s.meta.v1.ObjectMetaArgs:
+def metadata(workload: Workload, namespace: pulumi.Input[str], name: str | None = None) -> k8s.meta.v1.ObjectMetaArgs:
     """Object metadata; `name` only where a stable name matters, otherwise Pulumi auto-names."""
-    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=common_labels(model_name))
+    return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=common_labels(workload))
 
 
 def restricted_security_context() -> k8s.core.v1.SecurityContextArgs:
@@ -67,17 +106,17 @@ def restricted_security_context() -> k8s.core.v1.SecurityContextArgs:
 
 def service_account(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
     """ServiceAccount kwargs; named after the model so a workload-identity role can trust it."""
-    meta = metadata(model.name, namespace, name=model.name)
+    meta = metadata(Workload.of(model, LABEL_STABLE), namespace, name=model.name)
     meta.annotations = dict(settings.service_account_annotations) or None
     # The pod mounts no API token: the server never talks to the Kubernetes API.
     return {"metadata": meta, "automount_service_account_token": False}
 
 
-def config_map(model: ServedModel, files: dict[str, str], namespace: pulumi.Input[str]) -> dict[str, Any]:
+def config_map(workload: Workload, files: dict[str, str], namespace: pulumi.Input[str]) -> dict[str, Any]:
     """ConfigMap kwargs. Auto-named: pulumi-kubernetes replaces a ConfigMap whose data changes
     (provider/pkg/provider/diff.go, unless enableConfigMapMutable), so the new name flows into
     the pod template and the Deployment rolls out, awaited by Pulumi."""
-    return {"metadata": metadata(model.name, namespace), "data": dict(files), "immutable": True}
+    return {"metadata": metadata(workload, namespace), "data": dict(files), "immutable": True}
 
 
 def _http_probe(path: str, period: int, failure_threshold: int, timeout: int = 5) -> k8s.core.v1.ProbeArgs:
@@ -133,12 +172,12 @@ def _pull_policy(image: str) -> str:
     return "IfNotPresent" if "@sha256:" in image else "Always"
 
 
-def serving_container(model: ServedModel, settings: StackSettings) -> k8s.core.v1.ContainerArgs:
+def serving_container(workload: Workload, settings: StackSettings) -> k8s.core.v1.ContainerArgs:
+    model = workload.model
     resources = model.serving.resources
-    stable = model.version_labels[LABEL_STABLE]
     # Metadata of a version answers 200 only once it is loaded (NotFound -> 404 otherwise,
-    # model_servers/http_server.cc), so readiness means "the stable version serves".
-    ready_path = f"/v1/models/{model.name}/versions/{stable}/metadata"
+    # model_servers/http_server.cc), so readiness means "this workload's version serves".
+    ready_path = f"/v1/models/{model.name}/versions/{workload.version}/metadata"
     return k8s.core.v1.ContainerArgs(
         name=SERVING_CONTAINER,
         image=settings.images.serving,
@@ -170,15 +209,17 @@ def serving_container(model: ServedModel, settings: StackSettings) -> k8s.core.v
 
 
 def deployment(
-    model: ServedModel,
+    workload: Workload,
     settings: StackSettings,
     namespace: pulumi.Input[str],
     config_map_name: pulumi.Input[str],
     config_hash: str,
     service_account_name: pulumi.Input[str],
+    flagger_target: bool = False,
 ) -> dict[str, Any]:
     """Deployment kwargs: init container fetches, server serves, rolling update never drops capacity."""
-    labels = common_labels(model.name)
+    model = workload.model
+    labels = common_labels(workload) | {VERSION_LABEL: str(workload.version)}
     pod_spec = k8s.core.v1.PodSpecArgs(
         service_account_name=service_account_name,
         automount_service_account_token=False,
@@ -192,7 +233,7 @@ def deployment(
             seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
         ),
         init_containers=[fetcher_container(model, settings)],
-        containers=[serving_container(model, settings)],
+        containers=[serving_container(workload, settings)],
         volumes=[
             k8s.core.v1.VolumeArgs(
                 name=MODELS_VOLUME,
@@ -211,14 +252,14 @@ def deployment(
                 max_skew=1,
                 topology_key="kubernetes.io/hostname",
                 when_unsatisfiable="ScheduleAnyway",
-                label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
+                label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(workload.instance)),
             )
         ],
     )
     spec = k8s.apps.v1.DeploymentSpecArgs(
         # No `replicas`: the HorizontalPodAutoscaler owns the count, and a value here would
         # reset it on every `pulumi up`.
-        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
+        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(workload.instance)),
         strategy=k8s.apps.v1.DeploymentStrategyArgs(
             type="RollingUpdate",
             # Never below the serving capacity; surge a quarter (at least one pod) at a time
@@ -239,16 +280,23 @@ def deployment(
             spec=pod_spec,
         ),
     )
-    return {"metadata": metadata(model.name, namespace), "spec": spec}
+    meta = metadata(workload, namespace)
+    if flagger_target:
+        # Flagger owns this Deployment's rollout: it clones it to `<name>-primary`, which
+        # serves, and scales this one to zero between analyses. Pulumi's await would wait
+        # for replicas Flagger removes, so it is skipped (pulumi-kubernetes honours the
+        # `pulumi.com/skipAwait` annotation); the analysis gates the rollout instead.
+        meta.annotations = {"pulumi.com/skipAwait": "true"}
+    return {"metadata": meta, "spec": spec}
 
 
-def service(model: ServedModel, namespace: pulumi.Input[str]) -> dict[str, Any]:
-    """Service kwargs, named after the model: clients and routes use a stable DNS name."""
+def service(workload: Workload, namespace: pulumi.Input[str]) -> dict[str, Any]:
+    """Service kwargs, named after the workload (`iris`, `iris-canary`): a stable DNS name."""
     return {
-        "metadata": metadata(model.name, namespace, name=model.name),
+        "metadata": metadata(workload, namespace, name=workload.instance),
         "spec": k8s.core.v1.ServiceSpecArgs(
             type="ClusterIP",
-            selector=selector_labels(model.name),
+            selector=selector_labels(workload.instance),
             ports=[
                 k8s.core.v1.ServicePortArgs(
                     name="grpc",
@@ -265,10 +313,10 @@ def service(model: ServedModel, namespace: pulumi.Input[str]) -> dict[str, Any]:
     }
 
 
-def autoscaler(model: ServedModel, namespace: pulumi.Input[str], deployment_name: pulumi.Input[str]) -> dict[str, Any]:
-    scaling = model.serving.autoscaling
+def autoscaler(workload: Workload, namespace: pulumi.Input[str], deployment_name: pulumi.Input[str]) -> dict[str, Any]:
+    scaling = workload.model.serving.autoscaling
     return {
-        "metadata": metadata(model.name, namespace),
+        "metadata": metadata(workload, namespace),
         "spec": k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
             scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
                 api_version="apps/v1", kind="Deployment", name=deployment_name
@@ -296,12 +344,12 @@ def autoscaler(model: ServedModel, namespace: pulumi.Input[str], deployment_name
     }
 
 
-def disruption_budget(model: ServedModel, namespace: pulumi.Input[str]) -> dict[str, Any]:
+def disruption_budget(workload: Workload, namespace: pulumi.Input[str]) -> dict[str, Any]:
     return {
-        "metadata": metadata(model.name, namespace),
+        "metadata": metadata(workload, namespace),
         "spec": k8s.policy.v1.PodDisruptionBudgetSpecArgs(
             max_unavailable=1,
-            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(workload.instance)),
             # A pod stuck unready (e.g. a failed fetch) must not block node drains.
             unhealthy_pod_eviction_policy="AlwaysAllow",
         ),
@@ -349,9 +397,10 @@ def network_policy(model: ServedModel, settings: StackSettings, namespace: pulum
         )
     ]
     return {
-        "metadata": metadata(model.name, namespace),
+        "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
         "spec": k8s.networking.v1.NetworkPolicySpecArgs(
-            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(model.name)),
+            # Every track of the model: the canary's pods get the same allowances.
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=model_selector(model.name)),
             policy_types=["Ingress", "Egress"],
             ingress=ingress,
             egress=egress,
@@ -363,10 +412,9 @@ def route_path(model_name: str) -> str:
     return f"/v1/models/{model_name}"
 
 
-def http_route(
-    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], service_name: pulumi.Input[str]
-) -> dict[str, Any]:
+def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
     """Gateway API HTTPRoute kwargs (CustomResource): /v1/models/<name> on the host to the REST port."""
+    # A canary splits the route by weight between the stable and the canary Service.
     gateway = settings.routing.gateway
     assert gateway is not None  # settings validation: kind gateway has gateway settings
     parent: dict[str, Any] = {
@@ -380,7 +428,7 @@ def http_route(
     return {
         "api_version": GATEWAY_API_VERSION,
         "kind": "HTTPRoute",
-        "metadata": metadata(model.name, namespace),
+        "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
         "spec": {
             "parentRefs": [parent],
             "hostnames": [settings.routing.host],
@@ -388,23 +436,33 @@ def http_route(
                 {
                     # PathPrefix matches whole path elements: /v1/models/iris is not /v1/models/iris2.
                     "matches": [{"path": {"type": "PathPrefix", "value": route_path(model.name)}}],
-                    "backendRefs": [{"name": service_name, "port": tfserving.REST_PORT}],
+                    "backendRefs": backend_refs(model),
                 }
             ],
         },
     }
 
 
-def ingress(
-    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], service_name: pulumi.Input[str]
-) -> dict[str, Any]:
+def backend_refs(model: ServedModel) -> list[dict[str, Any]]:
+    stable = Workload.of(model, LABEL_STABLE)
+    if not model.has_canary:
+        return [{"name": stable.instance, "port": tfserving.REST_PORT}]
+    canary = Workload.of(model, LABEL_CANARY)
+    weight = model.canary_weight or 0
+    return [
+        {"name": stable.instance, "port": tfserving.REST_PORT, "weight": 100 - weight},
+        {"name": canary.instance, "port": tfserving.REST_PORT, "weight": weight},
+    ]
+
+
+def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
     """networking.k8s.io/v1 Ingress kwargs, for clusters that still run an Ingress controller."""
     routing = settings.routing
     tls = None
     if routing.tls_secret_name:
         tls = [k8s.networking.v1.IngressTLSArgs(hosts=[routing.host], secret_name=routing.tls_secret_name)]
     return {
-        "metadata": metadata(model.name, namespace),
+        "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
         "spec": k8s.networking.v1.IngressSpecArgs(
             ingress_class_name=routing.ingress_class_name,
             tls=tls,
@@ -418,7 +476,7 @@ def ingress(
                                 path_type="Prefix",
                                 backend=k8s.networking.v1.IngressBackendArgs(
                                     service=k8s.networking.v1.IngressServiceBackendArgs(
-                                        name=service_name,
+                                        name=model.name,
                                         port=k8s.networking.v1.ServiceBackendPortArgs(name="http"),
                                     )
                                 ),

@@ -119,9 +119,30 @@ CASES = [
     Case(
         "unpublished canary",
         IRIS,
-        data(IRIS, setitem("environments.dev.canary", 9)),
-        f"{IRIS}: environments.dev.canary: ",
+        data(IRIS, setitem("environments.dev.canary.version", 9)),
+        f"{IRIS}: environments.dev.canary.version: ",
         "published versions are 1, 2, 3",
+    ),
+    Case(
+        "canary weight out of range",
+        IRIS,
+        data(IRIS, setitem("environments.dev.canary.weight", 100)),
+        f"{IRIS}: environments.dev.canary.weight: ",
+        "less than or equal to 99",
+    ),
+    Case(
+        "canary on an Ingress stack",
+        IRIS,
+        data(IRIS, setitem("environments.staging.canary", {"version": 3, "weight": 10})),
+        f"{IRIS}: environments.staging.canary: ",
+        "routes by Ingress",
+    ),
+    Case(
+        "example request without instances",
+        IRIS,
+        data(IRIS, setitem("serving.example_request", {"rows": []})),
+        f"{IRIS}: serving.example_request: ",
+        "needs non-empty `instances`",
     ),
     Case(
         "duplicate model name",
@@ -178,9 +199,9 @@ CASES = [
     Case(
         "same version stable and canary",
         IRIS,
-        data(IRIS, setitem("environments.dev.canary", 3)),
-        f"{IRIS}: environments.dev.canary: ",
-        "a version carries one label",
+        data(IRIS, setitem("environments.dev.canary.version", 3)),
+        f"{IRIS}: environments.dev.canary.version: ",
+        "the stable version too",
     ),
     Case(
         "malformed digest",

@@ -97,7 +97,7 @@ def test_version_bump_replaces_the_config_map_and_updates_the_deployment_only(re
     assert deployment_step["diffReasons"] == ["spec"]
     assert "spec.template.spec.initContainers[0].args[0]" in deployment_step["detailedDiff"]
     assert all(not k.startswith("spec.selector") for k in deployment_step["detailedDiff"])
-    assert prod["changeSummary"] == {"same": 22, "update": 1, "replace": 1}
+    assert prod["changeSummary"] == {"same": 27, "update": 1, "replace": 1}
     for stack in set(STACKS) - {"prod"}:
         assert changed(document["stacks"][stack]) == {}, stack
 
@@ -135,7 +135,11 @@ def test_a_program_change_puts_every_model_in_the_blast_radius(repo, capsys):
     assert out.count("> [!WARNING]") == 2
     assert "`iris` changes although this change does not touch its manifest" in out
     document = plan_json(repo, capsys, "--stack", "prod", "--base", "HEAD")
-    assert {urn.rsplit("::", 1)[1] for urn in changed(document)} == {"iris-deployment", "taxi-fare-deployment"}
+    assert {urn.rsplit("::", 1)[1] for urn in changed(document)} == {
+        "iris-deployment",
+        "taxi-fare-deployment",
+        "taxi-fare-canary-deployment",
+    }
 
 
 def test_an_unchanged_tree_has_no_changes_and_exits_0(repo, capsys):
@@ -148,7 +152,7 @@ def test_detailed_exitcode_is_2_on_changes(repo, capsys):
     bump_iris_prod(repo)
     code, out, _ = plan(repo, capsys, "--stack", "prod", "--base", "HEAD", "--detailed-exitcode")
     assert code == 2
-    assert "1 to update, 1 to replace, 22 unchanged" in out
+    assert "1 to update, 1 to replace, 27 unchanged" in out
     assert "+- kubernetes:core/v1:ConfigMap" in out
 
 
@@ -249,6 +253,7 @@ def test_bench_prints_its_table():
     assert header.split() == ["models", "seconds", "resources", "ms/resource", "peak", "MiB", "imports", "s"]
     models, seconds, resources, per_resource, peak, _ = row.split()
     assert float(seconds) > 0
-    assert models == "3" and int(resources) == 3 * 9 + 6  # 9 per model; provider, platform and its 4
+    # 9 per model (iris, taxi-fare, iris) and 5 for taxi-fare's canary in prod; provider, platform and its 4
+    assert models == "3" and int(resources) == 3 * 9 + 5 + 6
     assert float(per_resource) > 0 and float(peak) > 0
     assert "target: under 5.0 ms per resource" in result.stdout

@@ -29,16 +29,31 @@ def served(model: str, stack: str):
     return next(m for m in served_in(MANIFESTS, settings.environment) if m.name == model), settings
 
 
-def children(run: OfflineRun, model: str) -> dict[str, DeclaredResource]:
+TRACKS = ("stable", "canary")
+WORKLOAD_TYPES = {CONFIG_MAP, DEPLOYMENT, SERVICE, HPA, PDB}
+
+
+def children(run: OfflineRun, model: str, track: str = "stable") -> dict[str, DeclaredResource]:
+    """The model's resources of one track (the stable track includes the shared ones)."""
     component = run.find(MODEL_TYPE, model)
     kids = [r for r in run.resources if r.parent == component.urn]
+    canary = [r for r in kids if r.name.startswith(f"{model}-canary-")]
+    kids = canary if track == "canary" else [r for r in kids if r not in canary]
     by_type = {r.type: r for r in kids}
-    assert len(by_type) == len(kids), "one resource of each type per model"
+    assert len(by_type) == len(kids), "one resource of each type per model and track"
     return by_type
 
 
-def pod_spec(run: OfflineRun, model: str) -> dict:
-    return children(run, model)[DEPLOYMENT].object["spec"]["template"]["spec"]
+def tracks(model: str, stack: str) -> list[str]:
+    served_model, _ = served(model, stack)
+    return [t for t in TRACKS if t in served_model.version_labels]
+
+
+MODEL_X_STACK_X_TRACK = [(m, s, t) for m, s in MODEL_X_STACK for t in tracks(m, s)]
+
+
+def pod_spec(run: OfflineRun, model: str, track: str = "stable") -> dict:
+    return children(run, model, track)[DEPLOYMENT].object["spec"]["template"]["spec"]
 
 
 @pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
@@ -88,9 +103,9 @@ def test_provider_targets_the_stack_cluster_or_renders(runs, stack):
         assert "renderYamlToDirectory" not in provider
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_autoscaler_targets_the_deployment(runs, model, stack):
-    kids = children(runs[stack], model)
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_autoscaler_targets_the_deployment(runs, model, stack, track):
+    kids = children(runs[stack], model, track)
     served_model, _ = served(model, stack)
     spec = kids[HPA].object["spec"]
     assert spec["scaleTargetRef"] == {
@@ -104,18 +119,23 @@ def test_autoscaler_targets_the_deployment(runs, model, stack):
     assert "replicas" not in kids[DEPLOYMENT].object["spec"]
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_service_selects_the_pods_and_exposes_both_ports(runs, model, stack):
-    kids = children(runs[stack], model)
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_service_selects_the_pods_and_exposes_both_ports(runs, model, stack, track):
+    kids = children(runs[stack], model, track)
     service = kids[SERVICE].object
     template_labels = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["labels"]
     selector = service["spec"]["selector"]
     assert selector and selector.items() <= template_labels.items()
     assert selector == kids[DEPLOYMENT].object["spec"]["selector"]["matchLabels"]
-    assert service["metadata"]["name"] == model
+    assert service["metadata"]["name"] == (model if track == "stable" else f"{model}-canary")
+    if track == "canary":
+        # The stable Service must not select the canary's pods, nor the reverse.
+        stable = children(runs[stack], model)
+        stable_selector = stable[SERVICE].object["spec"]["selector"]
+        assert not stable_selector.items() <= template_labels.items()
     ports = {p["name"]: p for p in service["spec"]["ports"]}
     assert ports["grpc"]["port"] == 8500 and ports["http"]["port"] == 8501
-    container = pod_spec(runs[stack], model)["containers"][0]
+    container = pod_spec(runs[stack], model, track)["containers"][0]
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert named[ports["http"]["targetPort"]] == 8501
     assert named[ports["grpc"]["targetPort"]] == 8500
@@ -135,7 +155,17 @@ def test_route_sends_the_model_path_to_the_rest_port(runs, model, stack):
         assert parent.get("namespace") == settings.routing.gateway.namespace
         (rule,) = route["spec"]["rules"]
         assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": f"/v1/models/{model}"}}]
-        assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": http_port["port"]}]
+        served_model, _ = served(model, stack)
+        if served_model.has_canary:
+            canary = children(runs[stack], model, "canary")[SERVICE].object
+            weight = served_model.canary_weight
+            assert rule["backendRefs"] == [
+                {"name": service["metadata"]["name"], "port": http_port["port"], "weight": 100 - weight},
+                {"name": canary["metadata"]["name"], "port": http_port["port"], "weight": weight},
+            ]
+            assert sum(b["weight"] for b in rule["backendRefs"]) == 100
+        else:
+            assert rule["backendRefs"] == [{"name": service["metadata"]["name"], "port": http_port["port"]}]
     else:
         ingress = kids[INGRESS].object
         assert ingress["spec"]["ingressClassName"] == settings.routing.ingress_class_name
@@ -148,12 +178,13 @@ def test_route_sends_the_model_path_to_the_rest_port(runs, model, stack):
         assert backend["port"] == {"name": http_port["name"]}
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_init_container_fetches_exactly_the_served_versions(runs, model, stack):
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_init_container_fetches_exactly_the_served_versions(runs, model, stack, track):
     served_model, settings = served(model, stack)
-    (fetcher,) = pod_spec(runs[stack], model)["initContainers"]
-    expected = sorted(set(served_model.version_labels.values()))
-    assert fetcher["args"] == [f"{v}={served_model.manifest.versions[v].digest}" for v in expected]
+    (fetcher,) = pod_spec(runs[stack], model, track)["initContainers"]
+    version = served_model.version_labels[track]
+    # Each workload fetches only the version it serves.
+    assert fetcher["args"] == [f"{version}={served_model.manifest.versions[version].digest}"]
     env = {e["name"]: e.get("value") for e in fetcher["env"]}
     store = settings.object_store
     assert env["MODEL_SOURCE"] == f"s3://{store.bucket}/{store.prefix}/{served_model.manifest.artifact.path}"
@@ -162,9 +193,9 @@ def test_init_container_fetches_exactly_the_served_versions(runs, model, stack):
     assert fetcher["image"] == settings.images.fetcher
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_pods_meet_the_restricted_pod_security_standard(runs, model, stack):
-    spec = pod_spec(runs[stack], model)
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_pods_meet_the_restricted_pod_security_standard(runs, model, stack, track):
+    spec = pod_spec(runs[stack], model, track)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert spec["automountServiceAccountToken"] is False
@@ -183,17 +214,18 @@ def test_pods_meet_the_restricted_pod_security_standard(runs, model, stack):
         assert set(volume) - {"name"} <= {"emptyDir", "configMap"}, "restricted allows no hostPath"
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_server_rolls_without_dropping_requests(runs, model, stack):
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_server_rolls_without_dropping_requests(runs, model, stack, track):
     served_model, settings = served(model, stack)
-    deployment = children(runs[stack], model)[DEPLOYMENT].object
+    deployment = children(runs[stack], model, track)[DEPLOYMENT].object
     assert deployment["spec"]["strategy"] == {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
     }
     (server,) = deployment["spec"]["template"]["spec"]["containers"]
-    stable = served_model.version_labels["stable"]
-    assert server["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{model}/versions/{stable}/metadata"
+    version = served_model.version_labels[track]
+    assert server["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{model}/versions/{version}/metadata"
+    assert deployment["spec"]["template"]["metadata"]["labels"]["model-serving.dev/version"] == str(version)
     assert server["livenessProbe"]["httpGet"]["path"] == f"/v1/models/{model}"
     assert server["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     assert server["image"] == settings.images.serving
@@ -201,23 +233,25 @@ def test_server_rolls_without_dropping_requests(runs, model, stack):
     assert ("--enable_batching=true" in server["args"]) == (served_model.serving.batching is not None)
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_pod_template_mounts_its_config_map(runs, model, stack):
-    kids = children(runs[stack], model)
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_pod_template_mounts_its_config_map(runs, model, stack, track):
+    kids = children(runs[stack], model, track)
     spec = kids[DEPLOYMENT].object["spec"]["template"]["spec"]
     config_volume = next(v for v in spec["volumes"] if v["name"] == "config")
     assert config_volume["configMap"]["name"] == kids[CONFIG_MAP].object["metadata"]["name"]
     assert kids[CONFIG_MAP].object["immutable"] is True
-    assert spec["serviceAccountName"] == kids[SERVICE_ACCOUNT].object["metadata"]["name"] == model
+    account = children(runs[stack], model)[SERVICE_ACCOUNT].object["metadata"]["name"]
+    assert spec["serviceAccountName"] == account == model
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_disruption_budget_and_network_policy_select_the_pods(runs, model, stack):
-    kids = children(runs[stack], model)
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_disruption_budget_and_network_policy_select_the_pods(runs, model, stack, track):
+    kids = children(runs[stack], model, track)
     selector = kids[DEPLOYMENT].object["spec"]["selector"]["matchLabels"]
     assert kids[PDB].object["spec"]["selector"]["matchLabels"] == selector
-    policy = kids[NETWORK_POLICY].object["spec"]
-    assert policy["podSelector"]["matchLabels"] == selector
+    policy = children(runs[stack], model)[NETWORK_POLICY].object["spec"]
+    template_labels = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= template_labels.items()
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     _, settings = served(model, stack)
     allowed_from = [p.get("namespaceSelector", {}).get("matchLabels", {}) for r in policy["ingress"] for p in r["from"]]

@@ -13,8 +13,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from infra import tfserving
 from infra.manifest import Batching
-from tests.conftest import MODEL_X_STACK
-from tests.test_program import CONFIG_MAP, DEPLOYMENT, children, served
+from tests.test_program import CONFIG_MAP, DEPLOYMENT, MODEL_X_STACK_X_TRACK, children, served
 
 PROTOS = Path(__file__).parent / "protos"
 
@@ -46,23 +45,24 @@ def extra_protos(tmp_path_factory):
         sys.path.remove(str(out))
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_models_config_parses_as_model_server_config(runs, model, stack):
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_models_config_parses_as_model_server_config(runs, model, stack, track):
     served_model, _ = served(model, stack)
-    data = children(runs[stack], model)[CONFIG_MAP].object["data"]
+    data = children(runs[stack], model, track)[CONFIG_MAP].object["data"]
     config = text_format.Parse(data[tfserving.MODELS_CONFIG], model_server_config_pb2.ModelServerConfig())
     (entry,) = config.model_config_list.config
     assert entry.name == model
     assert entry.base_path == f"/models/{model}"
     assert entry.model_platform == "tensorflow"
-    assert list(entry.model_version_policy.specific.versions) == sorted(set(served_model.version_labels.values()))
-    assert dict(entry.version_labels) == dict(served_model.version_labels)
+    version = served_model.version_labels[track]
+    assert list(entry.model_version_policy.specific.versions) == [version]
+    assert dict(entry.version_labels) == {track: version}
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_monitoring_and_batching_configs_parse_with_their_protos(runs, model, stack, extra_protos):
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_monitoring_and_batching_configs_parse_with_their_protos(runs, model, stack, track, extra_protos):
     served_model, _ = served(model, stack)
-    data = children(runs[stack], model)[CONFIG_MAP].object["data"]
+    data = children(runs[stack], model, track)[CONFIG_MAP].object["data"]
     monitoring = text_format.Parse(
         data[tfserving.MONITORING_CONFIG], extra_protos["monitoring_config_pb2"].MonitoringConfig()
     )
@@ -86,8 +86,8 @@ def test_batching_config_rejects_nothing_it_writes(extra_protos):
     assert parsed.max_batch_size.value == 1 and parsed.HasField("batch_timeout_micros")
 
 
-@pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
-def test_pod_template_carries_the_config_hash(runs, model, stack):
-    kids = children(runs[stack], model)
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_pod_template_carries_the_config_hash(runs, model, stack, track):
+    kids = children(runs[stack], model, track)
     annotations = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["annotations"]
     assert annotations["model-serving.dev/config-hash"] == tfserving.content_hash(kids[CONFIG_MAP].object["data"])

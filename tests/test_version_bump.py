@@ -56,3 +56,34 @@ def _digest(model: str, version: int) -> str:
 
     manifest = yaml.safe_load((ROOT / "models" / f"{model}.yaml").read_text())
     return manifest["versions"][version]["digest"]
+
+
+def test_removing_the_canary_deletes_only_its_resources(project, runs):
+    from scripts.modelctl.plan import Op, plan_stack
+
+    edit_yaml(project / "models" / "iris.yaml", lambda d: d["environments"]["dev"].pop("canary"))
+    plan = plan_stack("dev", runs["dev"], run_stack(project, "dev"))
+    deleted = {s.name for s in plan.steps if s.op is Op.delete}
+    assert deleted == {f"iris-canary-{kind}" for kind in ("config", "deployment", "service", "hpa", "pdb")}
+    changed = {s.name: s.op for s in plan.changes if s.op is not Op.delete}
+    # The route goes back to one backend; nothing else of the model or of any other changes.
+    assert changed == {"iris-route": Op.update}
+
+
+def test_promoting_the_canary_moves_it_to_stable_and_removes_its_workload(project, runs):
+    from scripts.modelctl import manifest_edit
+    from scripts.modelctl.plan import Op, plan_stack
+
+    def promote_canary(document):
+        manifest_edit.set_label(document, "dev", "stable", 2)
+        manifest_edit.drop_label(document, "dev", "canary")
+
+    manifest_edit.edit(project, "iris", promote_canary)
+    plan = plan_stack("dev", runs["dev"], run_stack(project, "dev"))
+    ops = {s.name: s.op for s in plan.changes}
+    assert ops == {
+        **{f"iris-canary-{kind}": Op.delete for kind in ("config", "deployment", "service", "hpa", "pdb")},
+        "iris-config": Op.replace,
+        "iris-deployment": Op.update,
+        "iris-route": Op.update,
+    }

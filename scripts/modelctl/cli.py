@@ -142,7 +142,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from scripts.modelctl.promote import promote
 
-    comparison = promote(args.root, args.model, args.env, args.version, args.canary)
+    comparison = promote(args.root, args.model, args.env, args.version, args.canary, weight=args.weight)
     label = "canary" if args.canary else "stable"
     print(comparison.describe())
     print(f"promoted {args.model} version {comparison.candidate} to {label} in {args.env} (models/{args.model}.yaml)")
@@ -164,6 +164,13 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: versions start at 1")
+    return value
+
+
+def _percent(text: str) -> int:
+    value = _positive(text)
+    if value > 99:
+        raise argparse.ArgumentTypeError(f"{value}: a canary's weight is 1 to 99")
     return value
 
 
@@ -225,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--env", required=True, help="environment (a stack's `environment`)")
     promote.add_argument("--version", type=_positive, help="default: the newest published")
     promote.add_argument("--canary", action="store_true", help="serve it as the canary instead of stable")
+    promote.add_argument(
+        "--weight", type=_percent, default=10, help="with --canary: its share of the traffic, %% (default 10)"
+    )
     promote.set_defaults(func=cmd_promote)
 
     rollback = commands.add_parser("rollback", help="serve the previous stable version again")

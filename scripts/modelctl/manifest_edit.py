@@ -94,6 +94,11 @@ def set_label(document: CommentedMap, environment: str, label: str, version: int
     served[label] = version
 
 
+def set_canary(document: CommentedMap, environment: str, version: int, weight: int) -> None:
+    """`environments.<environment>.canary = {version, weight}` (flow style, one line)."""
+    document["environments"][environment]["canary"] = _flow_map({"version": version, "weight": weight})
+
+
 def drop_label(document: CommentedMap, environment: str, label: str) -> None:
     served = document.get("environments", {}).get(environment)
     if served is not None and label in served:

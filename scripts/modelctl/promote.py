@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from infra.errors import ConfigError
-from infra.manifest import LABEL_CANARY, LABEL_STABLE, MODELS_DIR, Goal, ModelManifest
+from infra.manifest import DEFAULT_CANARY_WEIGHT, LABEL_CANARY, LABEL_STABLE, MODELS_DIR, Goal, ModelManifest
 from infra.object_store import check_version, s3_client, version_prefix
 from infra.project import validate_project
 from infra.settings import StackSettings
@@ -113,7 +113,13 @@ def compare(manifest: ModelManifest, environment: str, candidate: int) -> Compar
 
 
 def promote(
-    root: Path, model: str, environment: str, version: int | None = None, canary: bool = False, client: Any = None
+    root: Path,
+    model: str,
+    environment: str,
+    version: int | None = None,
+    canary: bool = False,
+    client: Any = None,
+    weight: int = DEFAULT_CANARY_WEIGHT,
 ) -> Comparison:
     """Gate `version` (default: the newest published) against the stable version of `environment`;
     on success serve it there as stable (or canary)."""
@@ -134,10 +140,11 @@ def promote(
 
     def change(document):
         if canary:
-            manifest_edit.set_label(document, environment, LABEL_CANARY, candidate)
+            manifest_edit.set_canary(document, environment, candidate, weight)
         else:
             manifest_edit.set_label(document, environment, LABEL_STABLE, candidate)
-            if served is not None and served.canary == candidate:
+            # Promoting the canary ends it: its workload goes, the stable one serves it.
+            if served is not None and served.canary is not None:
                 manifest_edit.drop_label(document, environment, LABEL_CANARY)
 
     manifest_edit.edit(root, model, change)
