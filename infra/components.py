@@ -5,7 +5,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import tfserving, workload
+from infra import flagger, observability, tfserving, workload
 from infra.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
 from infra.object_store import fetch_script
 from infra.settings import RouteKind, StackSettings
@@ -44,8 +44,6 @@ class ModelDeployment(pulumi.ComponentResource):
     a canary adds `<model>-canary-*` and removing it deletes exactly those.
     """
 
-    service_name: pulumi.Output[str]
-
     def __init__(
         self,
         name: str,
@@ -66,10 +64,14 @@ class ModelDeployment(pulumi.ComponentResource):
         for track in (LABEL_STABLE, LABEL_CANARY):
             if track in model.version_labels:
                 services.append(self._workload(name, Workload.of(model, track), settings, account))
-        self.service_name = services[0].metadata.name
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", **workload.network_policy(model, settings, namespace), opts=child
         )
+        self._monitoring(name, model, settings)
+        if settings.flagger:
+            # Flagger owns the apex Service and the HTTPRoute (both named after the model).
+            self.register_outputs({"versions": dict(model.version_labels)})
+            return
         if model.serving.ingress:
             route_opts = pulumi.ResourceOptions(parent=self, depends_on=services)
             if settings.routing.kind is RouteKind.gateway:
@@ -80,15 +82,34 @@ class ModelDeployment(pulumi.ComponentResource):
                 k8s.networking.v1.Ingress(
                     f"{name}-ingress", **workload.ingress(model, settings, namespace), opts=route_opts
                 )
-        self.register_outputs({"service": self.service_name, "versions": dict(model.version_labels)})
+        self.register_outputs({"versions": dict(model.version_labels)})
+
+    def _monitoring(self, name: str, model: ServedModel, settings: StackSettings) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        if settings.monitoring.prometheus_operator:
+            k8s.apiextensions.CustomResource(
+                f"{name}-monitor", **observability.service_monitor(model, settings), opts=child
+            )
+            k8s.apiextensions.CustomResource(
+                f"{name}-alerts", **observability.prometheus_rule(model, settings), opts=child
+            )
+        if settings.monitoring.grafana_dashboards:
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard", **observability.dashboard_config_map(model, settings), opts=child
+            )
 
     def _workload(
         self, name: str, track: Workload, settings: StackSettings, account: k8s.core.v1.ServiceAccount
-    ) -> k8s.core.v1.Service:
-        """ConfigMap, Deployment, Service, HPA and PDB of one track; returns its Service."""
+    ) -> k8s.core.v1.Service | None:
+        """ConfigMap, Deployment, Service, HPA and PDB of one track; returns its Service.
+
+        Under Flagger the stable track gets a Canary and its MetricTemplates instead of a
+        Service: Flagger creates the apex, primary and canary Services itself.
+        """
         prefix = name if track.track == LABEL_STABLE else f"{name}-{track.track}"
         namespace = settings.namespace
         child = pulumi.ResourceOptions(parent=self)
+        flagger_target = settings.flagger and track.track == LABEL_STABLE
         files = tfserving.config_files(track.model, fetch_script())
         config = k8s.core.v1.ConfigMap(f"{prefix}-config", **workload.config_map(track, files, namespace), opts=child)
         deployment = k8s.apps.v1.Deployment(
@@ -100,12 +121,31 @@ class ModelDeployment(pulumi.ComponentResource):
                 config_map_name=config.metadata.name,
                 config_hash=tfserving.content_hash(files),
                 service_account_name=track.name,
+                flagger_target=flagger_target,
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
         )
-        service = k8s.core.v1.Service(f"{prefix}-service", **workload.service(track, namespace), opts=child)
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+        autoscaler = k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{prefix}-hpa", **workload.autoscaler(track, namespace, deployment.metadata.name), opts=child
         )
-        k8s.policy.v1.PodDisruptionBudget(f"{prefix}-pdb", **workload.disruption_budget(track, namespace), opts=child)
-        return service
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{prefix}-pdb", **workload.disruption_budget(track, namespace, whole_model=flagger_target), opts=child
+        )
+        if flagger_target:
+            templates = {
+                metric: k8s.apiextensions.CustomResource(f"{name}-{metric}", **kwargs, opts=child)
+                for metric, kwargs in flagger.metric_templates(track.model, settings).items()
+            }
+            k8s.apiextensions.CustomResource(
+                f"{name}-rollout",
+                **flagger.canary(
+                    track.model,
+                    settings,
+                    deployment.metadata.name,
+                    autoscaler.metadata.name,
+                    {metric: template.metadata["name"] for metric, template in templates.items()},
+                ),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[*templates.values()]),
+            )
+            return None
+        return k8s.core.v1.Service(f"{prefix}-service", **workload.service(track, namespace), opts=child)

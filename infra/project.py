@@ -17,7 +17,16 @@ def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) ->
         served = manifest.environments.get(settings.environment)
         if served is None or served.canary is None:
             continue
-        if settings.routing.kind is RouteKind.ingress:
+        if settings.flagger:
+            errors.append(
+                ErrorItem(
+                    f"{MODELS_DIR}/{manifest.name}.yaml",
+                    f"environments.{settings.environment}.canary",
+                    f"stack {settings.stack} rolls versions out with Flagger, which runs its own canary; "
+                    "bump `stable` instead of declaring a canary",
+                )
+            )
+        elif settings.routing.kind is RouteKind.ingress:
             errors.append(
                 ErrorItem(
                     f"{MODELS_DIR}/{manifest.name}.yaml",

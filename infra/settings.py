@@ -186,6 +186,36 @@ class MonitoringSettings(Settings):
     prometheus_namespace: DnsLabel | None = Field(
         default=None, description="Namespace whose Prometheus may scrape the REST port."
     )
+    prometheus_operator: bool = Field(
+        default=False, description="Declare a ServiceMonitor and a PrometheusRule per model (Prometheus Operator)."
+    )
+    grafana_dashboards: bool = Field(default=False, description="Declare a dashboard ConfigMap per model.")
+    dashboard_namespace: DnsLabel | None = Field(
+        default=None, description="Where Grafana's dashboard sidecar looks; default: the models' namespace."
+    )
+    selector_labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels Prometheus selects monitors and rules by (kube-prometheus-stack: `release`).",
+    )
+
+
+class ProgressiveDeliverySettings(Settings):
+    """Metric-gated rollouts: Flagger shifts traffic and rolls back on the models' SLOs."""
+
+    flagger: bool = Field(default=False, description="Declare a Flagger Canary per model (Gateway API provider).")
+    prometheus_address: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")] | None = Field(
+        default=None, description="Prometheus the analysis queries."
+    )
+    interval: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*[smh]$")] = "1m"
+    threshold: int = Field(default=5, ge=1, description="Failed checks before a rollback.")
+    step_weight: int = Field(default=10, ge=1, le=50, description="Traffic added per step, %.")
+    max_weight: int = Field(default=50, ge=1, le=100, description="Largest canary share before promotion, %.")
+
+    @model_validator(mode="after")
+    def _address(self) -> ProgressiveDeliverySettings:
+        if self.flagger and self.prometheus_address is None:
+            raise FieldProblemsError([("prometheusAddress", "required when flagger is on: the analysis queries it")])
+        return self
 
 
 class StackSettings(Settings):
@@ -199,6 +229,7 @@ class StackSettings(Settings):
     object_store: ObjectStoreSettings
     images: ImageSettings
     monitoring: MonitoringSettings = MonitoringSettings()
+    progressive_delivery: ProgressiveDeliverySettings | None = None
     service_account_annotations: dict[str, str] = Field(
         default_factory=dict, description="Annotations on every model ServiceAccount (e.g. an IRSA role ARN)."
     )
@@ -206,6 +237,18 @@ class StackSettings(Settings):
     @property
     def rendering(self) -> bool:
         return self.kubernetes.render_dir is not None
+
+    @property
+    def flagger(self) -> bool:
+        return self.progressive_delivery is not None and self.progressive_delivery.flagger
+
+    @model_validator(mode="after")
+    def _flagger_needs_gateway(self) -> StackSettings:
+        if self.flagger and self.routing.kind is not RouteKind.gateway:
+            raise FieldProblemsError(
+                [("progressiveDelivery.flagger", "Flagger's Gateway API provider needs routing.kind: gateway")]
+            )
+        return self
 
 
 # Config keys of this project, as written in a stack file after `model-serving:`.

@@ -344,12 +344,15 @@ def autoscaler(workload: Workload, namespace: pulumi.Input[str], deployment_name
     }
 
 
-def disruption_budget(workload: Workload, namespace: pulumi.Input[str]) -> dict[str, Any]:
+def disruption_budget(workload: Workload, namespace: pulumi.Input[str], whole_model: bool = False) -> dict[str, Any]:
+    """PDB kwargs. `whole_model`: select every pod of the model, as under Flagger, whose
+    `-primary` clone gets rewritten selector labels but keeps the model label."""
+    selector = model_selector(workload.name) if whole_model else selector_labels(workload.instance)
     return {
         "metadata": metadata(workload, namespace),
         "spec": k8s.policy.v1.PodDisruptionBudgetSpecArgs(
             max_unavailable=1,
-            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(workload.instance)),
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
             # A pod stuck unready (e.g. a failed fetch) must not block node drains.
             unhealthy_pod_eviction_policy="AlwaysAllow",
         ),

@@ -334,16 +334,20 @@ def test_promotion_refuses_unpublished_and_uncommitted_versions(trained, repo, s
 
 
 def test_canary_promotion_sets_the_canary_label(trained, repo, store):
-    publish_model(repo, "iris", trained / "2", "prod", progress=False)
+    publish_model(repo, "iris", trained / "2", "dev", progress=False)
     set_metric(repo, 4, 0.99)
-    promote(repo, "iris", "prod", 4, canary=True, weight=25)
-    served = manifest_edit.load(repo, "iris").environments["prod"]
-    assert (served.stable, served.canary.version, served.canary.weight) == (2, 4, 25)
+    with pytest.raises(PromotionError, match="rolls versions out with Flagger"):
+        promote(repo, "iris", "prod", 4, canary=True)
+    with pytest.raises(PromotionError, match="routes by Ingress"):
+        promote(repo, "iris", "staging", 4, canary=True)
+    promote(repo, "iris", "dev", 4, canary=True, weight=25)
+    served = manifest_edit.load(repo, "iris").environments["dev"]
+    assert (served.stable, served.canary.version, served.canary.weight) == (3, 4, 25)
     assert "    canary: {version: 4, weight: 25}" in (repo / "models" / "iris.yaml").read_text()
     # Promoting the canary to stable ends the canary.
     set_metric(repo, 4, 0.999)
-    promote(repo, "iris", "prod", 4)
-    served = manifest_edit.load(repo, "iris").environments["prod"]
+    promote(repo, "iris", "dev", 4)
+    served = manifest_edit.load(repo, "iris").environments["dev"]
     assert (served.stable, served.canary) == (4, None)
 
 

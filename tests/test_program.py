@@ -31,12 +31,21 @@ def served(model: str, stack: str):
 
 TRACKS = ("stable", "canary")
 WORKLOAD_TYPES = {CONFIG_MAP, DEPLOYMENT, SERVICE, HPA, PDB}
+# Monitoring and rollout resources, by name suffix.
+EXTRAS = ("dashboard", "monitor", "alerts", "rollout", "success-rate", "latency-p99")
+
+
+def extras(run: OfflineRun, model: str) -> dict[str, DeclaredResource]:
+    component = run.find(MODEL_TYPE, model)
+    kids = [r for r in run.resources if r.parent == component.urn]
+    return {suffix: r for r in kids for suffix in EXTRAS if r.name == f"{model}-{suffix}"}
 
 
 def children(run: OfflineRun, model: str, track: str = "stable") -> dict[str, DeclaredResource]:
-    """The model's resources of one track (the stable track includes the shared ones)."""
+    """The model's workload resources of one track (the stable track includes the shared ones)."""
     component = run.find(MODEL_TYPE, model)
     kids = [r for r in run.resources if r.parent == component.urn]
+    kids = [r for r in kids if r.name not in {f"{model}-{suffix}" for suffix in EXTRAS}]
     canary = [r for r in kids if r.name.startswith(f"{model}-canary-")]
     kids = canary if track == "canary" else [r for r in kids if r not in canary]
     by_type = {r.type: r for r in kids}
@@ -64,19 +73,17 @@ def test_model_declares_its_resources_under_its_component(runs, model, stack):
     stack_urn = run.find(PLATFORM_TYPE, "platform").parent
     assert component.parent == stack_urn
     route = HTTP_ROUTE if settings.routing.kind.value == "gateway" else INGRESS
-    assert set(children(run, model)) == {
-        SERVICE_ACCOUNT,
-        CONFIG_MAP,
-        DEPLOYMENT,
-        SERVICE,
-        HPA,
-        PDB,
-        NETWORK_POLICY,
-        route,
-    }
-    for resource in children(run, model).values():
-        assert resource.name.startswith(f"{model}-")
-        assert resource.object["metadata"]["namespace"] == settings.namespace
+    if settings.flagger:
+        # Flagger creates the Services and the HTTPRoute itself.
+        assert set(children(run, model)) == (WORKLOAD_TYPES - {SERVICE}) | {SERVICE_ACCOUNT, NETWORK_POLICY}
+    else:
+        assert set(children(run, model)) == WORKLOAD_TYPES | {SERVICE_ACCOUNT, NETWORK_POLICY, route}
+    canary = children(run, model, "canary")
+    assert set(canary) == (WORKLOAD_TYPES if "canary" in tracks(model, stack) else set())
+    for track in tracks(model, stack):
+        for resource in children(run, model, track).values():
+            assert resource.name.startswith(f"{model}-")
+            assert resource.object["metadata"]["namespace"] == settings.namespace
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -122,6 +129,10 @@ def test_autoscaler_targets_the_deployment(runs, model, stack, track):
 @pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
 def test_service_selects_the_pods_and_exposes_both_ports(runs, model, stack, track):
     kids = children(runs[stack], model, track)
+    if load_stack_settings(ROOT, stack).flagger:
+        assert SERVICE not in kids
+        assert extras(runs[stack], model)["rollout"].object["spec"]["service"]["name"] == model
+        return
     service = kids[SERVICE].object
     template_labels = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["labels"]
     selector = service["spec"]["selector"]
@@ -145,6 +156,13 @@ def test_service_selects_the_pods_and_exposes_both_ports(runs, model, stack, tra
 def test_route_sends_the_model_path_to_the_rest_port(runs, model, stack):
     kids = children(runs[stack], model)
     _, settings = served(model, stack)
+    if settings.flagger:
+        service = extras(runs[stack], model)["rollout"].object["spec"]["service"]
+        assert service["match"] == [{"uri": {"prefix": f"/v1/models/{model}"}}]
+        assert service["hosts"] == [settings.routing.host] and service["port"] == 8501
+        assert service["gatewayRefs"][0]["name"] == settings.routing.gateway.name
+        assert HTTP_ROUTE not in kids
+        return
     service = kids[SERVICE].object
     http_port = next(p for p in service["spec"]["ports"] if p["name"] == "http")
     if settings.routing.kind.value == "gateway":
@@ -248,7 +266,12 @@ def test_pod_template_mounts_its_config_map(runs, model, stack, track):
 def test_disruption_budget_and_network_policy_select_the_pods(runs, model, stack, track):
     kids = children(runs[stack], model, track)
     selector = kids[DEPLOYMENT].object["spec"]["selector"]["matchLabels"]
-    assert kids[PDB].object["spec"]["selector"]["matchLabels"] == selector
+    budget = kids[PDB].object["spec"]["selector"]["matchLabels"]
+    if load_stack_settings(ROOT, stack).flagger:
+        # Flagger's `-primary` clone rewrites selector labels; the model label stays.
+        assert budget == {"model-serving.dev/model": model}
+    else:
+        assert budget == selector
     policy = children(runs[stack], model)[NETWORK_POLICY].object["spec"]
     template_labels = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= template_labels.items()

@@ -15,11 +15,27 @@ import yaml
 from tests.conftest import ROOT, STACKS
 
 SCHEMAS = Path(__file__).parent / "schemas"
-GATEWAY_API = SCHEMAS / "gateway-api-v1.6.1"
+CRD_DIRS = ("gateway-api-v1.6.1", "prometheus-operator-v0.93.0", "flagger-v1.44.0")
 # The oldest Kubernetes the program supports (the preStop `sleep` action is on by default
 # from 1.30) and the newest the schema package ships.
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
-CRD_FILES = {"HTTPRoute": "httproutes.yaml", "Gateway": "gateways.yaml"}
+
+
+@cache
+def crds() -> dict[tuple[str, str], dict]:
+    """(group, kind) -> CustomResourceDefinition, from the CRD files under tests/schemas/."""
+    found = {}
+    for directory in CRD_DIRS:
+        for path in sorted((SCHEMAS / directory).glob("*.yaml")):
+            for document in yaml.safe_load_all(path.read_text()):
+                if document and document.get("kind") == "CustomResourceDefinition":
+                    found[(document["spec"]["group"], document["spec"]["names"]["kind"])] = document
+    return found
+
+
+def is_custom(obj: dict) -> bool:
+    group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
+    return (group, obj["kind"]) in crds()
 
 
 def _closed(schema: dict) -> dict:
@@ -50,8 +66,9 @@ def _closed(schema: dict) -> dict:
 
 
 @cache
-def crd_validator(kind: str, version: str) -> jsonschema.Validator:
-    crd = yaml.safe_load((GATEWAY_API / CRD_FILES[kind]).read_text())
+def crd_validator(api_version: str, kind: str) -> jsonschema.Validator:
+    group, version = api_version.split("/")
+    crd = crds()[(group, kind)]
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = _closed(served["schema"]["openAPIV3Schema"])
     # Metadata is the API server's, not the CRD's: check it against ObjectMeta separately.
@@ -70,7 +87,7 @@ def test_every_builtin_object_passes_the_kubernetes_schema_in_strict_mode(runs, 
     kinds = set()
     for stack, resource in rendered(runs):
         obj = resource.object
-        if obj["apiVersion"].startswith("gateway.networking.k8s.io/"):
+        if is_custom(obj):
             continue
         try:
             kubernetes_validate.validate(obj, kubernetes_version, strict=True)
@@ -90,28 +107,28 @@ def test_every_builtin_object_passes_the_kubernetes_schema_in_strict_mode(runs, 
     }
 
 
-def test_gateway_api_objects_pass_the_crd_schemas(runs):
+def test_custom_resources_pass_their_crd_schemas(runs):
+    """Gateway API, Prometheus Operator and Flagger objects against the CRDs in tests/schemas/."""
     kinds = set()
     for stack, resource in rendered(runs):
         obj = resource.object
-        if not obj["apiVersion"].startswith("gateway.networking.k8s.io/"):
+        if not is_custom(obj):
             continue
-        version = obj["apiVersion"].split("/")[1]
-        errors = sorted(crd_validator(obj["kind"], version).iter_errors(obj), key=str)
+        errors = sorted(crd_validator(obj["apiVersion"], obj["kind"]).iter_errors(obj), key=str)
         assert not errors, f"{stack} {resource.urn}: {errors[0].message} at {list(errors[0].path)}"
         # Their metadata is an ordinary ObjectMeta.
         kubernetes_validate.validate(
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}, KUBERNETES_VERSIONS[0], strict=True
         )
         kinds.add(obj["kind"])
-    assert kinds == {"HTTPRoute", "Gateway"}
+    assert kinds == {"HTTPRoute", "Gateway", "ServiceMonitor", "PrometheusRule", "Canary", "MetricTemplate"}
 
 
 def test_the_crd_check_refuses_a_misspelt_field(runs):
     route = next(r.object for _, r in rendered(runs) if r.object["kind"] == "HTTPRoute")
     broken = copy.deepcopy(route)
     broken["spec"]["rules"][0]["backendRefs"][0]["prot"] = 8501
-    assert list(crd_validator("HTTPRoute", "v1").iter_errors(broken))
+    assert list(crd_validator("gateway.networking.k8s.io/v1", "HTTPRoute").iter_errors(broken))
 
 
 def test_the_kubernetes_check_refuses_a_misspelt_field(runs):

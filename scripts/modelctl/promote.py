@@ -131,6 +131,15 @@ def promote(
     if canary and served is None:
         raise PromotionError(f"{model} has no stable version in {environment}; promote one before a canary")
     stacks = stacks_serving(root, environment)
+    if canary:
+        for stack in stacks:
+            if stack.flagger:
+                raise PromotionError(
+                    f"stack {stack.stack} rolls versions out with Flagger: promote without --canary, "
+                    "Flagger runs the canary"
+                )
+            if stack.routing.kind.value == "ingress":
+                raise PromotionError(f"stack {stack.stack} routes by Ingress, which cannot split traffic by weight")
     require_committed(manifest, candidate, stacks, client)
     comparison = compare(manifest, environment, candidate)
     if not comparison.passed:

@@ -1,0 +1,127 @@
+"""Metric-gated rollouts with Flagger (Gateway API provider): a Canary and its MetricTemplates (pure builders).
+
+With Flagger, a version bump changes the target Deployment's pod template; Flagger then
+clones it to `<model>-primary`, shifts traffic step by step through the HTTPRoute it owns
+(named after `service.name`, matching `/v1/models/<model>`), checks the metrics below at
+every step and rolls back on failure (fluxcd/flagger pkg/router/gateway_api.go).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra import tfserving
+from infra.manifest import ServedModel
+from infra.observability import REQUEST_COUNT, REQUEST_LATENCY_BUCKET
+from infra.settings import StackSettings
+from infra.workload import model_selector, platform_labels, route_path
+
+FLAGGER_API = "flagger.app/v1beta1"
+SUCCESS_RATE = "success-rate"
+LATENCY = "latency-p99"
+
+
+def _metadata(model: ServedModel, settings: StackSettings) -> k8s.meta.v1.ObjectMetaArgs:
+    return k8s.meta.v1.ObjectMetaArgs(
+        namespace=settings.namespace, labels=dict(platform_labels()) | model_selector(model.name)
+    )
+
+
+def metric_templates(model: ServedModel, settings: StackSettings) -> dict[str, dict[str, Any]]:
+    """MetricTemplate kwargs by metric name. Flagger fills `{{ namespace }}`, `{{ target }}`
+    (the canary Deployment) and `{{ interval }}`; the canary pods are `<target>-<hash>-<id>`."""
+    delivery = settings.progressive_delivery
+    assert delivery is not None and delivery.prometheus_address is not None
+    provider = {"type": "prometheus", "address": delivery.prometheus_address}
+    pods = '{{ namespace }}", pod=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)'
+    where = f'namespace="{pods}", model_name="{model.name}"'
+    success_rate = (
+        f'100 * sum(rate({REQUEST_COUNT}{{{where}, status="OK"}}[{{{{ interval }}}}])) '
+        f"/ sum(rate({REQUEST_COUNT}{{{where}}}[{{{{ interval }}}}]))"
+    )
+    latency_ms = (
+        f"histogram_quantile(0.99, sum by (le) (rate({REQUEST_LATENCY_BUCKET}{{{where}}}[{{{{ interval }}}}]))) / 1000"
+    )
+    return {
+        SUCCESS_RATE: {
+            "api_version": FLAGGER_API,
+            "kind": "MetricTemplate",
+            "metadata": _metadata(model, settings),
+            "spec": {"provider": provider, "query": success_rate},
+        },
+        LATENCY: {
+            "api_version": FLAGGER_API,
+            "kind": "MetricTemplate",
+            "metadata": _metadata(model, settings),
+            "spec": {"provider": provider, "query": latency_ms},
+        },
+    }
+
+
+def canary(
+    model: ServedModel,
+    settings: StackSettings,
+    deployment_name: pulumi.Input[str],
+    autoscaler_name: pulumi.Input[str],
+    template_names: dict[str, pulumi.Input[str]],
+) -> dict[str, Any]:
+    """Canary kwargs: analysis settings from the manifest's `serving.rollout`, else the stack's."""
+    delivery = settings.progressive_delivery
+    gateway = settings.routing.gateway
+    assert delivery is not None and gateway is not None
+    rollout = model.serving.rollout
+    interval = (rollout and rollout.interval) or delivery.interval
+    gateway_ref: dict[str, Any] = {"name": gateway.name, "sectionName": gateway.listener}
+    gateway_ref["namespace"] = gateway.namespace or settings.namespace
+    slo = model.serving.slo
+    return {
+        "api_version": FLAGGER_API,
+        "kind": "Canary",
+        "metadata": _metadata(model, settings),
+        "spec": {
+            "provider": "gatewayapi:v1",
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
+            "autoscalerRef": {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "name": autoscaler_name,
+            },
+            "progressDeadlineSeconds": 900,
+            "service": {
+                # The apex Service and the HTTPRoute carry the model's name, as without Flagger.
+                "name": model.name,
+                "port": tfserving.REST_PORT,
+                "targetPort": "http",
+                "portName": "http",
+                "hosts": [settings.routing.host],
+                "gatewayRefs": [gateway_ref],
+                "match": [{"uri": {"prefix": route_path(model.name)}}],
+                # Flagger's Services carry the model label: the ServiceMonitor and the
+                # NetworkPolicy find them as they find ours.
+                **{part: {"labels": model_selector(model.name)} for part in ("apex", "primary", "canary")},
+            },
+            "analysis": {
+                "interval": interval,
+                "threshold": (rollout and rollout.threshold) or delivery.threshold,
+                "stepWeight": (rollout and rollout.step_weight) or delivery.step_weight,
+                "maxWeight": (rollout and rollout.max_weight) or delivery.max_weight,
+                "metrics": [
+                    {
+                        "name": SUCCESS_RATE,
+                        "templateRef": {"name": template_names[SUCCESS_RATE], "namespace": settings.namespace},
+                        "thresholdRange": {"min": round(slo.availability * 100, 4)},
+                        "interval": interval,
+                    },
+                    {
+                        "name": LATENCY,
+                        "templateRef": {"name": template_names[LATENCY], "namespace": settings.namespace},
+                        "thresholdRange": {"max": slo.latency_p99_ms},
+                        "interval": interval,
+                    },
+                ],
+            },
+        },
+    }
