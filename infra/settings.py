@@ -230,6 +230,9 @@ class StackSettings(Settings):
     images: ImageSettings
     monitoring: MonitoringSettings = MonitoringSettings()
     progressive_delivery: ProgressiveDeliverySettings | None = None
+    production: bool = Field(
+        default=False, description="A production stack: the policies require two replicas and a disruption budget."
+    )
     service_account_annotations: dict[str, str] = Field(
         default_factory=dict, description="Annotations on every model ServiceAccount (e.g. an IRSA role ARN)."
     )

@@ -78,6 +78,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_errors(errors)
         return EXIT_ERROR
     report = build_report(args.root, stacks, args.base)
+    if args.policy and not apply_policies(args.root, report.head_runs):
+        return EXIT_ERROR
     if args.check_artifacts:
         problems = check_artifacts(args.root, stacks)
         if problems:
@@ -96,6 +98,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
             print(f"Rendered {len(files)} Kubernetes objects of {stack} to {directory}/", file=sys.stderr)
     if args.detailed_exitcode and report.has_changes:
         return EXIT_CHANGES
+    return EXIT_OK
+
+
+def apply_policies(root: Path, runs: dict) -> bool:
+    """The policy pack's rules over each stack's objects; False on a mandatory violation."""
+    from infra.settings import load_stack_settings
+    from scripts.modelctl.guardrails import MANDATORY, check
+
+    passed = True
+    for stack, run in runs.items():
+        for violation in check(run, load_stack_settings(root, stack)):
+            print(f"policy: stack {stack}: {violation}", file=sys.stderr)
+            passed = passed and violation.enforcement != MANDATORY
+    return passed
+
+
+def cmd_policy_config(args: argparse.Namespace) -> int:
+    from infra.settings import load_stack_settings
+    from scripts.modelctl.guardrails import policy_config
+
+    print(json.dumps(policy_config(load_stack_settings(args.root, args.stack)), indent=2, sort_keys=True))
     return EXIT_OK
 
 
@@ -210,7 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also check that every served version is committed in the stack's store with its digest",
     )
+    plan.add_argument(
+        "--policy", action="store_true", help="apply the policy pack's rules; exit 1 on a mandatory violation"
+    )
     plan.set_defaults(func=cmd_plan)
+
+    policy = commands.add_parser("policy-config", help="print a stack's --policy-pack-config JSON")
+    policy.add_argument("--stack", required=True)
+    policy.set_defaults(func=cmd_policy_config)
 
     train = commands.add_parser("train", help="train an example model and export a SavedModel")
     train.add_argument("model")
