@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY_VENV := .venv-policy
 POLICY_STAMP := $(POLICY_VENV)/.installed
 
-.PHONY: install demo test test-fast lint schema policy-config bench clean
+.PHONY: install demo test test-fast lint schema policy-config codeowners bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ lint: $(STAMP)
 
 policy-config: $(STAMP)
 	for stack in local dev staging prod; do $(BIN)/modelctl policy-config --stack $$stack > policy/config/$$stack.json; done
+
+codeowners: $(STAMP)
+	$(BIN)/modelctl codeowners > .github/CODEOWNERS
 
 schema: $(STAMP)
 	$(BIN)/modelctl schema --output models/manifest.schema.json

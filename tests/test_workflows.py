@@ -94,3 +94,57 @@ def test_upsert_refuses_a_body_without_the_marker(tmp_path):
         ["bash", str(UPSERT), "acme/models", "7", str(body)], env=env, capture_output=True, text=True
     )
     assert result.returncode == 1
+
+
+def test_deploy_runs_dev_then_staging_then_prod_each_in_its_environment():
+    workflow = load("deploy.yml")
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    jobs = workflow["jobs"]
+    assert list(jobs) == ["dev", "staging", "prod"]
+    assert "needs" not in jobs["dev"]
+    assert jobs["staging"]["needs"] == "dev" and jobs["prod"]["needs"] == "staging"
+    for stack, job in jobs.items():
+        assert job["uses"] == "./.github/workflows/deploy-stack.yml"
+        assert job["with"] == {"stack": stack}
+    assert workflow["concurrency"]["cancel-in-progress"] is False
+    # Each stage is one of the stacks.
+    assert set(jobs) <= {p.name.split(".")[1] for p in (ROOT / "stacks").glob("Pulumi.*.yaml")}
+
+
+def test_a_stage_runs_pulumi_up_with_the_policy_pack_in_its_environment_then_smoke():
+    workflow = load("deploy-stack.yml")
+    assert workflow["on"]["workflow_call"]["inputs"]["stack"]["required"] is True
+    (job,) = workflow["jobs"].values()
+    assert job["environment"]["name"] == "${{ inputs.stack }}"
+    steps = job["steps"]
+    up = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("pulumi/actions@"))
+    assert steps[up]["with"]["command"] == "up"
+    assert steps[up]["with"]["policyPacks"] == "policy"
+    assert steps[up]["with"]["policyPackConfigs"] == "policy/config/${{ inputs.stack }}.json"
+    smoke = next(i for i, s in enumerate(steps) if "modelctl smoke" in s.get("run", ""))
+    assert smoke > up, "smoke after the deployment"
+
+
+def test_every_job_of_every_workflow_has_steps_or_calls_a_workflow():
+    for path in WORKFLOWS.glob("*.yml"):
+        workflow = load(path.name)
+        assert workflow["jobs"], path
+        for name, job in workflow["jobs"].items():
+            assert ("steps" in job) != ("uses" in job), f"{path.name}: {name}"
+            if "steps" in job:
+                assert "runs-on" in job, f"{path.name}: {name}"
+                for step in job["steps"]:
+                    assert ("uses" in step) != ("run" in step), f"{path.name}: {name}: {step}"
+            for need in [job["needs"]] if isinstance(job.get("needs"), str) else job.get("needs", []):
+                assert need in workflow["jobs"], f"{path.name}: {name} needs unknown {need}"
+
+
+def test_codeowners_makes_each_manifests_owner_its_reviewer():
+    from infra.manifest import load_manifests
+    from scripts.modelctl.cli import codeowners
+
+    manifests = load_manifests(ROOT)
+    committed = (ROOT / ".github" / "CODEOWNERS").read_text()
+    assert committed == codeowners(manifests), "run `make codeowners`"
+    for manifest in manifests:
+        assert f"/models/{manifest.name}.yaml {manifest.owner}\n" in committed

@@ -1,0 +1,84 @@
+"""`modelctl smoke`: after a deployment, every model of the stack answers its REST status and one predict.
+
+TF-Serving REST API (g3doc/api_rest.md): `GET /v1/models/<name>` returns
+`{"model_version_status": [{"version", "state", "status"}]}`; `POST /v1/models/<name>:predict`
+takes the manifest's `serving.example_request` and returns `{"predictions": ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from infra.manifest import ServedModel
+from infra.workload import route_path
+
+AVAILABLE = "AVAILABLE"
+
+
+@dataclass(frozen=True)
+class Check:
+    model: str
+    check: str
+    ok: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.model}: {self.check}: {self.detail}"
+
+
+def _request(url: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    request.add_header("Accept", "application/json")
+    if data:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace")
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, text
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        return 0, str(getattr(exc, "reason", exc))
+    except ValueError as exc:
+        return -1, f"not JSON: {exc}"
+
+
+def smoke_model(model: ServedModel, base_url: str, timeout: float = 10.0) -> list[Check]:
+    url = base_url.rstrip("/") + route_path(model.name)
+    checks = []
+    status, body = _request(url, None, timeout)
+    expected = set(model.served_versions)
+    if status != 200 or not isinstance(body, dict):
+        checks.append(Check(model.name, "status", False, f"GET {url} answered {status}: {str(body)[:200]}"))
+    else:
+        states = {
+            int(entry.get("version", 0)): entry.get("state")
+            for entry in body.get("model_version_status", [])
+            if isinstance(entry, dict)
+        }
+        # A canary's versions may be served by another workload behind the same route.
+        unavailable = {v: states.get(v) for v in expected if states.get(v) not in (AVAILABLE, None)}
+        available = [v for v in expected if states.get(v) == AVAILABLE]
+        if unavailable or not available:
+            checks.append(Check(model.name, "status", False, f"versions not available: {unavailable or states}"))
+        else:
+            checks.append(Check(model.name, "status", True, f"version(s) {sorted(available)} AVAILABLE"))
+    example = model.serving.example_request
+    if example is None:
+        checks.append(Check(model.name, "predict", True, "skipped: the manifest has no serving.example_request"))
+        return checks
+    status, body = _request(f"{url}:predict", example, timeout)
+    if status != 200 or not isinstance(body, dict) or ("predictions" not in body and "outputs" not in body):
+        checks.append(Check(model.name, "predict", False, f"POST {url}:predict answered {status}: {str(body)[:200]}"))
+    else:
+        count = len(body.get("predictions", body.get("outputs")) or [])
+        checks.append(Check(model.name, "predict", True, f"{count} prediction(s)"))
+    return checks
