@@ -99,9 +99,10 @@ def canary(
                 "hosts": [settings.routing.host],
                 "gatewayRefs": [gateway_ref],
                 "match": [{"uri": {"prefix": route_path(model.name)}}],
-                # Flagger's Services carry the model label: the ServiceMonitor and the
-                # NetworkPolicy find them as they find ours.
-                **{part: {"labels": model_selector(model.name)} for part in ("apex", "primary", "canary")},
+                # The primary and canary Services carry the model label, so the ServiceMonitor
+                # scrapes each pod once; the apex Service (which selects the primary's pods
+                # too) does not, or every series would be counted twice.
+                **{part: {"labels": model_selector(model.name)} for part in ("primary", "canary")},
             },
             "analysis": {
                 "interval": interval,

@@ -84,8 +84,9 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
     return [
         alert(
             "ModelNoReadyReplica",
-            # Only ready pods are endpoints of the Service, so no `up` series means none is ready.
-            f'absent(up{{namespace="{namespace}", service="{model.name}"}} == 1)',
+            # Only ready pods are endpoints of the Service, so no `up` series means none is ready
+            # (under Flagger the stable pods are the `-primary` Service's).
+            f'absent(up{{namespace="{namespace}", service=~"{model.name}(-primary)?"}} == 1)',
             "5m",
             "critical",
             f"{model.name}: no ready replica serves the stable version",

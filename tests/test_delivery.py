@@ -108,6 +108,10 @@ def test_flagger_canary_targets_the_deployment_and_its_metrics(runs, model, stac
     thresholds = {m["name"]: m["thresholdRange"] for m in analysis["metrics"]}
     assert thresholds["success-rate"] == {"min": round(served_model.serving.slo.availability * 100, 4)}
     assert thresholds["latency-p99"] == {"max": served_model.serving.slo.latency_p99_ms}
+    # The ServiceMonitor finds the primary and canary Services, not the apex (no double scrape).
+    service = canary["service"]
+    assert "apex" not in service
+    assert service["primary"]["labels"] == service["canary"]["labels"] == {"model-serving.dev/model": model}
     # Flagger scales the target; Pulumi must not wait for replicas it removes.
     deployment = kids[DEPLOYMENT].object
     assert deployment["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
