@@ -97,6 +97,9 @@ class Resources(Frozen):
         default=DEFAULT_MODEL_STORAGE,
         description="Size limit of the emptyDir the served versions are copied into.",
     )
+    gpu: int | None = Field(
+        default=None, ge=1, le=8, strict=True, description="NVIDIA GPUs per pod; schedules on the GPU nodes."
+    )
 
 
 class Batching(Frozen):
@@ -186,6 +189,7 @@ class Promotion(Frozen):
 
 
 class ResourcesOverride(Frozen):
+    gpu: int | None = Field(default=None, ge=1, le=8, strict=True)
     cpu: Quantity | None = None
     memory: Quantity | None = None
     cpu_limit: Quantity | None = None

@@ -19,6 +19,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -26,6 +27,7 @@ from infra.settings import PROJECT, read_stack_config
 
 SECRET = "[secret]"
 KUBERNETES_PREFIX = "kubernetes:"
+HELM_PREFIX = "kubernetes:helm.sh/"
 PROVIDER_PREFIX = "pulumi:providers:"
 # Kinds the provider replaces, with a fresh auto-name, when their data changes
 # (pulumi-kubernetes provider/pkg/provider/diff.go; `enableConfigMapMutable` turns it off).
@@ -44,10 +46,12 @@ class DeclaredResource:
     provider: str | None
     inputs: dict[str, Any]
     state: dict[str, Any]
+    dependencies: tuple[str, ...] = ()
 
     @property
     def is_kubernetes_object(self) -> bool:
-        return self.custom and self.type.startswith(KUBERNETES_PREFIX)
+        # A Helm release is the provider's bookkeeping, not an object of the Kubernetes API.
+        return self.custom and self.type.startswith(KUBERNETES_PREFIX) and not self.type.startswith(HELM_PREFIX)
 
     @property
     def kind(self) -> str:
@@ -108,7 +112,8 @@ class _Mocks(pulumi_mocks.Mocks):
             resource_id = f"{metadata.get('namespace', '')}/{metadata['name']}".lstrip("/")
             answer = {"metadata": {k: metadata[k] for k in ("name", "namespace") if k in metadata}}
         else:
-            resource_id, answer = f"{args.name}-id", {}
+            resource_id, answer = f"{args.name}-id", cloud_outputs(args.typ, args.name, args.inputs)
+            state.update(answer)
         self._current.inputs, self._current.state = args.inputs, state
         return resource_id, answer
 
@@ -128,6 +133,19 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         self.recorder = mocks
         self.declared: list[DeclaredResource] = []
 
+    def GetDeploymentInfo(self, request):  # noqa: N802 - gRPC method name
+        # Without resource references the SDK sends a resource input (pulumi-eks' `cluster=`)
+        # as its URN/ID: deserialising a reference inside the mock monitor's thread would
+        # create futures on another event loop than the program's.
+        info = super().GetDeploymentInfo(request)
+        features = [f for f in info.supportedFeatures if f != resource_pb2.RESOURCE_MONITOR_FEATURE_RESOURCE_REFERENCES]
+        return resource_pb2.DeploymentInfo(supportedFeatures=features)
+
+    def SupportsFeature(self, request):  # noqa: N802 - gRPC method name
+        if request.id == "resourceReferences":
+            return type("SupportsFeatureResponse", (object,), {"hasSupport": False})
+        return super().SupportsFeature(request)
+
     def RegisterResource(self, request):  # noqa: N802 - gRPC method name
         response = super().RegisterResource(request)
         if request.type == "pulumi:pulumi:Stack":
@@ -144,9 +162,32 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 provider=request.provider or None,
                 inputs=integral_numbers(inputs),
                 state=integral_numbers(state),
+                dependencies=tuple(request.dependencies),
             )
         )
         return response
+
+
+OFFLINE_ACCOUNT = "000000000000"
+OFFLINE_OIDC_ISSUER = "oidc.eks.offline.amazonaws.com/id/OFFLINE"
+
+
+def cloud_outputs(resource_type: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Stand-ins for what a cloud provider computes (ARNs, the EKS kubeconfig and OIDC issuer),
+    so the program's `apply`s run offline; they are recognisably fake (account 000000000000)."""
+    if resource_type == "eks:index:Cluster":
+        return {
+            "kubeconfigJson": json.dumps({"apiVersion": "v1", "kind": "Config", "clusters": [], "users": []}),
+            "oidcIssuer": OFFLINE_OIDC_ISSUER,
+            "oidcProviderArn": f"arn:aws:iam::{OFFLINE_ACCOUNT}:oidc-provider/{OFFLINE_OIDC_ISSUER}",
+        }
+    if resource_type == "aws:iam/role:Role":
+        return {"arn": f"arn:aws:iam::{OFFLINE_ACCOUNT}:role/{name}", "name": name}
+    if resource_type == "aws:iam/policy:Policy":
+        return {"arn": f"arn:aws:iam::{OFFLINE_ACCOUNT}:policy/{name}"}
+    if resource_type == "aws:s3/bucket:Bucket":
+        return {"arn": f"arn:aws:s3:::{inputs.get('bucket', name)}", "bucket": inputs.get("bucket", name)}
+    return {}
 
 
 def integral_numbers(value: Any) -> Any:

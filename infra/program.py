@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pulumi
-import pulumi_kubernetes as k8s
 
 from infra.components import ModelDeployment, Platform
 from infra.errors import ConfigError
@@ -27,20 +26,6 @@ def read_settings() -> StackSettings:
     return settings_from_config(stack, get, f"stacks/{stack_file(Path('.'), stack).name}")
 
 
-def provider(settings: StackSettings) -> k8s.Provider:
-    target = settings.kubernetes
-    return k8s.Provider(
-        "kubernetes",
-        context=target.context,
-        kubeconfig=target.kubeconfig,
-        # renderYamlToDirectory writes manifests instead of talking to a cluster (provider docs:
-        # "resources will not be created on a Kubernetes cluster"); the local stack uses it.
-        render_yaml_to_directory=target.render_dir,
-        # Server-side apply is the provider's default since v4; keep it explicit.
-        enable_server_side_apply=True,
-    )
-
-
 def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False) -> None:
     """Declare everything for one stack; raises ConfigError before declaring anything if input is bad.
 
@@ -58,16 +43,11 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
         problems = verify_served_versions(served, settings.object_store)
         if problems:
             raise ConfigError(problems)
-    k8s_provider = provider(settings)
-    platform = Platform("platform", settings, opts=pulumi.ResourceOptions(providers=[k8s_provider]))
+    platform = Platform("platform", settings)
+    providers = [platform.k8s_provider] + ([platform.aws_provider] if platform.aws_provider else [])
     exported = {}
     for model in served:
-        ModelDeployment(
-            model.name,
-            model,
-            settings,
-            opts=pulumi.ResourceOptions(providers=[k8s_provider], depends_on=[platform]),
-        )
+        ModelDeployment(model.name, model, settings, platform, opts=pulumi.ResourceOptions(providers=providers))
         exported[model.name] = {"url": rest_url(model.name, settings), "versions": dict(model.version_labels)}
     pulumi.export("namespace", platform.namespace_name)
     pulumi.export("models", exported)

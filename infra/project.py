@@ -15,7 +15,24 @@ def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) ->
     errors = []
     for manifest in manifests:
         served = manifest.environments.get(settings.environment)
-        if served is None or served.canary is None:
+        if served is None:
+            continue
+        if manifest.serving_for(settings.environment).resources.gpu:
+            file = f"{MODELS_DIR}/{manifest.name}.yaml"
+            if not settings.cluster.has_gpu_nodes:
+                errors.append(
+                    ErrorItem(
+                        file,
+                        "serving.resources.gpu",
+                        f"stack {settings.stack} has no GPU nodes (cluster.eks.gpuNodes, or cluster.gpuNodes "
+                        "for an existing cluster); serve this model elsewhere or add them",
+                    )
+                )
+            elif settings.images.serving_gpu is None:
+                errors.append(
+                    ErrorItem(file, "serving.resources.gpu", f"stack {settings.stack} names no images.servingGpu")
+                )
+        if served.canary is None:
             continue
         if settings.flagger:
             errors.append(

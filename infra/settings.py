@@ -75,6 +75,73 @@ class KubernetesTarget(Settings):
         return self
 
 
+class ClusterMode(StrEnum):
+    existing = "existing"
+    eks = "eks"
+
+
+class NodePool(Settings):
+    instance_type: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")] = Field(
+        description="EC2 instance type, e.g. m7i.large."
+    )
+    min_size: int = Field(default=1, ge=0, strict=True)
+    desired_size: int = Field(default=2, ge=0, strict=True)
+    max_size: int = Field(default=4, ge=1, strict=True)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> NodePool:
+        if not self.min_size <= self.desired_size <= self.max_size:
+            raise FieldProblemsError([("desiredSize", "needs minSize <= desiredSize <= maxSize")])
+        return self
+
+
+class EksSettings(Settings):
+    kubernetes_version: Annotated[str, StringConstraints(pattern=r"^1\.[0-9]+$")] = Field(
+        description="EKS Kubernetes version, e.g. 1.33."
+    )
+    cpu_nodes: NodePool = Field(description="The managed node group every model runs on by default.")
+    gpu_nodes: NodePool | None = Field(
+        default=None, description="A tainted GPU node group for models with `resources.gpu`."
+    )
+
+
+class ClusterSettings(Settings):
+    mode: ClusterMode = Field(default=ClusterMode.existing, strict=False, description="existing or eks.")
+    eks: EksSettings | None = Field(default=None, description="The EKS cluster (mode: eks).")
+    gpu_nodes: bool = Field(
+        default=False,
+        description="An existing cluster has GPU nodes labelled model-serving.dev/node-pool=gpu, "
+        "tainted nvidia.com/gpu:NoSchedule.",
+    )
+    oidc_provider_arn: str | None = Field(
+        default=None, description="An existing cluster's IAM OIDC provider, for per-model roles (IRSA)."
+    )
+    oidc_issuer: str | None = Field(default=None, description="Its issuer host/path, without https://.")
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> ClusterSettings:
+        if self.mode is ClusterMode.eks and self.eks is None:
+            raise FieldProblemsError([("eks", "required when mode is eks")])
+        if self.mode is ClusterMode.existing and self.eks is not None:
+            raise FieldProblemsError([("eks", "only used when mode is eks")])
+        if (self.oidc_provider_arn is None) != (self.oidc_issuer is None):
+            raise FieldProblemsError([("oidcIssuer", "give both oidcProviderArn and oidcIssuer, or neither")])
+        return self
+
+    @property
+    def has_gpu_nodes(self) -> bool:
+        return self.gpu_nodes or (self.eks is not None and self.eks.gpu_nodes is not None)
+
+
+class AddonSettings(Settings):
+    """Cluster add-ons as pinned Helm releases, each switched on by the stack."""
+
+    envoy_gateway: bool = Field(default=False, description="Gateway API CRDs and Envoy Gateway.")
+    metrics_server: bool = Field(default=False, description="metrics-server (the HPAs need it).")
+    kube_prometheus_stack: bool = Field(default=False, description="Prometheus Operator, Prometheus and Grafana.")
+    flagger: bool = Field(default=False, description="Flagger (with progressiveDelivery.flagger).")
+
+
 class RouteKind(StrEnum):
     gateway = "gateway"
     ingress = "ingress"
@@ -142,6 +209,12 @@ class ObjectStoreSettings(Settings):
         default=("0.0.0.0/0",), strict=False, description="Where the fetcher may connect to reach the store."
     )
     port: int = Field(default=443, ge=1, le=65535, description="TCP port of the store, for the NetworkPolicy.")
+    managed: bool = Field(
+        default=False,
+        description="Declare the bucket (versioning, encryption, public access blocked, TLS only, noncurrent "
+        "versions expiring), per-model read roles and the CI publisher policy.",
+    )
+    noncurrent_version_days: int = Field(default=30, ge=1, description="Days a replaced object version is kept.")
     verify_artifacts: bool = Field(
         default=True,
         description="A real `pulumi preview`/`up` first checks that every served version is committed "
@@ -154,16 +227,19 @@ class ObjectStoreSettings(Settings):
 
 class ImageSettings(Settings):
     serving: str = Field(description="TensorFlow Serving image, pinned to an exact version or digest.")
+    serving_gpu: str | None = Field(default=None, description="TensorFlow Serving GPU image, for GPU models.")
     fetcher: str = Field(description="Init image that copies versions from the store (needs aws CLI, sh, sha256sum).")
     require_digest: bool = Field(default=False, description="Refuse images not pinned by digest.")
 
     @model_validator(mode="after")
     def _pinned(self) -> ImageSettings:
         problems = []
-        for field in ("serving", "fetcher"):
+        for field in ("serving", "fetcher", "serving_gpu"):
+            if getattr(self, field) is None:
+                continue
             problem = image_pin_problem(getattr(self, field), self.require_digest)
             if problem:
-                problems.append((field, problem))
+                problems.append((to_camel(field), problem))
         if problems:
             raise FieldProblemsError(problems)
         return self
@@ -224,7 +300,11 @@ class StackSettings(Settings):
     stack: DnsLabel = Field(description="Stack name.")
     environment: DnsLabel = Field(description="Which `environments.<env>` of the manifests this stack serves.")
     namespace: DnsLabel = Field(description="Namespace the models run in.")
-    kubernetes: KubernetesTarget
+    cluster: ClusterSettings = ClusterSettings()
+    kubernetes: KubernetesTarget | None = Field(
+        default=None, description="How to reach an existing cluster (mode: existing), or render instead."
+    )
+    addons: AddonSettings = AddonSettings()
     routing: RoutingSettings
     object_store: ObjectStoreSettings
     images: ImageSettings
@@ -239,11 +319,21 @@ class StackSettings(Settings):
 
     @property
     def rendering(self) -> bool:
-        return self.kubernetes.render_dir is not None
+        return self.kubernetes is not None and self.kubernetes.render_dir is not None
 
     @property
     def flagger(self) -> bool:
         return self.progressive_delivery is not None and self.progressive_delivery.flagger
+
+    @model_validator(mode="after")
+    def _cluster_target(self) -> StackSettings:
+        if self.cluster.mode is ClusterMode.existing and self.kubernetes is None:
+            raise FieldProblemsError([("kubernetes", "required for an existing cluster (cluster.mode: existing)")])
+        if self.cluster.mode is ClusterMode.eks and self.kubernetes is not None:
+            raise FieldProblemsError(
+                [("kubernetes", "an eks stack reaches its cluster through the cluster's kubeconfig")]
+            )
+        return self
 
     @model_validator(mode="after")
     def _flagger_needs_gateway(self) -> StackSettings:

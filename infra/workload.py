@@ -9,6 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra import tfserving
+from infra.cloud import GPU_RESOURCE, GPU_TAINT, NODE_POOL_LABEL
 from infra.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
 from infra.settings import RouteKind, StackSettings
 
@@ -104,10 +105,16 @@ def restricted_security_context() -> k8s.core.v1.SecurityContextArgs:
     )
 
 
-def service_account(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
-    """ServiceAccount kwargs; named after the model so a workload-identity role can trust it."""
+def service_account(
+    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], role_arn: pulumi.Input[str] | None = None
+) -> dict[str, Any]:
+    """ServiceAccount kwargs; named after the model so a workload-identity role can trust it.
+    `role_arn`: the model's own read role (IRSA), over any stack-wide annotation."""
     meta = metadata(Workload.of(model, LABEL_STABLE), namespace, name=model.name)
-    meta.annotations = dict(settings.service_account_annotations) or None
+    annotations: dict[str, pulumi.Input[str]] = dict(settings.service_account_annotations)
+    if role_arn is not None:
+        annotations["eks.amazonaws.com/role-arn"] = role_arn
+    meta.annotations = annotations or None
     # The pod mounts no API token: the server never talks to the Kubernetes API.
     return {"metadata": meta, "automount_service_account_token": False}
 
@@ -178,10 +185,14 @@ def serving_container(workload: Workload, settings: StackSettings) -> k8s.core.v
     # Metadata of a version answers 200 only once it is loaded (NotFound -> 404 otherwise,
     # model_servers/http_server.cc), so readiness means "this workload's version serves".
     ready_path = f"/v1/models/{model.name}/versions/{workload.version}/metadata"
+    # Extended resources are requested in whole units and must equal their limit.
+    gpus = {GPU_RESOURCE: str(resources.gpu)} if resources.gpu else {}
+    image = settings.images.serving_gpu if resources.gpu else settings.images.serving
+    assert image is not None  # validation: a GPU model needs images.servingGpu
     return k8s.core.v1.ContainerArgs(
         name=SERVING_CONTAINER,
-        image=settings.images.serving,
-        image_pull_policy=_pull_policy(settings.images.serving),
+        image=image,
+        image_pull_policy=_pull_policy(image),
         command=[tfserving.SERVER_BINARY],
         args=tfserving.server_args(model),
         ports=[
@@ -192,8 +203,9 @@ def serving_container(workload: Workload, settings: StackSettings) -> k8s.core.v
         readiness_probe=_http_probe(ready_path, period=5, failure_threshold=2),
         liveness_probe=_http_probe(f"/v1/models/{model.name}", period=10, failure_threshold=3),
         resources=k8s.core.v1.ResourceRequirementsArgs(
-            requests={"cpu": resources.cpu, "memory": resources.memory},
-            limits={"cpu": resources.cpu_limit or resources.cpu, "memory": resources.memory_limit or resources.memory},
+            requests={"cpu": resources.cpu, "memory": resources.memory} | gpus,
+            limits={"cpu": resources.cpu_limit or resources.cpu, "memory": resources.memory_limit or resources.memory}
+            | gpus,
         ),
         # Keep serving while endpoints drop this pod, so a rollout loses no request.
         lifecycle=k8s.core.v1.LifecycleArgs(
@@ -247,6 +259,15 @@ def deployment(
                 name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=TMP_SIZE)
             ),
         ],
+        # GPU models go to the GPU node pool and tolerate its taint; the others never do.
+        node_selector={NODE_POOL_LABEL: "gpu"} if model.serving.resources.gpu else None,
+        tolerations=[
+            k8s.core.v1.TolerationArgs(
+                key=GPU_TAINT["key"], operator="Equal", value=GPU_TAINT["value"], effect=GPU_TAINT["effect"]
+            )
+        ]
+        if model.serving.resources.gpu
+        else None,
         topology_spread_constraints=[
             k8s.core.v1.TopologySpreadConstraintArgs(
                 max_skew=1,

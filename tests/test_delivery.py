@@ -8,7 +8,7 @@ import promql_parser
 import pytest
 
 from infra.settings import load_stack_settings
-from tests.conftest import MODEL_X_STACK, ROOT, edit_yaml
+from tests.conftest import MODEL_X_STACK, ROOT, STACKS, edit_yaml
 from tests.test_program import DEPLOYMENT, HPA, SERVICE, children, extras, served
 
 ALERTS = {
@@ -77,7 +77,7 @@ def test_dashboard_loads_and_its_queries_parse(runs, model, stack):
     assert [t["legendFormat"].split()[0] for t in latency["targets"]] == ["p50", "p90", "p99"]
 
 
-FLAGGER_STACKS = [s for s in ("local", "dev", "staging", "prod") if load_stack_settings(ROOT, s).flagger]
+FLAGGER_STACKS = [s for s in STACKS if load_stack_settings(ROOT, s).flagger]
 
 
 @pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if s in FLAGGER_STACKS])

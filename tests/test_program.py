@@ -22,6 +22,8 @@ HTTP_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
 INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
 GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
 NAMESPACE = "kubernetes:core/v1:Namespace"
+READER_ROLE = "aws:iam/role:Role"
+READER_POLICY = "aws:iam/rolePolicy:RolePolicy"
 
 
 def served(model: str, stack: str):
@@ -73,23 +75,27 @@ def test_model_declares_its_resources_under_its_component(runs, model, stack):
     stack_urn = run.find(PLATFORM_TYPE, "platform").parent
     assert component.parent == stack_urn
     route = HTTP_ROUTE if settings.routing.kind.value == "gateway" else INGRESS
+    # A managed store gives each model its own read role (IRSA).
+    cloud = {READER_ROLE, READER_POLICY} if settings.object_store.managed else set()
     if settings.flagger:
         # Flagger creates the Services and the HTTPRoute itself.
-        assert set(children(run, model)) == (WORKLOAD_TYPES - {SERVICE}) | {SERVICE_ACCOUNT, NETWORK_POLICY}
+        expected = (WORKLOAD_TYPES - {SERVICE}) | {SERVICE_ACCOUNT, NETWORK_POLICY}
     else:
-        assert set(children(run, model)) == WORKLOAD_TYPES | {SERVICE_ACCOUNT, NETWORK_POLICY, route}
+        expected = WORKLOAD_TYPES | {SERVICE_ACCOUNT, NETWORK_POLICY, route}
+    assert set(children(run, model)) == expected | cloud
     canary = children(run, model, "canary")
     assert set(canary) == (WORKLOAD_TYPES if "canary" in tracks(model, stack) else set())
     for track in tracks(model, stack):
         for resource in children(run, model, track).values():
             assert resource.name.startswith(f"{model}-")
-            assert resource.object["metadata"]["namespace"] == settings.namespace
+            if resource.is_kubernetes_object:
+                assert resource.object["metadata"]["namespace"] == settings.namespace
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_kubernetes_object_uses_the_explicit_provider(runs, stack):
     # The stacks disable default providers; a resource without ours would fail `pulumi up`.
-    provider = runs[stack].find("pulumi:providers:kubernetes", "kubernetes")
+    provider = runs[stack].find("pulumi:providers:kubernetes", "platform-kubernetes")
     objects = runs[stack].kubernetes_objects()
     assert objects
     for resource in objects:
@@ -101,9 +107,14 @@ def test_every_kubernetes_object_uses_the_explicit_provider(runs, stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_provider_targets_the_stack_cluster_or_renders(runs, stack):
     settings = load_stack_settings(ROOT, stack)
-    provider = runs[stack].find("pulumi:providers:kubernetes", "kubernetes").inputs
+    provider = runs[stack].find("pulumi:providers:kubernetes", "platform-kubernetes").inputs
     if settings.rendering:
         assert provider["renderYamlToDirectory"] == settings.kubernetes.render_dir
+        assert "context" not in provider
+    elif settings.kubernetes is None:
+        # An EKS stack: the cluster's kubeconfig feeds the provider.
+        cluster = runs[stack].find("eks:index:Cluster", "platform-eks")
+        assert provider["kubeconfig"] == cluster.state["kubeconfigJson"]
         assert "context" not in provider
     else:
         assert provider["context"] == settings.kubernetes.context

@@ -82,7 +82,9 @@ def _known_fields(record: dict) -> dict:
     record = dict(record)
     record.setdefault("provider", None)
     record.setdefault("state", record.get("inputs", {}))
-    return {k: record[k] for k in ("urn", "type", "name", "parent", "custom", "provider", "inputs", "state")}
+    record["dependencies"] = tuple(record.get("dependencies", ()))
+    fields = ("urn", "type", "name", "parent", "custom", "provider", "inputs", "state", "dependencies")
+    return {k: record[k] for k in fields}
 
 
 def of_revision(repo: Path, ref: str, stacks: Sequence[str]) -> Snapshot:

@@ -1,0 +1,222 @@
+"""The platform from the same repository: EKS mode, the managed bucket and its IAM, add-ons, GPU models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from moto.iam.access_control import IAMPolicy, PermissionResult
+
+from infra import cloud
+from infra.offline import run_stack
+from infra.settings import load_stack_settings
+from tests.conftest import ROOT, STACKS, edit_yaml
+from tests.test_program import DEPLOYMENT, HPA, children, extras
+
+EKS_STACKS = [s for s in STACKS if load_stack_settings(ROOT, s).cluster.mode.value == "eks"]
+MANAGED_STACKS = [s for s in STACKS if load_stack_settings(ROOT, s).object_store.managed]
+RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def platform_children(run, type_: str):
+    platform = run.find("model-serving:platform:Platform", "platform")
+    return [r for r in run.resources if r.parent == platform.urn and r.type == type_]
+
+
+def test_there_is_an_eks_stack_with_a_managed_store():
+    assert EKS_STACKS and set(EKS_STACKS) <= set(MANAGED_STACKS)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_each_cluster_mode_declares_what_it_should(runs, stack):
+    settings = load_stack_settings(ROOT, stack)
+    run = runs[stack]
+    clusters = platform_children(run, "eks:index:Cluster")
+    groups = {r.name: r.inputs for r in platform_children(run, "eks:index:ManagedNodeGroup")}
+    if settings.cluster.mode.value == "existing":
+        assert clusters == [] and groups == {}
+        assert not platform_children(run, "pulumi:providers:aws") or settings.object_store.managed
+        return
+    (cluster,) = clusters
+    assert cluster.inputs["version"] == settings.cluster.eks.kubernetes_version
+    assert cluster.inputs["createOidcProvider"] is True and cluster.inputs["skipDefaultNodeGroup"] is True
+    cpu = groups["platform-cpu-nodes"]
+    assert cpu["labels"] == {cloud.NODE_POOL_LABEL: "cpu"} and "taints" not in cpu
+    assert cpu["scalingConfig"]["desiredSize"] == settings.cluster.eks.cpu_nodes.desired_size
+    gpu = groups["platform-gpu-nodes"]
+    assert gpu["gpu"] is True and gpu["labels"] == {cloud.NODE_POOL_LABEL: "gpu"}
+    assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
+    attached = {
+        r.inputs["policyArn"] for r in platform_children(run, "aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    }
+    assert attached == set(cloud.EKS_NODE_POLICIES)
+
+
+@pytest.mark.parametrize("stack", MANAGED_STACKS)
+def test_no_deprecated_aws_resource_is_declared(runs, stack):
+    # pulumi-aws v7: Bucket, BucketVersioning, ... are current; their *V2 twins are deprecated.
+    aws_types = {r.type for r in runs[stack].resources if r.type.startswith("aws:")}
+    assert aws_types and not [t for t in aws_types if t.lower().endswith("v2")]
+
+
+@pytest.mark.parametrize("stack", MANAGED_STACKS)
+def test_the_managed_bucket_is_hardened(runs, stack):
+    settings = load_stack_settings(ROOT, stack)
+    run = runs[stack]
+
+    def one(type_):
+        (resource,) = platform_children(run, type_)
+        return resource.inputs
+
+    assert one("aws:s3/bucket:Bucket")["bucket"] == settings.object_store.bucket
+    assert one("aws:s3/bucketVersioning:BucketVersioning")["versioningConfiguration"] == {"status": "Enabled"}
+    (rule,) = one("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")["rules"]
+    assert rule["applyServerSideEncryptionByDefault"]["sseAlgorithm"] == "aws:kms"
+    block = one("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(
+        block[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    )
+    tls = IAMPolicy(one("aws:s3/bucketPolicy:BucketPolicy")["policy"])
+    bucket_objects = f"arn:aws:s3:::{settings.object_store.bucket}/serving/iris/1/saved_model.pb"
+    assert (
+        tls.is_action_permitted("s3:GetObject", bucket_objects, None, {"aws:SecureTransport": "false"})
+        == PermissionResult.DENIED
+    )
+    (lifecycle,) = one("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")["rules"]
+    assert lifecycle["noncurrentVersionExpiration"] == {"noncurrentDays": settings.object_store.noncurrent_version_days}
+
+
+@pytest.mark.parametrize("stack", MANAGED_STACKS)
+@pytest.mark.parametrize("model", ["iris", "taxi-fare"])
+def test_each_model_reads_only_its_own_prefix(runs, stack, model):
+    settings = load_stack_settings(ROOT, stack)
+    kids = children(runs[stack], model)
+    policy = IAMPolicy(kids["aws:iam/rolePolicy:RolePolicy"].inputs["policy"])
+    document = json.loads(kids["aws:iam/rolePolicy:RolePolicy"].inputs["policy"])
+    bucket = f"arn:aws:s3:::{settings.object_store.bucket}"
+    own = {"iris": "serving/iris/", "taxi-fare": "serving/pricing/taxi-fare/"}[model]
+    neighbour = {"iris": "serving/pricing/taxi-fare/", "taxi-fare": "serving/iris/"}[model]
+    assert policy.is_action_permitted("s3:GetObject", f"{bucket}/{own}3/saved_model.pb") == PermissionResult.PERMITTED
+    assert (
+        policy.is_action_permitted("s3:GetObject", f"{bucket}/{neighbour}3/saved_model.pb")
+        != PermissionResult.PERMITTED
+    )
+    assert policy.is_action_permitted("s3:GetObject", f"{bucket}/serving/iris-xl/1/x") != PermissionResult.PERMITTED
+    for write in ("s3:PutObject", "s3:DeleteObject", "s3:PutBucketPolicy"):
+        assert policy.is_action_permitted(write, f"{bucket}/{own}3/saved_model.pb") != PermissionResult.PERMITTED
+    # Exactly two grants: GetObject on the prefix, ListBucket limited to the prefix.
+    grants = {(tuple(s["Action"]), tuple(s["Resource"])) for s in document["Statement"]}
+    assert grants == {(("s3:GetObject",), (f"{bucket}/{own}*",)), (("s3:ListBucket",), (bucket,))}
+    listing = next(s for s in document["Statement"] if s["Action"] == ["s3:ListBucket"])
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": [f"{own}*"]}}
+    # The role trusts only the model's ServiceAccount, and the ServiceAccount names the role.
+    role = kids["aws:iam/role:Role"]
+    trust = json.loads(role.inputs["assumeRolePolicy"])
+    (statement,) = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    (conditions,) = statement["Condition"].values()
+    assert f"system:serviceaccount:{settings.namespace}:{model}" in conditions.values()
+    account = kids["kubernetes:core/v1:ServiceAccount"].object
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == role.state["arn"]
+
+
+@pytest.mark.parametrize("stack", MANAGED_STACKS)
+def test_the_publisher_writes_new_versions_but_never_deletes(runs, stack):
+    settings = load_stack_settings(ROOT, stack)
+    (policy,) = platform_children(runs[stack], "aws:iam/policy:Policy")
+    publisher = IAMPolicy(policy.inputs["policy"])
+    key = f"arn:aws:s3:::{settings.object_store.bucket}/serving/iris/9/saved_model.pb"
+    assert publisher.is_action_permitted("s3:PutObject", key) == PermissionResult.PERMITTED
+    assert publisher.is_action_permitted("s3:GetObject", key) == PermissionResult.PERMITTED
+    assert publisher.is_action_permitted("s3:DeleteObject", key) == PermissionResult.DENIED
+    assert publisher.is_action_permitted("s3:DeleteObjectVersion", key) == PermissionResult.DENIED
+    outside = f"arn:aws:s3:::{settings.object_store.bucket}/elsewhere/x"
+    assert publisher.is_action_permitted("s3:PutObject", outside) != PermissionResult.PERMITTED
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_add_on_charts_are_pinned_and_switched_by_the_stack(runs, stack):
+    settings = load_stack_settings(ROOT, stack)
+    releases = {r.name.removeprefix("platform-"): r.inputs for r in platform_children(runs[stack], RELEASE)}
+    wanted = settings.addons
+    expected = {
+        name
+        for name, enabled in (
+            ("envoy-gateway", wanted.envoy_gateway),
+            ("metrics-server", wanted.metrics_server),
+            ("kube-prometheus-stack", wanted.kube_prometheus_stack),
+            ("flagger", wanted.flagger),
+        )
+        if enabled
+    }
+    assert set(releases) == expected
+    for release in releases.values():
+        assert cloud.EXACT_CHART_VERSION.match(release["version"]), release["version"]
+
+
+@pytest.mark.parametrize("stack", EKS_STACKS)
+def test_models_wait_for_the_add_ons_they_need(runs, stack):
+    run = runs[stack]
+    releases = {r.name.removeprefix("platform-"): r.urn for r in platform_children(run, RELEASE)}
+    namespace = run.find("kubernetes:core/v1:Namespace", "platform-namespace").urn
+    for model in ("iris", "taxi-fare"):
+        kids, more = children(run, model), extras(run, model)
+        for resource in list(kids.values()) + list(more.values()):
+            if resource.is_kubernetes_object:
+                assert namespace in resource.dependencies, resource.name
+        assert releases["metrics-server"] in kids[HPA].dependencies
+        assert releases["kube-prometheus-stack"] in more["monitor"].dependencies
+        assert releases["kube-prometheus-stack"] in more["alerts"].dependencies
+        assert releases["flagger"] in more["rollout"].dependencies
+        assert releases["envoy-gateway"] in more["rollout"].dependencies
+
+
+def test_gpu_scheduling_appears_only_for_gpu_models(project):
+    def gpu_in_prod(document):
+        document["environments"]["prod"]["resources"] = {"gpu": 1}
+
+    edit_yaml(project / "models" / "iris.yaml", gpu_in_prod)
+    # prod's existing cluster declares its GPU nodes and image; the eks stack has a GPU node group.
+    edit_yaml(
+        project / "stacks" / "Pulumi.prod.yaml",
+        lambda d: (
+            d["config"].update({"model-serving:cluster": {"gpuNodes": True}}),
+            d["config"]["model-serving:images"].update({"servingGpu": "docker.io/tensorflow/serving:2.19.1-gpu"}),
+        ),
+    )
+    for stack in ("prod", "eks", "dev"):
+        run = run_stack(project, stack)
+        for model in ("iris", "taxi-fare"):
+            spec = children(run, model)[DEPLOYMENT].object["spec"]["template"]["spec"]
+            (server,) = spec["containers"]
+            gpu = model == "iris" and stack in ("prod", "eks")
+            assert ("nvidia.com/gpu" in server["resources"]["limits"]) == gpu, (stack, model)
+            assert ("nodeSelector" in spec) == gpu and ("tolerations" in spec) == gpu
+            assert server["image"].endswith("-gpu") == gpu
+            if gpu:
+                assert (
+                    server["resources"]["requests"]["nvidia.com/gpu"] == server["resources"]["limits"]["nvidia.com/gpu"]
+                )
+                assert spec["nodeSelector"] == {cloud.NODE_POOL_LABEL: "gpu"}
+                assert spec["tolerations"] == [
+                    {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+                ]
+
+
+def test_a_gpu_model_on_a_stack_without_gpu_nodes_is_refused(project, capsys):
+    from scripts.modelctl.cli import main
+
+    edit_yaml(project / "models" / "iris.yaml", lambda d: d["environments"]["prod"].update({"resources": {"gpu": 1}}))
+    assert main(["--root", str(project), "validate"]) == 1
+    err = capsys.readouterr().err
+    assert "models/iris.yaml: serving.resources.gpu: stack prod has no GPU nodes" in err
+    assert "stack eks" not in err, "the eks stack has a GPU node group"
+
+
+def test_a_version_bump_on_the_eks_stack_touches_only_the_models_resources(project, runs):
+    from scripts.modelctl.plan import plan_stack
+
+    edit_yaml(project / "models" / "iris.yaml", lambda d: d["environments"]["prod"].update({"stable": 3}))
+    plan = plan_stack("eks", runs["eks"], run_stack(project, "eks"))
+    assert {(s.name, s.op.value) for s in plan.changes} == {("iris-config", "replace"), ("iris-deployment", "update")}
+    assert {s.component for s in plan.steps if s.type.startswith(("aws:", "eks:"))} >= {"platform"}
