@@ -93,6 +93,15 @@ def keys(client, version: int, path: str = "iris") -> dict[str, bytes]:
     return {o["Key"][len(prefix) :]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listing}
 
 
+def changed_lines(before: str, after: str) -> list[str]:
+    """The added and removed lines of a unified diff: what a pull request would show."""
+    return [
+        line
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines())
+        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+    ]
+
+
 def git_commit(root: Path, message: str) -> None:
     subprocess.run(
         ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qam", message], check=True
@@ -153,11 +162,7 @@ def test_publish_uploads_commits_and_records_a_minimal_manifest_diff(trained, re
     listed = dict(line.split("  ", 1)[::-1] for line in objects[CHECKSUMS_FILE].decode().splitlines())
     for relative in listed:
         assert (trained / "1" / relative).read_bytes() == objects[relative]
-    diff = [
-        line
-        for line in difflib.unified_diff(before.splitlines(), (repo / "models" / "iris.yaml").read_text().splitlines())
-        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
-    ]
+    diff = changed_lines(before, (repo / "models" / "iris.yaml").read_text())
     assert diff == [
         "+  4:",
         f"+    digest: {digest}",
@@ -315,11 +320,7 @@ def test_promotion_gate(trained, repo, store, capsys):
     assert main(["--root", str(repo), "promote", "iris", "--env", "prod"]) == 0
     out = capsys.readouterr().out
     assert "candidate v5: accuracy = 0.95\nchampion v2: accuracy = 0.9" in out and "passes" in out
-    changed = [
-        line
-        for line in difflib.unified_diff(before.splitlines(), (repo / "models" / "iris.yaml").read_text().splitlines())
-        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
-    ]
+    changed = changed_lines(before, (repo / "models" / "iris.yaml").read_text())
     assert changed == ["-    stable: 2", "+    stable: 5"]
 
 
@@ -374,9 +375,5 @@ def test_rollback_restores_the_previous_stable_version(trained, repo, store, cap
     before = (repo / "models" / "iris.yaml").read_text()
     assert main(["--root", str(repo), "rollback", "iris", "--env", "prod"]) == 0
     assert "stable 5 -> 4" in capsys.readouterr().out
-    changed = [
-        line
-        for line in difflib.unified_diff(before.splitlines(), (repo / "models" / "iris.yaml").read_text().splitlines())
-        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
-    ]
+    changed = changed_lines(before, (repo / "models" / "iris.yaml").read_text())
     assert changed == ["-    stable: 5", "+    stable: 4"]
