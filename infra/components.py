@@ -61,8 +61,11 @@ class Platform(pulumi.ComponentResource):
             self.gateway = k8s.apiextensions.CustomResource(
                 f"{name}-gateway",
                 **workload.gateway(settings, self.namespace_name),
+                # The Gateway API CRDs come with Envoy Gateway when the stack installs it.
                 opts=pulumi.ResourceOptions(
-                    parent=self, provider=self.k8s_provider, depends_on=list(self.addons.values())[:1]
+                    parent=self,
+                    provider=self.k8s_provider,
+                    depends_on=[r for n, r in self.addons.items() if n == cloud.ENVOY_GATEWAY.name],
                 ),
             )
         if settings.object_store.managed:

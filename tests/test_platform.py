@@ -220,3 +220,11 @@ def test_a_version_bump_on_the_eks_stack_touches_only_the_models_resources(proje
     plan = plan_stack("eks", runs["eks"], run_stack(project, "eks"))
     assert {(s.name, s.op.value) for s in plan.changes} == {("iris-config", "replace"), ("iris-deployment", "update")}
     assert {s.component for s in plan.steps if s.type.startswith(("aws:", "eks:"))} >= {"platform"}
+
+
+@pytest.mark.parametrize("stack", EKS_STACKS)
+def test_the_gateway_waits_for_the_gateway_api_crds(runs, stack):
+    run = runs[stack]
+    gateway = run.find("kubernetes:gateway.networking.k8s.io/v1:Gateway", "platform-gateway")
+    envoy = run.find(RELEASE, "platform-envoy-gateway")
+    assert envoy.urn in gateway.dependencies
