@@ -8,7 +8,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -19,6 +18,7 @@ from pydantic import (
 )
 
 from infra.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
+from infra.yamlio import read_yaml
 
 MODELS_DIR = "models"
 # `.yml` files are read too, so a stray copy cannot shadow a manifest unnoticed.
@@ -350,52 +350,6 @@ def served_in(manifests: Iterable[ModelManifest], environment: str) -> list[Serv
     return served
 
 
-# libyaml's parser when PyYAML was built with it (the PyPI wheels are): ~10x faster.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
-    """Safe loader that refuses duplicate mapping keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen[key] = True
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def read_yaml(path: Path, display: str) -> Any:
-    """Parse one YAML document, turning every parse problem into a ConfigError naming the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ErrorItem(display, "", f"cannot read file: {exc}")]) from None
-    try:
-        documents = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
-    except yaml.reader.ReaderError as exc:
-        message = f"invalid YAML at character {exc.position + 1}: unacceptable character {exc.character!r}"
-        raise ConfigError([ErrorItem(display, "", message)]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ConfigError([ErrorItem(display, "", f"invalid YAML{where}: {problem}")]) from None
-    except RecursionError:
-        raise ConfigError([ErrorItem(display, "", "invalid YAML: nesting too deep")]) from None
-    if len(documents) > 1:
-        raise ConfigError([ErrorItem(display, "", f"expected one YAML document, found {len(documents)}")])
-    if not documents or documents[0] is None:
-        raise ConfigError([ErrorItem(display, "", "file is empty; expected a mapping of manifest fields")])
-    return documents[0]
-
-
 def parse_manifest(document: Any, display: str, expected_name: str | None = None) -> ModelManifest:
     """Validate one parsed manifest document; `display` is the file name used in errors."""
     if not isinstance(document, dict):
@@ -473,15 +427,3 @@ def manifest_json_schema() -> dict[str, Any]:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Model manifest"
     return schema
-
-
-__all__ = [
-    "ConfigError",
-    "ModelManifest",
-    "ServedModel",
-    "load_manifests",
-    "manifest_json_schema",
-    "parse_manifest",
-    "read_yaml",
-    "served_in",
-]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +43,10 @@ def checksum_list(files: dict[str, Path]) -> bytes:
     return "".join(lines).encode()
 
 
+@cache
 def fetch_script() -> str:
-    """The init container's script, with this module's file names filled in."""
+    """The init container's script, with this module's file names filled in (read once: every
+    workload of a stack embeds it)."""
     text = (Path(__file__).parent / "fetch_models.sh").read_text(encoding="utf-8")
     for placeholder, name in (
         ("@CHECKSUMS_FILE@", CHECKSUMS_FILE),

@@ -54,10 +54,6 @@ class DeclaredResource:
         return self.custom and self.type.startswith(KUBERNETES_PREFIX) and not self.type.startswith(HELM_PREFIX)
 
     @property
-    def kind(self) -> str:
-        return self.type.rsplit(":", 1)[-1]
-
-    @property
     def object(self) -> dict[str, Any]:
         """The Kubernetes object as the provider would send it: inputs plus the auto-name."""
         return self.state

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic.alias_generators import to_camel
 
 from infra.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
+from infra.yamlio import read_yaml
 
 PROJECT = "model-serving"
 STACKS_DIR = "stacks"
@@ -392,8 +393,6 @@ def stack_names(root: Path) -> list[str]:
 
 def read_stack_config(root: Path, stack: str) -> dict[str, Any]:
     """The `config:` mapping of a stack file, keys as written (`model-serving:namespace`)."""
-    from infra.manifest import read_yaml
-
     path = stack_file(root, stack)
     display = f"{STACKS_DIR}/{path.name}"
     if not path.is_file():

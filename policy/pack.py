@@ -14,7 +14,7 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
-from rules import ADVISORY, MANDATORY, RULES, PolicySettings, Resource, Rule
+from rules import MANDATORY, RULES, PolicySettings, Resource, Rule
 
 # What `--policy-pack-config policy/config/<stack>.json` may set for each policy.
 CONFIG_SCHEMA = PolicyConfigSchema(
@@ -81,6 +81,3 @@ def _stack_policy(rule: Rule) -> StackValidationPolicy:
 
 def policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
     return [_resource_policy(r) if r.check is not None else _stack_policy(r) for r in RULES]
-
-
-__all__ = ["ADVISORY", "MANDATORY", "policies", "settings_from"]

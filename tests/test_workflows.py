@@ -64,35 +64,34 @@ def fake_gh(tmp_path: Path, existing_comments: str) -> tuple[dict, Path]:
     return env, log
 
 
-def test_upsert_updates_the_existing_plan_comment(tmp_path):
+def upsert(tmp_path, body_text: str, existing_comments: str):
+    """Run upsert-comment.sh for PR 7 of acme/models against the fake `gh`; (result, gh log)."""
     body = tmp_path / "plan.md"
-    body.write_text("<!-- modelctl-plan -->\n## Offline plan\n")
-    env, log = fake_gh(tmp_path, "4242\n")
+    body.write_text(body_text)
+    env, log = fake_gh(tmp_path, existing_comments)
     result = subprocess.run(
         ["bash", str(UPSERT), "acme/models", "7", str(body)], env=env, capture_output=True, text=True
     )
+    return result, log
+
+
+PLAN_BODY = "<!-- modelctl-plan -->\n## Offline plan\n"
+
+
+def test_upsert_updates_the_existing_plan_comment(tmp_path):
+    result, log = upsert(tmp_path, PLAN_BODY, "4242\n")
     assert result.returncode == 0, result.stderr
     assert "api --method PATCH repos/acme/models/issues/comments/4242" in log.read_text()
 
 
 def test_upsert_creates_a_comment_when_there_is_none(tmp_path):
-    body = tmp_path / "plan.md"
-    body.write_text("<!-- modelctl-plan -->\n## Offline plan\n")
-    env, log = fake_gh(tmp_path, "")
-    result = subprocess.run(
-        ["bash", str(UPSERT), "acme/models", "7", str(body)], env=env, capture_output=True, text=True
-    )
+    result, log = upsert(tmp_path, PLAN_BODY, "")
     assert result.returncode == 0, result.stderr
     assert "api --method POST repos/acme/models/issues/7/comments" in log.read_text()
 
 
 def test_upsert_refuses_a_body_without_the_marker(tmp_path):
-    body = tmp_path / "plan.md"
-    body.write_text("something else\n")
-    env, _ = fake_gh(tmp_path, "")
-    result = subprocess.run(
-        ["bash", str(UPSERT), "acme/models", "7", str(body)], env=env, capture_output=True, text=True
-    )
+    result, _ = upsert(tmp_path, "something else\n", "")
     assert result.returncode == 1
 
 

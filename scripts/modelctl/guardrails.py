@@ -7,7 +7,7 @@ from typing import Any
 
 from infra.offline import OfflineRun
 from infra.settings import StackSettings
-from policy.rules import ADVISORY, MANDATORY, RULES, PolicySettings, Resource, Violation, evaluate
+from policy.rules import MANDATORY, RULES, PolicySettings, Resource, Violation, evaluate
 
 
 def policy_settings(settings: StackSettings) -> PolicySettings:
@@ -29,4 +29,4 @@ def check(run: OfflineRun, settings: StackSettings) -> list[Violation]:
     return evaluate(resources, policy_settings(settings))
 
 
-__all__ = ["ADVISORY", "MANDATORY", "check", "policy_config", "policy_settings"]
+__all__ = ["MANDATORY", "check", "policy_config", "policy_settings"]

@@ -25,6 +25,7 @@ from infra.object_store import (
     CHECKSUMS_FILE,
     CLAIM_FILE,
     COMMIT_MARKER,
+    METADATA_FILES,
     StoreError,
     checksum_list,
     describe,
@@ -57,7 +58,7 @@ def local_files(directory: Path) -> dict[str, Path]:
             raise StoreError(f"{path}: symbolic links are not published")
         if path.is_file():
             relative = path.relative_to(directory).as_posix()
-            if relative in (CHECKSUMS_FILE, COMMIT_MARKER, CLAIM_FILE):
+            if relative in METADATA_FILES:
                 raise StoreError(f"{path}: {relative} is a reserved name in the object store")
             files[relative] = path
     if not files:

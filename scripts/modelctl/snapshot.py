@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from infra.errors import ConfigError, ErrorItem
@@ -121,12 +121,3 @@ def changed_files(repo: Path, ref: str) -> set[str]:
 def _git(repo: Path, *args: str) -> str | None:
     result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     return result.stdout.strip() if result.returncode == 0 else None
-
-
-def to_json(snapshot: Snapshot) -> dict:
-    return {
-        "stacks": {
-            stack: {"resources": [asdict(r) for r in run.resources], "outputs": run.outputs}
-            for stack, run in snapshot.runs.items()
-        }
-    }
