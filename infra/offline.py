@@ -23,7 +23,7 @@ from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.settings import PROJECT, read_stack_config
+from infra.spec.settings import PROJECT, read_stack_config
 
 SECRET = "[secret]"
 KUBERNETES_PREFIX = "kubernetes:"

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pulumi
 
-from infra.components import ModelDeployment, Platform
-from infra.errors import ConfigError
-from infra.manifest import load_manifests, served_in
-from infra.project import stack_errors
-from infra.settings import PROJECT, STRING_KEYS, StackSettings, settings_from_config, stack_file, stack_names
-from infra.workload import rest_url
+from infra.model.component import ModelDeployment
+from infra.model.routing import rest_url
+from infra.platform.component import Platform
+from infra.spec.errors import ConfigError
+from infra.spec.manifest import load_manifests, served_in
+from infra.spec.project import stack_errors
+from infra.spec.settings import PROJECT, STRING_KEYS, StackSettings, settings_from_config, stack_file, stack_names
 
 
 def read_settings() -> StackSettings:
@@ -38,7 +39,7 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
         raise ConfigError(problems)
     served = served_in(manifests, settings.environment)
     if verify_artifacts:
-        from infra.artifacts import verify_served_versions
+        from infra.model.artifacts import verify_served_versions
 
         problems = verify_served_versions(served, settings.object_store)
         if problems:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.manifest import load_manifests
 from infra.offline import OfflineRun, run_stack
-from infra.settings import stack_names
+from infra.spec.manifest import load_manifests
+from infra.spec.settings import stack_names
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS = stack_names(ROOT)

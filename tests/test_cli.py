@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from infra import program
-from infra.manifest import manifest_json_schema
 from infra.offline import OfflineRun, run_stack
+from infra.spec.manifest import manifest_json_schema
 from scripts.modelctl.cli import main
 from scripts.modelctl.render import INDEX_FILE
 from tests.conftest import ROOT, STACKS, edit_yaml

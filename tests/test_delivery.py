@@ -7,7 +7,7 @@ import json
 import promql_parser
 import pytest
 
-from infra.settings import load_stack_settings
+from infra.spec.settings import load_stack_settings
 from tests.conftest import MODEL_X_STACK, ROOT, STACKS, edit_yaml
 from tests.test_program import DEPLOYMENT, HPA, SERVICE, children, extras, served
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.object_store import CHECKSUMS_FILE, COMMIT_MARKER, fetch_script, version_prefix
+from infra.model.fetch import fetch_script
+from infra.platform.object_store import CHECKSUMS_FILE, COMMIT_MARKER, version_prefix
 from scripts.modelctl.localstore import TEST_CREDENTIALS
 
 SAVED_MODEL = {

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from infra import program
-from infra.object_store import CHECKSUMS_FILE, CLAIM_FILE, COMMIT_MARKER, StoreError, version_prefix
 from infra.offline import OfflineRun, run_stack
+from infra.platform.object_store import CHECKSUMS_FILE, CLAIM_FILE, COMMIT_MARKER, StoreError, version_prefix
 from scripts.modelctl import manifest_edit
 from scripts.modelctl.cli import main
 from scripts.modelctl.localstore import TEST_CREDENTIALS
@@ -35,7 +35,7 @@ PREFIX = "serving"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """Two real iris SavedModels (versions 1 and 2), trained once for the module."""
-    from infra.manifest import load_manifests
+    from infra.spec.manifest import load_manifests
     from tests.conftest import ROOT
 
     out = tmp_path_factory.mktemp("trained")

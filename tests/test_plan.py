@@ -110,7 +110,7 @@ def test_version_bump_replaces_the_config_map_and_updates_the_deployment_only(re
     assert all(not k.startswith("spec.selector") for k in deployment_step["detailedDiff"])
     total = len(plan_json(repo, capsys, "--stack", "prod")["steps"])
     assert prod["changeSummary"] == {"same": total - 2, "update": 1, "replace": 1}
-    from infra.settings import load_stack_settings
+    from infra.spec.settings import load_stack_settings
 
     for stack in STACKS:
         if load_stack_settings(ROOT, stack).environment != "prod":
@@ -143,7 +143,7 @@ def test_removing_a_model_from_an_environment_only_deletes(repo, capsys):
 
 
 def test_a_program_change_puts_every_model_in_the_blast_radius(repo, capsys):
-    workload = repo / "infra" / "workload.py"
+    workload = repo / "infra" / "model" / "workload.py"
     workload.write_text(
         workload.read_text().replace("TERMINATION_GRACE_SECONDS = 45", "TERMINATION_GRACE_SECONDS = 60")
     )

@@ -7,9 +7,10 @@ import json
 import pytest
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
-from infra import cloud
 from infra.offline import run_stack
-from infra.settings import load_stack_settings
+from infra.platform import addons
+from infra.platform import cluster as node_pools
+from infra.spec.settings import load_stack_settings
 from tests.conftest import ROOT, STACKS, edit_yaml
 from tests.test_program import DEPLOYMENT, HPA, children, extras
 
@@ -41,15 +42,15 @@ def test_each_cluster_mode_declares_what_it_should(runs, stack):
     assert cluster.inputs["version"] == settings.cluster.eks.kubernetes_version
     assert cluster.inputs["createOidcProvider"] is True and cluster.inputs["skipDefaultNodeGroup"] is True
     cpu = groups["platform-cpu-nodes"]
-    assert cpu["labels"] == {cloud.NODE_POOL_LABEL: "cpu"} and "taints" not in cpu
+    assert cpu["labels"] == {node_pools.NODE_POOL_LABEL: "cpu"} and "taints" not in cpu
     assert cpu["scalingConfig"]["desiredSize"] == settings.cluster.eks.cpu_nodes.desired_size
     gpu = groups["platform-gpu-nodes"]
-    assert gpu["gpu"] is True and gpu["labels"] == {cloud.NODE_POOL_LABEL: "gpu"}
+    assert gpu["gpu"] is True and gpu["labels"] == {node_pools.NODE_POOL_LABEL: "gpu"}
     assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
     attached = {
         r.inputs["policyArn"] for r in platform_children(run, "aws:iam/rolePolicyAttachment:RolePolicyAttachment")
     }
-    assert attached == set(cloud.EKS_NODE_POLICIES)
+    assert attached == set(node_pools.EKS_NODE_POLICIES)
 
 
 @pytest.mark.parametrize("stack", MANAGED_STACKS)
@@ -151,7 +152,7 @@ def test_add_on_charts_are_pinned_and_switched_by_the_stack(runs, stack):
     }
     assert set(releases) == expected
     for release in releases.values():
-        assert cloud.EXACT_CHART_VERSION.match(release["version"]), release["version"]
+        assert addons.EXACT_CHART_VERSION.match(release["version"]), release["version"]
 
 
 @pytest.mark.parametrize("stack", EKS_STACKS)
@@ -197,7 +198,7 @@ def test_gpu_scheduling_appears_only_for_gpu_models(project):
                 assert (
                     server["resources"]["requests"]["nvidia.com/gpu"] == server["resources"]["limits"]["nvidia.com/gpu"]
                 )
-                assert spec["nodeSelector"] == {cloud.NODE_POOL_LABEL: "gpu"}
+                assert spec["nodeSelector"] == {node_pools.NODE_POOL_LABEL: "gpu"}
                 assert spec["tolerations"] == [
                     {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
                 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import load_stack_settings
+from infra.spec.settings import load_stack_settings
 from policy.rules import MANDATORY, PolicySettings, Resource, evaluate
 from scripts.modelctl.cli import main
 from scripts.modelctl.guardrails import check, policy_config

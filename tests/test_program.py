@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from infra import tfserving
-from infra.components import MODEL_TYPE, PLATFORM_TYPE
-from infra.manifest import served_in
+from infra.model import tfserving
+from infra.model.component import MODEL_TYPE
 from infra.offline import DeclaredResource, OfflineRun
-from infra.settings import load_stack_settings
+from infra.platform.component import PLATFORM_TYPE
+from infra.spec.manifest import served_in
+from infra.spec.settings import load_stack_settings
 from tests.conftest import MANIFESTS, MODEL_X_STACK, ROOT, STACKS
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"

@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infra.errors import ConfigError
-from infra.manifest import ModelManifest, parse_manifest, read_yaml
-from infra.settings import StackSettings, settings_from_config
+from infra.spec.errors import ConfigError
+from infra.spec.manifest import ModelManifest, parse_manifest, read_yaml
+from infra.spec.settings import StackSettings, settings_from_config
 from tests.conftest import ROOT
 
 VALID = yaml.safe_load((ROOT / "models" / "iris.yaml").read_text())

@@ -11,8 +11,8 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from infra import tfserving
-from infra.manifest import Batching
+from infra.model import tfserving
+from infra.spec.manifest import Batching
 from tests.test_program import CONFIG_MAP, DEPLOYMENT, MODEL_X_STACK_X_TRACK, children, served
 
 PROTOS = Path(__file__).parent / "protos"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from infra.offline import run_stack
-from infra.settings import load_stack_settings
+from infra.spec.settings import load_stack_settings
 from tests.conftest import ROOT, STACKS, edit_yaml
 from tests.test_program import CONFIG_MAP, DEPLOYMENT
 

@@ -139,7 +139,7 @@ def test_every_job_of_every_workflow_has_steps_or_calls_a_workflow():
 
 
 def test_codeowners_makes_each_manifests_owner_its_reviewer():
-    from infra.manifest import load_manifests
+    from infra.spec.manifest import load_manifests
     from scripts.modelctl.cli import codeowners
 
     manifests = load_manifests(ROOT)

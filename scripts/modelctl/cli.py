@@ -9,8 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from infra.errors import ConfigError, ErrorItem
-from infra.object_store import StoreError
+from infra.platform.object_store import StoreError
+from infra.spec.errors import ConfigError, ErrorItem
 from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.report import DIFF_BUDGET
 from scripts.modelctl.snapshot import RevisionError
@@ -39,7 +39,7 @@ def _print_errors(errors: Sequence[ErrorItem]) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from infra.project import validate_project
+    from infra.spec.project import validate_project
 
     settings, errors = validate_project(args.root)
     if errors:
@@ -50,7 +50,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from infra.manifest import manifest_json_schema
+    from infra.spec.manifest import manifest_json_schema
 
     text = json.dumps(manifest_json_schema(), indent=2, sort_keys=True) + "\n"
     if args.output:
@@ -61,8 +61,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from infra.project import validate_project
-    from infra.settings import stack_names
+    from infra.spec.project import validate_project
+    from infra.spec.settings import stack_names
     from scripts.modelctl.render import render
     from scripts.modelctl.report import build_report, render_json, render_markdown, render_text
 
@@ -103,7 +103,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def apply_policies(root: Path, runs: dict) -> bool:
     """The policy pack's rules over each stack's objects; False on a mandatory violation."""
-    from infra.settings import load_stack_settings
+    from infra.spec.settings import load_stack_settings
     from scripts.modelctl.guardrails import MANDATORY, check
 
     passed = True
@@ -115,7 +115,7 @@ def apply_policies(root: Path, runs: dict) -> bool:
 
 
 def cmd_policy_config(args: argparse.Namespace) -> int:
-    from infra.settings import load_stack_settings
+    from infra.spec.settings import load_stack_settings
     from scripts.modelctl.guardrails import policy_config
 
     print(json.dumps(policy_config(load_stack_settings(args.root, args.stack)), indent=2, sort_keys=True))
@@ -124,9 +124,9 @@ def cmd_policy_config(args: argparse.Namespace) -> int:
 
 def check_artifacts(root: Path, stacks: Sequence[str]) -> list[ErrorItem]:
     """Every version each stack serves, against that stack's object store."""
-    from infra.artifacts import verify_served_versions
-    from infra.manifest import load_manifests, served_in
-    from infra.settings import load_stack_settings
+    from infra.model.artifacts import verify_served_versions
+    from infra.spec.manifest import load_manifests, served_in
+    from infra.spec.settings import load_stack_settings
 
     manifests = load_manifests(root)
     problems = []
@@ -181,8 +181,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    from infra.manifest import load_manifests, served_in
-    from infra.settings import load_stack_settings
+    from infra.spec.manifest import load_manifests, served_in
+    from infra.spec.settings import load_stack_settings
     from scripts.modelctl.smoke import smoke_model
 
     settings = load_stack_settings(args.root, args.stack)
@@ -197,7 +197,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
 
 def cmd_codeowners(args: argparse.Namespace) -> int:
-    from infra.manifest import load_manifests
+    from infra.spec.manifest import load_manifests
 
     sys.stdout.write(codeowners(load_manifests(args.root)))
     return EXIT_OK

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra.offline import OfflineRun
-from infra.settings import StackSettings
+from infra.spec.settings import StackSettings
 from policy.rules import MANDATORY, RULES, PolicySettings, Resource, Violation, evaluate
 
 

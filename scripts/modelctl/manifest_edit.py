@@ -16,8 +16,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from infra.errors import ConfigError
-from infra.manifest import MODELS_DIR, ModelManifest, parse_manifest, read_yaml
+from infra.spec.errors import ConfigError
+from infra.spec.manifest import MODELS_DIR, ModelManifest, parse_manifest, read_yaml
 
 
 def _yaml() -> YAML:

@@ -15,8 +15,9 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from infra.components import MODEL_TYPE, PLATFORM_TYPE
+from infra.model.component import MODEL_TYPE
 from infra.offline import DeclaredResource, OfflineRun
+from infra.platform.component import PLATFORM_TYPE
 
 PLATFORM = "platform"
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import yaml
 
-from infra.errors import ConfigError
-from infra.manifest import DEFAULT_CANARY_WEIGHT, LABEL_CANARY, LABEL_STABLE, MODELS_DIR, Goal, ModelManifest
-from infra.object_store import check_version, s3_client, version_prefix
-from infra.project import validate_project
-from infra.settings import StackSettings
+from infra.platform.object_store import check_version, s3_client, version_prefix
+from infra.spec.errors import ConfigError
+from infra.spec.manifest import DEFAULT_CANARY_WEIGHT, LABEL_CANARY, LABEL_STABLE, MODELS_DIR, Goal, ModelManifest
+from infra.spec.project import validate_project
+from infra.spec.settings import StackSettings
 from scripts.modelctl import manifest_edit
 
 # Metric differences below this are float noise (0.972 - 0.967 is not exactly 0.005).

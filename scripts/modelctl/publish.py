@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.manifest import ModelManifest
-from infra.object_store import (
+from infra.platform.object_store import (
     CHECKSUMS_FILE,
     CLAIM_FILE,
     COMMIT_MARKER,
@@ -34,7 +33,8 @@ from infra.object_store import (
     s3_client,
     version_prefix,
 )
-from infra.settings import ObjectStoreSettings
+from infra.spec.manifest import ModelManifest
+from infra.spec.settings import ObjectStoreSettings
 
 PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 TRANSFER_CONCURRENCY = 8
@@ -308,7 +308,7 @@ def publish_model(
     client: Any | None = None,
 ) -> Published:
     """Check the SavedModel, publish it to the stack's store, then record it in the manifest."""
-    from infra.settings import load_stack_settings
+    from infra.spec.settings import load_stack_settings
     from scripts.modelctl import manifest_edit
     from scripts.training.savedmodel import load_signature
 

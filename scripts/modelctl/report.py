@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infra.manifest import MANIFEST_SUFFIXES, MODELS_DIR
 from infra.offline import DeclaredResource, OfflineRun, mask_secrets
-from infra.settings import read_stack_config
+from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
+from infra.spec.settings import read_stack_config
 from scripts.modelctl import snapshot
 from scripts.modelctl.plan import Capacity, Op, StackPlan, Step, capacity, plan_stack
 from scripts.modelctl.render import dump_yaml

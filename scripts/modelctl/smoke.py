@@ -13,8 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from infra.manifest import ServedModel
-from infra.workload import route_path
+from infra.model.routing import route_path
+from infra.spec.manifest import ServedModel
 
 AVAILABLE = "AVAILABLE"
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.errors import ConfigError, ErrorItem
 from infra.offline import DeclaredResource, OfflineRun
+from infra.spec.errors import ConfigError, ErrorItem
 
 DRIVER = Path(__file__).with_name("snapshot_driver.py")
 

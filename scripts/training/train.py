@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.manifest import ModelManifest
+from infra.spec.manifest import ModelManifest
 from scripts.training.recipes import SPLIT_SEED, TEST_FRACTION, Recipe
 
 METRICS_FILE = "metrics.json"

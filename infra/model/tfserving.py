@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from infra.manifest import Batching, ServedModel
+from infra.spec.manifest import Batching, ServedModel
 
 GRPC_PORT = 8500
 REST_PORT = 8501

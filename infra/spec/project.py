@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from infra.errors import ConfigError, ErrorItem
-from infra.manifest import MODELS_DIR, ModelManifest, load_manifests
-from infra.settings import STACKS_DIR, RouteKind, StackSettings, load_stack_settings, stack_names
+from infra.spec.errors import ConfigError, ErrorItem
+from infra.spec.manifest import MODELS_DIR, ModelManifest, load_manifests
+from infra.spec.settings import STACKS_DIR, RouteKind, StackSettings, load_stack_settings, stack_names
 
 
 def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) -> list[ErrorItem]:

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from infra.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
-from infra.yamlio import read_yaml
+from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
+from infra.spec.yamlio import read_yaml
 
 PROJECT = "model-serving"
 STACKS_DIR = "stacks"

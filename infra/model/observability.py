@@ -13,10 +13,11 @@ from typing import Any
 
 import pulumi_kubernetes as k8s
 
-from infra import tfserving
-from infra.manifest import ServedModel
-from infra.settings import StackSettings
-from infra.workload import MODEL_LABEL, TRACK_LABEL, VERSION_LABEL, model_selector, platform_labels
+from infra.model import tfserving
+from infra.model.workload import MODEL_LABEL, TRACK_LABEL, VERSION_LABEL, model_selector
+from infra.platform.network import platform_labels
+from infra.spec.manifest import ServedModel
+from infra.spec.settings import StackSettings
 
 MONITORING_API = "monitoring.coreos.com/v1"
 REQUEST_COUNT = ":tensorflow:serving:request_count"

@@ -1,23 +1,13 @@
-"""The AWS side of a stack (pure builders): the model bucket's hardening, IAM policy documents
-for per-model readers (IRSA) and the CI publisher, and the cluster add-ons' pinned charts."""
+"""IAM policy documents (pure builders): the model bucket's TLS-only policy, per-model readers
+(IRSA) and the CI publisher."""
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
-from infra.manifest import ModelManifest
-from infra.settings import ObjectStoreSettings
+from infra.spec.manifest import ModelManifest
+from infra.spec.settings import ObjectStoreSettings
 
-GPU_RESOURCE = "nvidia.com/gpu"
-NODE_POOL_LABEL = "model-serving.dev/node-pool"
-GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
-EKS_NODE_POLICIES = (
-    "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
-    "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
-    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
-)
 READ_ACTIONS = ("s3:GetObject",)
 LIST_ACTIONS = ("s3:ListBucket",)
 # A publisher writes new versions (multipart included) and reads what it checks; it never deletes.
@@ -122,57 +112,3 @@ def irsa_trust_policy(oidc_provider_arn: str, oidc_issuer: str, namespace: str, 
             }
         ],
     }
-
-
-def node_trust_policy() -> dict[str, Any]:
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-    }
-
-
-EXACT_CHART_VERSION = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+$")
-
-
-@dataclass(frozen=True)
-class Chart:
-    """A Helm release, pinned: chart, exact version, repository, namespace."""
-
-    name: str
-    chart: str
-    version: str
-    repository: str | None
-    namespace: str
-    values: dict[str, Any]
-
-
-# Versions as published (each seen pinned in public install instructions). Envoy Gateway's
-# chart carries the Gateway API CRDs.
-ENVOY_GATEWAY = Chart(
-    "envoy-gateway", "oci://docker.io/envoyproxy/gateway-helm", "v1.9.2", None, "envoy-gateway-system", {}
-)
-METRICS_SERVER = Chart(
-    "metrics-server",
-    "metrics-server",
-    "3.12.2",
-    "https://kubernetes-sigs.github.io/metrics-server/",
-    "kube-system",
-    {},
-)
-KUBE_PROMETHEUS_STACK = Chart(
-    "kube-prometheus-stack",
-    "kube-prometheus-stack",
-    "83.6.0",
-    "https://prometheus-community.github.io/helm-charts",
-    "monitoring",
-    # Grafana's sidecar loads the models' dashboard ConfigMaps from every namespace.
-    {"grafana": {"sidecar": {"dashboards": {"enabled": True, "label": "grafana_dashboard", "searchNamespace": "ALL"}}}},
-)
-FLAGGER = Chart(
-    "flagger",
-    "flagger",
-    "1.45.0",
-    "https://flagger.app",
-    "flagger-system",
-    {"meshProvider": "gatewayapi:v1", "metricsServer": "http://kube-prometheus-stack-prometheus.monitoring:9090"},
-)

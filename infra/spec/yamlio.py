@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from infra.errors import ConfigError, ErrorItem
+from infra.spec.errors import ConfigError, ErrorItem
 
 # libyaml's parser when PyYAML was built with it (the PyPI wheels are): ~10x faster.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

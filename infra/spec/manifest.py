@@ -17,8 +17,8 @@ from pydantic import (
     model_validator,
 )
 
-from infra.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
-from infra.yamlio import read_yaml
+from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
+from infra.spec.yamlio import read_yaml
 
 MODELS_DIR = "models"
 # `.yml` files are read too, so a stray copy cannot shadow a manifest unnoticed.

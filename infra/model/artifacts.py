@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from infra.errors import ErrorItem
-from infra.manifest import MODELS_DIR, ServedModel
-from infra.object_store import check_version, s3_client, version_prefix
-from infra.settings import ObjectStoreSettings
+from infra.platform.object_store import check_version, s3_client, version_prefix
+from infra.spec.errors import ErrorItem
+from infra.spec.manifest import MODELS_DIR, ServedModel
+from infra.spec.settings import ObjectStoreSettings
 
 
 def verify_served_versions(

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from infra.settings import ObjectStoreSettings
+    from infra.spec.settings import ObjectStoreSettings
 
 # s3://<bucket>/<prefix>/<artifact.path>/<version>/ holds the SavedModel files plus:
 CHECKSUMS_FILE = "CHECKSUMS.sha256"  # `sha256sum` lines of every published file; its sha256 is the digest
@@ -41,20 +40,6 @@ def checksum_list(files: dict[str, Path]) -> bytes:
                 digest.update(block)
         lines.append(f"{digest.hexdigest()}  {relative}\n")
     return "".join(lines).encode()
-
-
-@cache
-def fetch_script() -> str:
-    """The init container's script, with this module's file names filled in (read once: every
-    workload of a stack embeds it)."""
-    text = (Path(__file__).parent / "fetch_models.sh").read_text(encoding="utf-8")
-    for placeholder, name in (
-        ("@CHECKSUMS_FILE@", CHECKSUMS_FILE),
-        ("@COMMIT_MARKER@", COMMIT_MARKER),
-        ("@CLAIM_FILE@", CLAIM_FILE),
-    ):
-        text = text.replace(placeholder, name)
-    return text
 
 
 def s3_client(store: ObjectStoreSettings) -> Any:

@@ -13,11 +13,13 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra import tfserving
-from infra.manifest import ServedModel
-from infra.observability import REQUEST_COUNT, REQUEST_LATENCY_BUCKET
-from infra.settings import StackSettings
-from infra.workload import model_selector, platform_labels, route_path
+from infra.model import tfserving
+from infra.model.observability import REQUEST_COUNT, REQUEST_LATENCY_BUCKET
+from infra.model.routing import route_path
+from infra.model.workload import model_selector
+from infra.platform.network import platform_labels
+from infra.spec.manifest import ServedModel
+from infra.spec.settings import StackSettings
 
 FLAGGER_API = "flagger.app/v1beta1"
 SUCCESS_RATE = "success-rate"

@@ -1,0 +1,1 @@
+"""The ModelDeployment component and its builders: workload, TF-Serving config, fetcher, Flagger, monitoring."""

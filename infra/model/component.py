@@ -1,0 +1,169 @@
+"""The ModelDeployment component: everything one model needs in one environment."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.model import flagger, observability, routing, tfserving, workload
+from infra.model.fetch import fetch_script
+from infra.model.workload import Workload
+from infra.platform import iam
+from infra.platform.component import Platform
+from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
+from infra.spec.settings import RouteKind, StackSettings
+
+MODEL_TYPE = "model-serving:model:ModelDeployment"
+
+
+class ModelDeployment(pulumi.ComponentResource):
+    """Everything one model needs in one environment: config, workloads, scaling, routing.
+
+    The stable workload's resources are named `<model>-config`, `<model>-deployment`, ...;
+    a canary adds `<model>-canary-*` and removing it deletes exactly those.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: ServedModel,
+        settings: StackSettings,
+        platform: Platform,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__(MODEL_TYPE, name, None, opts)
+        self.platform = platform
+        # Names known up front are passed as plain strings, and each child waits explicitly for
+        # what it needs (a component's depends_on does not reach its children).
+        namespace = settings.namespace
+        child = self._opts()
+        role_arn = self._reader_role(name, model, settings)
+        account = k8s.core.v1.ServiceAccount(
+            f"{name}-sa", **workload.service_account(model, settings, namespace, role_arn), opts=child
+        )
+        services = []
+        for track in (LABEL_STABLE, LABEL_CANARY):
+            if track in model.version_labels:
+                services.append(self._workload(name, Workload.of(model, track), settings, account))
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol", **workload.network_policy(model, settings, namespace), opts=child
+        )
+        self._monitoring(name, model, settings)
+        if settings.flagger:
+            # Flagger owns the apex Service and the HTTPRoute (both named after the model).
+            self.register_outputs({"versions": dict(model.version_labels)})
+            return
+        if model.serving.ingress:
+            route_opts = self._opts("envoy-gateway", *services, getattr(platform, "gateway", None))
+            if settings.routing.kind is RouteKind.gateway:
+                k8s.apiextensions.CustomResource(
+                    f"{name}-route", **routing.http_route(model, settings, namespace), opts=route_opts
+                )
+            else:
+                k8s.networking.v1.Ingress(
+                    f"{name}-ingress", **routing.ingress(model, settings, namespace), opts=route_opts
+                )
+        self.register_outputs({"versions": dict(model.version_labels)})
+
+    def _opts(self, *needs: Any) -> pulumi.ResourceOptions:
+        """Child options: parent, and depends_on the namespace plus what is named — add-on
+        releases by name (when the stack installs them) or resources."""
+        depends: list[pulumi.Resource] = [self.platform.namespace]
+        for need in needs:
+            if isinstance(need, str):
+                if need in self.platform.addons:
+                    depends.append(self.platform.addons[need])
+            elif need is not None:
+                depends.append(need)
+        return pulumi.ResourceOptions(parent=self, depends_on=depends)
+
+    def _reader_role(self, name: str, model: ServedModel, settings: StackSettings) -> pulumi.Output[str] | None:
+        """A read-only IAM role for the model's pods (IRSA) when the stack manages the store."""
+        if not settings.object_store.managed or self.platform.oidc is None:
+            return None
+        import pulumi_aws as aws
+
+        provider_arn, issuer = self.platform.oidc
+        trust = pulumi.Output.all(provider_arn, issuer).apply(
+            lambda values: json.dumps(iam.irsa_trust_policy(values[0], values[1], settings.namespace, model.name))
+        )
+        opts = pulumi.ResourceOptions(parent=self, provider=self.platform.aws_provider)
+        role = aws.iam.Role(f"{name}-reader", assume_role_policy=trust, opts=opts)
+        aws.iam.RolePolicy(
+            f"{name}-reader-policy",
+            role=role.id,
+            policy=json.dumps(iam.reader_policy(settings.object_store, model.manifest)),
+            opts=opts,
+        )
+        return role.arn
+
+    def _monitoring(self, name: str, model: ServedModel, settings: StackSettings) -> None:
+        child = self._opts("kube-prometheus-stack")
+        if settings.monitoring.prometheus_operator:
+            k8s.apiextensions.CustomResource(
+                f"{name}-monitor", **observability.service_monitor(model, settings), opts=child
+            )
+            k8s.apiextensions.CustomResource(
+                f"{name}-alerts", **observability.prometheus_rule(model, settings), opts=child
+            )
+        if settings.monitoring.grafana_dashboards:
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard", **observability.dashboard_config_map(model, settings), opts=child
+            )
+
+    def _workload(
+        self, name: str, track: Workload, settings: StackSettings, account: k8s.core.v1.ServiceAccount
+    ) -> k8s.core.v1.Service | None:
+        """ConfigMap, Deployment, Service, HPA and PDB of one track; returns its Service.
+
+        Under Flagger the stable track gets a Canary and its MetricTemplates instead of a
+        Service: Flagger creates the apex, primary and canary Services itself.
+        """
+        prefix = name if track.track == LABEL_STABLE else f"{name}-{track.track}"
+        namespace = settings.namespace
+        child = self._opts()
+        flagger_target = settings.flagger and track.track == LABEL_STABLE
+        files = tfserving.config_files(track.model, fetch_script())
+        config = k8s.core.v1.ConfigMap(f"{prefix}-config", **workload.config_map(track, files, namespace), opts=child)
+        deployment = k8s.apps.v1.Deployment(
+            f"{prefix}-deployment",
+            **workload.deployment(
+                track,
+                settings,
+                namespace,
+                config_map_name=config.metadata.name,
+                config_hash=tfserving.content_hash(files),
+                service_account_name=track.name,
+                flagger_target=flagger_target,
+            ),
+            opts=self._opts(account),
+        )
+        autoscaler = k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{prefix}-hpa",
+            **workload.autoscaler(track, namespace, deployment.metadata.name),
+            opts=self._opts("metrics-server"),
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{prefix}-pdb", **workload.disruption_budget(track, namespace, whole_model=flagger_target), opts=child
+        )
+        if flagger_target:
+            templates = {
+                metric: k8s.apiextensions.CustomResource(f"{name}-{metric}", **kwargs, opts=self._opts("flagger"))
+                for metric, kwargs in flagger.metric_templates(track.model, settings).items()
+            }
+            k8s.apiextensions.CustomResource(
+                f"{name}-rollout",
+                **flagger.canary(
+                    track.model,
+                    settings,
+                    deployment.metadata.name,
+                    autoscaler.metadata.name,
+                    {metric: template.metadata["name"] for metric, template in templates.items()},
+                ),
+                opts=self._opts("flagger", "envoy-gateway", *templates.values()),
+            )
+            return None
+        return k8s.core.v1.Service(f"{prefix}-service", **workload.service(track, namespace), opts=child)

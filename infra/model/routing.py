@@ -1,0 +1,100 @@
+"""Pure builders of a model's route on the stack's host: Gateway API HTTPRoute or Ingress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.model import tfserving
+from infra.model.workload import Workload, metadata
+from infra.platform.network import GATEWAY_API_GROUP, GATEWAY_API_VERSION
+from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
+from infra.spec.settings import RouteKind, StackSettings
+
+
+def route_path(model_name: str) -> str:
+    return f"/v1/models/{model_name}"
+
+
+def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
+    """Gateway API HTTPRoute kwargs (CustomResource): /v1/models/<name> on the host to the REST port."""
+    # A canary splits the route by weight between the stable and the canary Service.
+    gateway = settings.routing.gateway
+    assert gateway is not None  # settings validation: kind gateway has gateway settings
+    parent: dict[str, Any] = {
+        "group": GATEWAY_API_GROUP,
+        "kind": "Gateway",
+        "name": gateway.name,
+        "sectionName": gateway.listener,
+    }
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    return {
+        "api_version": GATEWAY_API_VERSION,
+        "kind": "HTTPRoute",
+        "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
+        "spec": {
+            "parentRefs": [parent],
+            "hostnames": [settings.routing.host],
+            "rules": [
+                {
+                    # PathPrefix matches whole path elements: /v1/models/iris is not /v1/models/iris2.
+                    "matches": [{"path": {"type": "PathPrefix", "value": route_path(model.name)}}],
+                    "backendRefs": backend_refs(model),
+                }
+            ],
+        },
+    }
+
+
+def backend_refs(model: ServedModel) -> list[dict[str, Any]]:
+    stable = Workload.of(model, LABEL_STABLE)
+    if not model.has_canary:
+        return [{"name": stable.instance, "port": tfserving.REST_PORT}]
+    canary = Workload.of(model, LABEL_CANARY)
+    weight = model.canary_weight or 0
+    return [
+        {"name": stable.instance, "port": tfserving.REST_PORT, "weight": 100 - weight},
+        {"name": canary.instance, "port": tfserving.REST_PORT, "weight": weight},
+    ]
+
+
+def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
+    """networking.k8s.io/v1 Ingress kwargs, for clusters that still run an Ingress controller."""
+    routing = settings.routing
+    tls = None
+    if routing.tls_secret_name:
+        tls = [k8s.networking.v1.IngressTLSArgs(hosts=[routing.host], secret_name=routing.tls_secret_name)]
+    return {
+        "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
+        "spec": k8s.networking.v1.IngressSpecArgs(
+            ingress_class_name=routing.ingress_class_name,
+            tls=tls,
+            rules=[
+                k8s.networking.v1.IngressRuleArgs(
+                    host=routing.host,
+                    http=k8s.networking.v1.HTTPIngressRuleValueArgs(
+                        paths=[
+                            k8s.networking.v1.HTTPIngressPathArgs(
+                                path=route_path(model.name),
+                                path_type="Prefix",
+                                backend=k8s.networking.v1.IngressBackendArgs(
+                                    service=k8s.networking.v1.IngressServiceBackendArgs(
+                                        name=model.name,
+                                        port=k8s.networking.v1.ServiceBackendPortArgs(name="http"),
+                                    )
+                                ),
+                            )
+                        ]
+                    ),
+                )
+            ],
+        ),
+    }
+
+
+def rest_url(model_name: str, settings: StackSettings) -> str:
+    scheme = "https" if settings.routing.tls_secret_name or settings.routing.kind is RouteKind.gateway else "http"
+    return f"{scheme}://{settings.routing.host}{route_path(model_name)}"

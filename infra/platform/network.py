@@ -1,0 +1,91 @@
+"""Pure builders of the stack's shared Kubernetes objects: namespace, default-deny policies, Gateway."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.spec.settings import StackSettings
+
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
+DNS_PORT = 53
+
+
+def platform_labels() -> dict[str, str]:
+    return {"app.kubernetes.io/part-of": "model-serving", "app.kubernetes.io/managed-by": "pulumi"}
+
+
+def namespace(settings: StackSettings) -> dict[str, Any]:
+    """Namespace kwargs; the `restricted` Pod Security Standard is enforced, not just advised."""
+    labels = platform_labels() | {
+        f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")
+    }
+    return {"metadata": k8s.meta.v1.ObjectMetaArgs(name=settings.namespace, labels=labels)}
+
+
+def default_deny(namespace_name: pulumi.Input[str]) -> dict[str, Any]:
+    return {
+        "metadata": k8s.meta.v1.ObjectMetaArgs(namespace=namespace_name, labels=platform_labels()),
+        "spec": k8s.networking.v1.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(), policy_types=["Ingress", "Egress"]
+        ),
+    }
+
+
+def allow_dns(namespace_name: pulumi.Input[str]) -> dict[str, Any]:
+    """Every pod may resolve names through the cluster DNS (the fetcher needs the store's name)."""
+    return {
+        "metadata": k8s.meta.v1.ObjectMetaArgs(namespace=namespace_name, labels=platform_labels()),
+        "spec": k8s.networking.v1.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(),
+            policy_types=["Egress"],
+            egress=[
+                k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+                    to=[
+                        k8s.networking.v1.NetworkPolicyPeerArgs(
+                            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                                match_labels={"kubernetes.io/metadata.name": "kube-system"}
+                            ),
+                            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"k8s-app": "kube-dns"}),
+                        )
+                    ],
+                    ports=[
+                        k8s.networking.v1.NetworkPolicyPortArgs(protocol="UDP", port=DNS_PORT),
+                        k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=DNS_PORT),
+                    ],
+                )
+            ],
+        ),
+    }
+
+
+def gateway(settings: StackSettings, namespace_name: pulumi.Input[str]) -> dict[str, Any]:
+    """Gateway kwargs: one HTTPS listener for the stack's host, routes from this namespace only."""
+    routing = settings.routing
+    assert routing.gateway is not None and routing.tls_secret_name is not None
+    return {
+        "api_version": GATEWAY_API_VERSION,
+        "kind": "Gateway",
+        "metadata": k8s.meta.v1.ObjectMetaArgs(
+            name=routing.gateway.name, namespace=namespace_name, labels=platform_labels()
+        ),
+        "spec": {
+            "gatewayClassName": routing.gateway.class_name,
+            "listeners": [
+                {
+                    "name": routing.gateway.listener,
+                    "protocol": "HTTPS",
+                    "port": 443,
+                    "hostname": routing.host,
+                    "tls": {
+                        "mode": "Terminate",
+                        "certificateRefs": [{"kind": "Secret", "name": routing.tls_secret_name}],
+                    },
+                    "allowedRoutes": {"namespaces": {"from": "Same"}},
+                }
+            ],
+        },
+    }

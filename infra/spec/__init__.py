@@ -1,0 +1,1 @@
+"""What the program reads: manifest schema and loader, stack settings, errors, YAML I/O."""
