@@ -38,7 +38,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 policy-config: $(STAMP)
-	for stack in local dev staging prod; do $(BIN)/modelctl policy-config --stack $$stack > policy/config/$$stack.json; done
+	for stack in $$($(BIN)/python -c 'from infra.spec.settings import stack_names; from pathlib import Path; print(*stack_names(Path(".")))'); do $(BIN)/modelctl policy-config --stack $$stack > policy/config/$$stack.json; done
 
 codeowners: $(STAMP)
 	$(BIN)/modelctl codeowners > .github/CODEOWNERS

@@ -47,6 +47,24 @@ class DeclaredResource:
     inputs: dict[str, Any]
     state: dict[str, Any]
     dependencies: tuple[str, ...] = ()
+    # A multi-language component (pulumi-eks' Cluster): the engine constructs it through its
+    # package's provider, like a custom resource.
+    remote: bool = False
+    # Providers by package that a component passes to its children (`providers=` option).
+    providers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def package(self) -> str:
+        """The package of the type token (`eks` of `eks:index:Cluster`)."""
+        return self.type.split(":", 1)[0]
+
+    def provider_for(self, package: str) -> str | None:
+        """The explicit provider this registration names for `package`, as the engine resolves
+        it: the request's `provider`, else the `providers` map (pulumi/pulumi
+        pkg/resource/deploy/source_eval.go, resmon.RegisterResource)."""
+        if self.provider and self.provider.split("::")[2].split("$")[-1] == f"pulumi:providers:{package}":
+            return self.provider
+        return self.providers.get(package)
 
     @property
     def is_kubernetes_object(self) -> bool:
@@ -159,6 +177,8 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 inputs=integral_numbers(inputs),
                 state=integral_numbers(state),
                 dependencies=tuple(request.dependencies),
+                remote=bool(request.remote),
+                providers=dict(request.providers),
             )
         )
         return response

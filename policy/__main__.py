@@ -4,9 +4,11 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The rules are imported as the `policy` package, as `modelctl plan` imports them.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pack import policies
 from pulumi_policy import PolicyPack
+
+from policy.pack import policies
 
 PolicyPack(name="model-serving", policies=policies())

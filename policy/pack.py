@@ -14,14 +14,20 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
-from rules import MANDATORY, RULES, PolicySettings, Resource, Rule
 
-# What `--policy-pack-config policy/config/<stack>.json` may set for each policy.
+from policy.engines import NodePool
+from policy.rules import MANDATORY, RULES, ExternalObject, PolicySettings, Resource, Rule
+
+# What `--policy-pack-config policy/config/<stack>.json` may set for each policy
+# (`modelctl policy-config --stack S` writes it from the stack file).
 CONFIG_SCHEMA = PolicyConfigSchema(
     properties={
         "host": {"type": "string", "description": "The only host routes may serve."},
         "production": {"type": "boolean", "description": "The stack is production."},
         "requireDigest": {"type": "boolean", "description": "Images must be pinned by digest."},
+        "disabledDefaultProviders": {"type": "array", "items": {"type": "string"}},
+        "external": {"type": "array", "description": "Prerequisites the stack names but does not declare."},
+        "nodePools": {"type": "array", "description": "Node pools pods may run on (allocatable per node)."},
     }
 )
 
@@ -32,6 +38,11 @@ def settings_from(config: Mapping[str, Any] | None) -> PolicySettings:
         require_digest=bool(config.get("requireDigest", False)),
         production=bool(config.get("production", False)),
         host=config.get("host"),
+        disabled_default_providers=tuple(config.get("disabledDefaultProviders") or ()),
+        external=tuple(
+            ExternalObject(e["kind"], e["name"], e.get("namespace") or "") for e in config.get("external") or ()
+        ),
+        node_pools=tuple(NodePool.from_config(p) for p in config.get("nodePools") or ()),
     )
 
 
@@ -65,6 +76,8 @@ def _stack_policy(rule: Rule) -> StackValidationPolicy:
 
     def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
         resources = {id(r): r for r in args.resources}
+        # The engine itself refuses a missing provider before policies run, so the pack leaves
+        # `engine_package` unset; `modelctl plan` emulates that refusal offline.
         declared = [Resource(r.resource_type, r.name, r.props) for r in resources.values()]
         urns = {id(d): r.urn for d, r in zip(declared, resources.values(), strict=True)}
         for resource, message in check(declared, settings_from(args.get_config())):

@@ -1,8 +1,10 @@
-"""The guardrails, as plain functions over Kubernetes objects: used by the Pulumi policy pack
-(`pulumi preview --policy-pack policy`, see `__main__.py`) and by `modelctl plan --policy`.
+"""The guardrails, as plain functions over declared resources: used by the Pulumi policy pack
+(`pulumi preview --policy-pack policy`, see `__main__.py`) and by every `modelctl plan`.
 
 A rule gets an object as the program declares it (camelCase properties, as Pulumi's policy
-SDK hands them over) and the stack's `PolicySettings`, and returns violation messages.
+SDK hands them over) and the stack's `PolicySettings`, and returns violation messages. The
+engine rules (explicit-providers, service-isolation, references-resolve, pods-schedule)
+emulate what Pulumi, Flagger and the scheduler would do with the objects (engines.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,22 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from policy.engines import (
+    DEPLOYMENT,
+    HTTP_ROUTE,
+    SERVICE,
+    NodePool,
+    PodTemplate,
+    Resource,
+    admits,
+    flagger_outcome,
+    is_kubernetes,
+    label_selector_matches,
+    pod_request,
+    pod_templates,
+    selects,
+)
 
 MANDATORY = "mandatory"
 ADVISORY = "advisory"
@@ -21,7 +39,16 @@ IMAGE = re.compile(
 )
 EXACT_VERSION = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][A-Za-z0-9_.-]+)?$")
 FETCH_ARG = re.compile(r"^[1-9][0-9]*=sha256:[0-9a-f]{64}$")
-POD_OWNERS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
+POD_OWNERS = (DEPLOYMENT, "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
+
+
+@dataclass(frozen=True)
+class ExternalObject:
+    """A prerequisite the stack does not declare but expects in the cluster (a TLS Secret)."""
+
+    kind: str
+    name: str
+    namespace: str = ""  # empty for cluster-scoped kinds
 
 
 @dataclass(frozen=True)
@@ -31,13 +58,11 @@ class PolicySettings:
     require_digest: bool = False
     production: bool = False
     host: str | None = None
-
-
-@dataclass(frozen=True)
-class Resource:
-    type: str
-    name: str
-    props: Mapping[str, Any]
+    # `pulumi:disable-default-providers` of the stack ("*": every package).
+    disabled_default_providers: tuple[str, ...] = ()
+    external: tuple[ExternalObject, ...] = ()
+    # Where pods may run; empty: unknown (an existing cluster that lists no node pools).
+    node_pools: tuple[NodePool, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,7 @@ class Rule:
     check: Callable[[Resource, PolicySettings], list[str]] | None = None
     check_stack: Callable[[list[Resource], PolicySettings], list[tuple[Resource, str]]] | None = None
     enforcement: Callable[[PolicySettings], str] = field(default=lambda settings: MANDATORY)
+    fix: str = ""
 
 
 def pod_spec(resource: Resource) -> Mapping[str, Any] | None:
@@ -132,7 +158,7 @@ def restricted_pod_security(resource: Resource, settings: PolicySettings) -> lis
 
 
 def canary_weight(resource: Resource, settings: PolicySettings) -> list[str]:
-    if resource.type != "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute":
+    if resource.type != HTTP_ROUTE:
         return []
     problems = []
     for rule in resource.props.get("spec", {}).get("rules") or []:
@@ -206,6 +232,309 @@ def production_replicas(resources: list[Resource], settings: PolicySettings) -> 
     return problems
 
 
+# Engine emulation -----------------------------------------------------------------------------
+
+
+def explicit_providers(resources: list[Resource], settings: PolicySettings) -> list[tuple[Resource, str]]:
+    """With default providers disabled, the engine refuses a custom resource or a remote
+    component whose registration names no provider of its package, with exactly this message
+    (pulumi/pulumi pkg/resource/deploy/source_eval.go, resmon.RegisterResource; asserted in
+    source_eval_test.go; seen by users of pulumi-eks in pulumi/pulumi-eks#917)."""
+    disabled = set(settings.disabled_default_providers)
+    problems = []
+    for resource in resources:
+        package = resource.engine_package
+        if package is None or resource.type.startswith("pulumi:providers:"):
+            continue
+        if ("*" in disabled or package in disabled) and package not in resource.explicit_providers:
+            problems.append(
+                (
+                    resource,
+                    f"Default provider for '{package}' disabled. '{resource.type}' must use an explicit provider.",
+                )
+            )
+    return problems
+
+
+def _cluster_view(resources: list[Resource]) -> tuple[list[Resource], Any]:
+    """Declared Kubernetes objects plus what Flagger generates from the Canaries."""
+    declared = [r for r in resources if is_kubernetes(r)]
+    outcome = flagger_outcome(declared)
+    return declared + outcome.generated, outcome
+
+
+def service_isolation(resources: list[Resource], settings: PolicySettings) -> list[tuple[Resource, str]]:
+    """No Service, declared or generated by Flagger, selects the pods of more than one model."""
+    objects, outcome = _cluster_view(resources)
+    pods = pod_templates(objects)
+    problems = list(outcome.refusals)
+    for service in (r for r in objects if r.type == SERVICE):
+        models = sorted(
+            {
+                pod.model
+                for pod in pods
+                if pod.owner.namespace == service.namespace and selects(service.spec.get("selector"), pod.labels)
+            }
+        )
+        if len(models) > 1:
+            problems.append(
+                (
+                    service.reported,
+                    f"{service.describe()} selects the pods of {len(models)} models: {', '.join(models)}",
+                )
+            )
+    return problems
+
+
+CLUSTER_SCOPED = ("GatewayClass", "IngressClass", "Namespace", "ClusterRole", "StorageClass")
+
+
+class _Index:
+    """Names the cluster will hold: declared and generated objects, Helm-created namespaces,
+    and the stack's external prerequisites."""
+
+    def __init__(self, objects: list[Resource], resources: list[Resource], external: tuple[ExternalObject, ...]):
+        self.names: set[tuple[str, str, str]] = set()
+        self.objects = objects
+        for resource in objects:
+            namespace = "" if resource.kind in CLUSTER_SCOPED else resource.namespace
+            self.names.add((resource.kind, namespace, resource.object_name))
+        for release in (r for r in resources if r.type.startswith("kubernetes:helm.sh/")):
+            if release.props.get("createNamespace") and release.props.get("namespace"):
+                self.names.add(("Namespace", "", str(release.props["namespace"])))
+        self.external = {(e.kind, "" if e.kind in CLUSTER_SCOPED else e.namespace, e.name) for e in external}
+
+    def has(self, kind: str, namespace: str, name: str) -> bool:
+        key = (kind, "" if kind in CLUSTER_SCOPED else namespace, name)
+        return key in self.names or key in self.external
+
+    def get(self, kind: str, namespace: str, name: str) -> Resource | None:
+        for resource in self.objects:
+            if resource.kind == kind and resource.object_name == name and resource.namespace == namespace:
+                return resource
+        return None
+
+
+def _pod_references(spec: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
+    """(field, kind, name) of every non-optional object a pod spec names."""
+    for volume in spec.get("volumes") or []:
+        if "configMap" in volume and not volume["configMap"].get("optional"):
+            yield f"volumes.{volume.get('name')}", "ConfigMap", volume["configMap"].get("name", "")
+        if "secret" in volume and not volume["secret"].get("optional"):
+            yield f"volumes.{volume.get('name')}", "Secret", volume["secret"].get("secretName", "")
+    for container in containers(spec):
+        for source in container.get("envFrom") or []:
+            for key, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                if key in source and not source[key].get("optional"):
+                    yield f"containers.{container.get('name')}.envFrom", kind, source[key].get("name", "")
+        for variable in container.get("env") or []:
+            value_from = variable.get("valueFrom") or {}
+            for key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+                if key in value_from and not value_from[key].get("optional"):
+                    yield (
+                        f"containers.{container.get('name')}.env.{variable.get('name')}",
+                        kind,
+                        value_from[key]["name"],
+                    )
+    account = spec.get("serviceAccountName")
+    if account and account != "default":
+        yield "serviceAccountName", "ServiceAccount", account
+
+
+def _references(resource: Resource) -> Iterable[tuple[str, str, str, str]]:
+    """(field, kind, namespace, name) of every object `resource` names."""
+    spec, namespace = resource.spec, resource.namespace
+    if namespace:
+        yield "metadata.namespace", "Namespace", "", namespace
+    if resource.kind == "Gateway":
+        yield "spec.gatewayClassName", "GatewayClass", "", spec.get("gatewayClassName", "")
+        for listener in spec.get("listeners") or []:
+            for ref in (listener.get("tls") or {}).get("certificateRefs") or []:
+                yield (
+                    f"listeners.{listener.get('name')}.tls",
+                    ref.get("kind", "Secret"),
+                    ref.get("namespace", namespace),
+                    ref.get("name", ""),
+                )
+    elif resource.kind == "HTTPRoute":
+        for ref in spec.get("parentRefs") or []:
+            yield "spec.parentRefs", ref.get("kind", "Gateway"), ref.get("namespace", namespace), ref.get("name", "")
+        for rule in spec.get("rules") or []:
+            for ref in rule.get("backendRefs") or []:
+                yield "spec.rules.backendRefs", ref.get("kind", "Service"), ref.get("namespace", namespace), ref["name"]
+    elif resource.kind == "Ingress":
+        if spec.get("ingressClassName"):
+            yield "spec.ingressClassName", "IngressClass", "", spec["ingressClassName"]
+        for tls in spec.get("tls") or []:
+            if tls.get("secretName"):
+                yield "spec.tls", "Secret", namespace, tls["secretName"]
+        for rule in spec.get("rules") or []:
+            for path in (rule.get("http") or {}).get("paths") or []:
+                service = (path.get("backend") or {}).get("service") or {}
+                if service:
+                    yield "spec.rules.backend", "Service", namespace, service.get("name", "")
+    elif resource.kind == "HorizontalPodAutoscaler":
+        target = spec.get("scaleTargetRef") or {}
+        yield "spec.scaleTargetRef", target.get("kind", ""), namespace, target.get("name", "")
+    elif resource.kind == "Canary":
+        yield "spec.targetRef", (spec.get("targetRef") or {}).get("kind", ""), namespace, spec["targetRef"]["name"]
+        if spec.get("autoscalerRef"):
+            ref = spec["autoscalerRef"]
+            yield "spec.autoscalerRef", ref.get("kind", ""), namespace, ref.get("name", "")
+        for metric in (spec.get("analysis") or {}).get("metrics") or []:
+            ref = metric.get("templateRef")
+            if ref:
+                yield (
+                    f"analysis.metrics.{metric.get('name')}",
+                    "MetricTemplate",
+                    ref.get("namespace", namespace),
+                    ref["name"],
+                )
+        for ref in (spec.get("service") or {}).get("gatewayRefs") or []:
+            yield "spec.service.gatewayRefs", "Gateway", ref.get("namespace", namespace), ref.get("name", "")
+    elif resource.type in POD_OWNERS:
+        pod = (spec.get("template") or {}).get("spec") or {}
+        for field_path, kind, name in _pod_references(pod):
+            yield f"spec.template.spec.{field_path}", kind, namespace, name
+
+
+def _port_problems(resource: Resource, index: _Index) -> Iterable[str]:
+    """Ports and listeners that references name: a route's backend port, a ServiceMonitor's
+    endpoint port, an HTTPRoute's sectionName."""
+    if resource.kind == "HTTPRoute":
+        for ref in resource.spec.get("parentRefs") or []:
+            gateway = index.get("Gateway", ref.get("namespace", resource.namespace), ref.get("name", ""))
+            listeners = [listener.get("name") for listener in (gateway.spec.get("listeners") if gateway else []) or []]
+            if gateway is not None and ref.get("sectionName") and ref["sectionName"] not in listeners:
+                yield f"spec.parentRefs names listener {ref['sectionName']!r}; {gateway.describe()} has {listeners}"
+        for rule in resource.spec.get("rules") or []:
+            for ref in rule.get("backendRefs") or []:
+                service = index.get("Service", ref.get("namespace", resource.namespace), ref["name"])
+                ports = [p.get("port") for p in (service.spec.get("ports") if service else []) or []]
+                if service is not None and ref.get("port") not in ports:
+                    yield f"spec.rules.backendRefs: {service.describe()} has no port {ref.get('port')} (ports {ports})"
+    elif resource.kind == "Ingress":
+        for rule in resource.spec.get("rules") or []:
+            for path in (rule.get("http") or {}).get("paths") or []:
+                backend = (path.get("backend") or {}).get("service") or {}
+                service = index.get("Service", resource.namespace, backend.get("name", ""))
+                port = backend.get("port") or {}
+                names = [p.get("name") for p in (service.spec.get("ports") if service else []) or []]
+                numbers = [p.get("port") for p in (service.spec.get("ports") if service else []) or []]
+                if service is not None and port.get("name") not in names and port.get("number") not in numbers:
+                    yield f"spec.rules.backend: {service.describe()} has no port {port}"
+    elif resource.kind == "ServiceMonitor":
+        namespaces = (resource.spec.get("namespaceSelector") or {}).get("matchNames") or [resource.namespace]
+        services = [
+            s
+            for s in index.objects
+            if s.type == SERVICE
+            and s.namespace in namespaces
+            and label_selector_matches(resource.spec.get("selector"), s.metadata.get("labels") or {})
+        ]
+        if not services:
+            yield "spec.selector selects no Service: nothing is scraped"
+        for endpoint in resource.spec.get("endpoints") or []:
+            named = [s for s in services if endpoint.get("port") in [p.get("name") for p in s.spec.get("ports") or []]]
+            if services and not named:
+                yield f"spec.endpoints: no selected Service has a port named {endpoint.get('port')!r}"
+
+
+def references_resolve(resources: list[Resource], settings: PolicySettings) -> list[tuple[Resource, str]]:
+    """Every reference between declared objects resolves, or names an external prerequisite."""
+    objects, _ = _cluster_view(resources)
+    index = _Index(objects, resources, settings.external)
+    problems = []
+    for resource in objects:
+        if resource.generated_by is not None and resource.type != DEPLOYMENT:
+            continue
+        for field_path, kind, namespace, name in _references(resource):
+            if not index.has(kind, namespace, name):
+                where = f"{namespace}/{name}" if namespace and kind not in CLUSTER_SCOPED else name
+                problems.append(
+                    (
+                        resource.reported,
+                        f"{resource.describe()}: {field_path} names {kind} {where}, which the stack neither declares "
+                        "nor lists as external",
+                    )
+                )
+        problems += [(resource.reported, f"{resource.describe()}: {text}") for text in _port_problems(resource, index)]
+    return problems
+
+
+def pods_schedule(resources: list[Resource], settings: PolicySettings) -> list[tuple[Resource, str]]:
+    """Every pod fits a node of a pool it may run on, and every workload's minimum replicas fit
+    the pools together (first-fit decreasing). A Flagger target runs next to its primary
+    during an analysis, so both count."""
+    pools = settings.node_pools
+    if not pools:
+        return []
+    objects, _ = _cluster_view(resources)
+    problems = []
+    pending = []
+    for template in pod_templates(objects):
+        owner = template.owner
+        request = pod_request(template.spec)
+        eligible = [pool for pool in pools if admits(pool, template.spec)]
+        shape = f"{request.cpu_millis}m CPU, {request.memory_bytes // 2**20}Mi memory, {request.gpus} GPU"
+        if not eligible:
+            problems.append(
+                (
+                    owner.reported,
+                    f"{owner.describe()}: no node pool admits its pods ({shape}); node selector "
+                    f"{dict(template.spec.get('nodeSelector') or {})}, pools {', '.join(p.name for p in pools)}",
+                )
+            )
+        elif not any(request.fits(pool) for pool in eligible):
+            largest = ", ".join(
+                f"{p.name}: {p.cpu_millis}m CPU, {p.memory_bytes // 2**20}Mi, {p.gpus} GPU" for p in eligible
+            )
+            problems.append(
+                (owner.reported, f"{owner.describe()}: one pod requests {shape}; a node allocates at most ({largest})")
+            )
+        else:
+            pending += [(request, template, eligible)] * template.min_replicas
+    used: dict[str, list[tuple[int, int, int]]] = {pool.name: [] for pool in pools}
+    unplaced: dict[str, tuple[Resource, PodTemplate, int]] = {}
+    order = sorted(pending, key=lambda item: (item[0].gpus, item[0].cpu_millis, item[0].memory_bytes), reverse=True)
+    for request, template, eligible in order:
+        placed = False
+        for pool in eligible:
+            nodes = used[pool.name]
+            for number, node in enumerate(nodes):
+                if request.fits(pool, node):
+                    nodes[number] = (
+                        node[0] + request.cpu_millis,
+                        node[1] + request.memory_bytes,
+                        node[2] + request.gpus,
+                    )
+                    placed = True
+                    break
+            if not placed and len(nodes) < pool.nodes:
+                nodes.append((request.cpu_millis, request.memory_bytes, request.gpus))
+                placed = True
+            if placed:
+                break
+        if not placed:
+            key = template.owner.describe()
+            owner, _, count = unplaced.get(key, (template.owner, template, 0))
+            unplaced[key] = (owner, template, count + 1)
+    for key, (owner, template, count) in unplaced.items():
+        capacity = "; ".join(
+            f"pool {p.name}: {p.nodes} node(s) "
+            + ("(max size, autoscaled)" if p.autoscaled else "(desired size; no node autoscaler)")
+            for p in pools
+            if admits(p, template.spec)
+        )
+        problems.append(
+            (
+                owner.reported,
+                f"{key}: {count} of its {template.min_replicas} pods at minimum replicas fit on no node ({capacity})",
+            )
+        )
+    return problems
+
+
 RULES = (
     Rule("images-pinned", "Images are pinned to an exact version or a digest, never a floating tag.", images_pinned),
     Rule(
@@ -224,6 +553,32 @@ RULES = (
     Rule("canary-weight", f"A canary gets at most {MAX_CANARY_WEIGHT}% of a route's traffic.", canary_weight),
     Rule("served-versions-have-digest", "Every served model version carries its digest.", served_versions_have_digest),
     Rule("routes-on-stack-host", "Routes serve only the stack's host.", routes_on_stack_host),
+    Rule(
+        "explicit-providers",
+        "With default providers disabled, every resource and remote component names its package's provider.",
+        check_stack=explicit_providers,
+        fix="pass the package's provider: `provider=` on a resource, `providers={package: ...}` on a component",
+    ),
+    Rule(
+        "service-isolation",
+        "No Service, declared or generated by Flagger, selects the pods of more than one model.",
+        check_stack=service_isolation,
+        fix="select pods by a label unique to the model, first among Flagger's selector labels (app, name, "
+        "app.kubernetes.io/name)",
+    ),
+    Rule(
+        "references-resolve",
+        "Every reference between objects resolves to a declared object or an external prerequisite.",
+        check_stack=references_resolve,
+        fix="declare the object, correct the name, or list it under `model-serving:external` in the stack file",
+    ),
+    Rule(
+        "pods-schedule",
+        "Every pod fits a node of a pool it may run on, and minimum replicas fit the pools.",
+        check_stack=pods_schedule,
+        fix="lower the requests or minimum replicas, or choose larger or more nodes (cluster.eks.*Nodes, "
+        "cluster.nodePools) or a node autoscaler",
+    ),
 )
 
 
@@ -233,9 +588,11 @@ class Violation:
     enforcement: str
     resource: Resource
     message: str
+    fix: str = ""
 
     def __str__(self) -> str:
-        return f"[{self.enforcement}] {self.rule}: {self.resource.type} {self.resource.name}: {self.message}"
+        text = f"[{self.enforcement}] {self.rule}: {self.resource.type} {self.resource.name}: {self.message}"
+        return f"{text} (fix: {self.fix})" if self.fix else text
 
 
 def evaluate(resources: list[Resource], settings: PolicySettings) -> list[Violation]:
@@ -245,7 +602,11 @@ def evaluate(resources: list[Resource], settings: PolicySettings) -> list[Violat
         level = rule.enforcement(settings)
         if rule.check is not None:
             for resource in resources:
-                violations += [Violation(rule.name, level, resource, m) for m in rule.check(resource, settings)]
+                violations += [
+                    Violation(rule.name, level, resource, m, rule.fix) for m in rule.check(resource, settings)
+                ]
         if rule.check_stack is not None:
-            violations += [Violation(rule.name, level, r, m) for r, m in rule.check_stack(resources, settings)]
+            violations += [
+                Violation(rule.name, level, r, m, rule.fix) for r, m in rule.check_stack(resources, settings)
+            ]
     return violations

@@ -5,9 +5,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path.cwd()))
+sys.path.insert(0, str(Path.cwd().parent))
 
-from pack import policies
 from pulumi_policy import (
     PolicyCustomTimeouts,
     PolicyResource,
@@ -16,6 +15,8 @@ from pulumi_policy import (
     ResourceValidationPolicy,
     StackValidationArgs,
 )
+
+from policy.pack import policies
 
 objects = json.loads(Path(sys.argv[1]).read_text())
 config = json.loads(Path(sys.argv[2]).read_text())

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.spec.settings import load_stack_settings
 from policy.rules import MANDATORY, PolicySettings, Resource, evaluate
 from scripts.modelctl.cli import main
-from scripts.modelctl.guardrails import check, policy_config
+from scripts.modelctl.guardrails import as_policy_resource, check, policy_config, stack_policy_settings
 from tests.conftest import ROOT, STACKS, edit_yaml
 
 POLICY_PYTHON = ROOT / ".venv-policy" / "bin" / "python"
@@ -24,12 +23,12 @@ ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
 
 
 def resources(run) -> list[Resource]:
-    return [Resource(r.type, r.name, r.inputs) for r in run.kubernetes_objects()]
+    return [as_policy_resource(r) for r in run.kubernetes_objects()]
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_rendered_stacks_pass_every_mandatory_policy(runs, stack):
-    violations = check(runs[stack], load_stack_settings(ROOT, stack))
+    violations = check(runs[stack], stack_policy_settings(ROOT, stack))
     assert [v for v in violations if v.enforcement == MANDATORY] == []
     # Only the advisory digest rule speaks: tensorflow/serving is pinned by exact tag.
     assert {v.rule for v in violations} <= {"images-by-digest"}
@@ -137,7 +136,7 @@ def test_a_plan_with_a_violation_exits_1_naming_the_policy_and_the_resource(proj
 @pytest.mark.parametrize("stack", STACKS)
 def test_committed_policy_pack_config_matches_the_stack(stack):
     committed = json.loads((ROOT / "policy" / "config" / f"{stack}.json").read_text())
-    assert committed == policy_config(load_stack_settings(ROOT, stack)), "run `make policy-config`"
+    assert committed == policy_config(stack_policy_settings(ROOT, stack)), "run `make policy-config`"
 
 
 def test_the_pulumi_policy_pack_reports_what_the_offline_check_reports(runs, tmp_path):
@@ -161,7 +160,7 @@ def test_the_pulumi_policy_pack_reports_what_the_offline_check_reports(runs, tmp
     )
     assert result.returncode == 0, result.stderr
     reported = {tuple(v) for v in json.loads(result.stdout)}
-    settings = PolicySettings(production=True, host="models.example.com")
-    expected = {(v.rule, v.resource.name) for v in evaluate(objects, settings)}
+    plain = [Resource(r.type, r.name, r.props) for r in objects]  # what the pack sees of them
+    expected = {(v.rule, v.resource.name) for v in evaluate(plain, stack_policy_settings(ROOT, "prod"))}
     assert reported == expected
     assert {rule for rule, _ in reported} >= {"images-pinned", "production-replicas"}

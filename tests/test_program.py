@@ -6,10 +6,12 @@ import pytest
 
 from infra.model import tfserving
 from infra.model.component import MODEL_TYPE
+from infra.model.workload import SELECTOR_LABEL
 from infra.offline import DeclaredResource, OfflineRun
 from infra.platform.component import PLATFORM_TYPE
 from infra.spec.manifest import served_in
 from infra.spec.settings import load_stack_settings
+from policy.engines import FLAGGER_SELECTOR_LABELS
 from tests.conftest import MANIFESTS, MODEL_X_STACK, ROOT, STACKS
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -162,6 +164,32 @@ def test_service_selects_the_pods_and_exposes_both_ports(runs, model, stack, tra
     named = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert named[ports["http"]["targetPort"]] == 8501
     assert named[ports["grpc"]["targetPort"]] == 8500
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_each_workload_is_selected_by_a_label_unique_to_it_that_flagger_uses(runs, stack):
+    """Flagger takes the first of app, name, app.kubernetes.io/name from the target's selector
+    and builds every Service from it: that label must differ between models (issue: prod and
+    eks routed one model's requests to another's pods)."""
+    deployments = [r for r in runs[stack].kubernetes_objects() if r.type == DEPLOYMENT]
+    selectors = [d.object["spec"]["selector"]["matchLabels"] for d in deployments]
+    assert selectors and all(list(s) == [SELECTOR_LABEL] for s in selectors)
+    assert FLAGGER_SELECTOR_LABELS[0] == SELECTOR_LABEL
+    values = [s[SELECTOR_LABEL] for s in selectors]
+    assert len(set(values)) == len(values)
+    for deployment in deployments:
+        labels = deployment.object["spec"]["template"]["metadata"]["labels"]
+        # The labels that selected the pods before stay on them, so a Service still using
+        # them during the upgrade reaches the new pods too.
+        assert labels["app.kubernetes.io/name"] == "tensorflow-serving"
+        assert labels["app.kubernetes.io/instance"] == labels[SELECTOR_LABEL]
+
+
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_service_switches_only_after_its_deployment(runs, model, stack, track):
+    kids = children(runs[stack], model, track)
+    if SERVICE in kids:
+        assert kids[DEPLOYMENT].urn in kids[SERVICE].dependencies
 
 
 @pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)

@@ -166,4 +166,11 @@ class ModelDeployment(pulumi.ComponentResource):
                 opts=self._opts("flagger", "envoy-gateway", *templates.values()),
             )
             return None
-        return k8s.core.v1.Service(f"{prefix}-service", **workload.service(track, namespace), opts=child)
+        # The Service waits for its Deployment: when a selector change replaces the Deployment,
+        # Pulumi creates the new one and awaits its readiness, then updates what depends on it,
+        # and deletes the old one last (create-before-delete, the default for replacements:
+        # https://www.pulumi.com/docs/iac/concepts/resources/options/deletebeforereplace/), so
+        # the Service never selects only pods that are not ready yet.
+        return k8s.core.v1.Service(
+            f"{prefix}-service", **workload.service(track, namespace), opts=self._opts(deployment)
+        )

@@ -66,9 +66,28 @@ class Workload:
         return self.model.version_labels[self.track]
 
 
+# The label that selects one workload's pods. Flagger builds the primary Deployment and the
+# apex, primary and canary Services from ONE label of its target's selector: the first of
+# `app`, `name`, `app.kubernetes.io/name` it finds (`-selector-labels` default,
+# fluxcd/flagger v1.44.0 cmd/flagger/main.go:116; getSelectorLabel,
+# pkg/canary/deployment_controller.go:321-333), and selects `<value>-primary` / `<value>`
+# with it (pkg/router/kubernetes_default.go:48-78). `app` comes first in that list and is
+# unique per workload (`iris`, `iris-canary`), so every Service Flagger generates selects
+# one model's pods. Until 2026-11 the selector was `app.kubernetes.io/name:
+# tensorflow-serving` (the same for every model) plus the instance, so Flagger's Services
+# selected every model's pods; the policy rule `service-isolation` now refuses that.
+SELECTOR_LABEL = "app"
+# Descriptive labels that every pod keeps: they were the selector before, so a Service that
+# still selects them during an upgrade also reaches the new pods.
+APP_NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+SERVER_APP_NAME = "tensorflow-serving"
+
+
 def selector_labels(instance: str) -> dict[str, str]:
-    """Labels that select one workload's pods; part of the Deployment selector, so never change them."""
-    return {"app.kubernetes.io/name": "tensorflow-serving", "app.kubernetes.io/instance": instance}
+    """Labels that select one workload's pods; the Deployment selector is immutable, so
+    changing them replaces the Deployment (see the README, "Upgrading")."""
+    return {SELECTOR_LABEL: instance}
 
 
 def model_selector(model_name: str) -> dict[str, str]:
@@ -78,6 +97,8 @@ def model_selector(model_name: str) -> dict[str, str]:
 
 def common_labels(workload: Workload) -> dict[str, str]:
     return selector_labels(workload.instance) | {
+        APP_NAME_LABEL: SERVER_APP_NAME,
+        INSTANCE_LABEL: workload.instance,
         MODEL_LABEL: workload.name,
         TRACK_LABEL: workload.track,
         "app.kubernetes.io/component": "model-server",

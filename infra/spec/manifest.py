@@ -30,6 +30,10 @@ SCHEMA_FILE = "manifest.schema.json"
 # 40 characters leave room for the suffixes Pulumi's auto-naming appends.
 MODEL_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MODEL_NAME_MAX = 40
+# `<model>-canary` names a model's canary workload and Service; Flagger generates
+# `<service>-primary` and `<service>-canary` Services (fluxcd/flagger
+# pkg/router/kubernetes_default.go:48-78). A model named like that would collide.
+RESERVED_NAME_SUFFIXES = ("-canary", "-primary")
 # TF-Serving's version labels must match [a-zA-Z0-9_]+ (g3doc/serving_config.md).
 LABEL_STABLE = "stable"
 LABEL_CANARY = "canary"
@@ -255,6 +259,15 @@ class ModelManifest(Frozen):
     def _cross_field_rules(self) -> ModelManifest:
         published = ", ".join(str(v) for v in sorted(self.versions))
         problems: list[tuple[str, str]] = []
+        for suffix in RESERVED_NAME_SUFFIXES:
+            if self.name.endswith(suffix):
+                problems.append(
+                    (
+                        "name",
+                        f"Got {self.name!r}; names ending in {suffix!r} are taken by the Services of another model's "
+                        f"canary workload and of Flagger's primary/canary (`<model>{suffix}`)",
+                    )
+                )
         for env, served in self.environments.items():
             for label, version in served.labels().items():
                 if version not in self.versions:

@@ -295,6 +295,39 @@ class ProgressiveDeliverySettings(Settings):
         return self
 
 
+class ExternalKind(StrEnum):
+    """Kinds of objects a stack may name without declaring them."""
+
+    secret = "Secret"
+    config_map = "ConfigMap"
+    gateway = "Gateway"
+    gateway_class = "GatewayClass"
+    ingress_class = "IngressClass"
+    namespace = "Namespace"
+    service_account = "ServiceAccount"
+
+
+class ExternalObject(Settings):
+    """A prerequisite the cluster already holds (installed by its admins, or by hand): the
+    offline plan's reference check accepts references to it."""
+
+    kind: ExternalKind = Field(strict=False, description="Kind of the object.")
+    name: DnsLabel = Field(description="Its name.")
+    namespace: DnsLabel | None = Field(
+        default=None,
+        description="Its namespace; absent for cluster-scoped kinds (GatewayClass, IngressClass, Namespace).",
+    )
+
+    @model_validator(mode="after")
+    def _scope(self) -> ExternalObject:
+        cluster_scoped = self.kind in (ExternalKind.gateway_class, ExternalKind.ingress_class, ExternalKind.namespace)
+        if cluster_scoped and self.namespace is not None:
+            raise FieldProblemsError([("namespace", f"a {self.kind.value} is cluster-scoped; drop `namespace`")])
+        if not cluster_scoped and self.namespace is None:
+            raise FieldProblemsError([("namespace", f"a {self.kind.value} lives in a namespace; name it")])
+        return self
+
+
 class StackSettings(Settings):
     """Everything the program needs from one stack's config, read once in `program.main()`."""
 
@@ -316,6 +349,12 @@ class StackSettings(Settings):
     )
     service_account_annotations: dict[str, str] = Field(
         default_factory=dict, description="Annotations on every model ServiceAccount (e.g. an IRSA role ARN)."
+    )
+    external: tuple[ExternalObject, ...] = Field(
+        default=(),
+        strict=False,
+        description="Objects the stack's resources name but do not declare (a TLS Secret, a shared Gateway, "
+        "an IngressClass): the plan's reference check accepts them.",
     )
 
     @property

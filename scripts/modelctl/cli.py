@@ -78,7 +78,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_errors(errors)
         return EXIT_ERROR
     report = build_report(args.root, stacks, args.base)
-    if args.policy and not apply_policies(args.root, report.head_runs):
+    # The mandatory rules (engine emulation included) always apply: what they refuse, a
+    # real `pulumi up` or the engines behind it would refuse or get wrong.
+    if not apply_policies(args.root, report.head_runs, show_advisory=args.policy):
         return EXIT_ERROR
     if args.check_artifacts:
         problems = check_artifacts(args.root, stacks)
@@ -101,24 +103,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def apply_policies(root: Path, runs: dict) -> bool:
-    """The policy pack's rules over each stack's objects; False on a mandatory violation."""
-    from infra.spec.settings import load_stack_settings
-    from scripts.modelctl.guardrails import MANDATORY, check
+def apply_policies(root: Path, runs: dict, show_advisory: bool = False) -> bool:
+    """The policy pack's rules over each stack's resources; False on a mandatory violation,
+    each printed with the rule, the resource and the fix."""
+    from scripts.modelctl.guardrails import MANDATORY, check, stack_policy_settings
 
     passed = True
     for stack, run in runs.items():
-        for violation in check(run, load_stack_settings(root, stack)):
-            print(f"policy: stack {stack}: {violation}", file=sys.stderr)
+        for violation in check(run, stack_policy_settings(root, stack)):
+            if violation.enforcement == MANDATORY or show_advisory:
+                print(f"policy: stack {stack}: {violation}", file=sys.stderr)
             passed = passed and violation.enforcement != MANDATORY
     return passed
 
 
 def cmd_policy_config(args: argparse.Namespace) -> int:
-    from infra.spec.settings import load_stack_settings
-    from scripts.modelctl.guardrails import policy_config
+    from scripts.modelctl.guardrails import policy_config, stack_policy_settings
 
-    print(json.dumps(policy_config(load_stack_settings(args.root, args.stack)), indent=2, sort_keys=True))
+    print(json.dumps(policy_config(stack_policy_settings(args.root, args.stack)), indent=2, sort_keys=True))
     return EXIT_OK
 
 
@@ -267,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check that every served version is committed in the stack's store with its digest",
     )
     plan.add_argument(
-        "--policy", action="store_true", help="apply the policy pack's rules; exit 1 on a mandatory violation"
+        "--policy",
+        action="store_true",
+        help="also print advisory policy findings (the mandatory rules always apply; a violation exits 1)",
     )
     plan.set_defaults(func=cmd_plan)
 

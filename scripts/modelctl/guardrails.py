@@ -1,32 +1,84 @@
-"""The policy pack's rules applied to an offline run (`modelctl plan --policy`), and the
+"""The policy pack's rules applied to an offline run (every `modelctl plan`), and the
 policy-pack config of each stack (`policy/config/<stack>.json`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from infra.offline import OfflineRun
-from infra.spec.settings import StackSettings
-from policy.rules import MANDATORY, RULES, PolicySettings, Resource, Violation, evaluate
+from infra.offline import DeclaredResource, OfflineRun
+from infra.spec.settings import StackSettings, load_stack_settings, read_stack_config
+from policy.rules import MANDATORY, RULES, ExternalObject, PolicySettings, Resource, Violation, evaluate
+
+DISABLE_DEFAULT_PROVIDERS = "pulumi:disable-default-providers"
 
 
-def policy_settings(settings: StackSettings) -> PolicySettings:
+def disabled_default_providers(stack_config: Mapping[str, Any]) -> tuple[str, ...]:
+    """Packages whose default provider the stack disables (`["*"]`: all)."""
+    value = stack_config.get(DISABLE_DEFAULT_PROVIDERS) or ()
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else (str(value),)
+
+
+def policy_settings(settings: StackSettings, stack_config: Mapping[str, Any]) -> PolicySettings:
     return PolicySettings(
-        require_digest=settings.images.require_digest, production=settings.production, host=settings.routing.host
+        require_digest=settings.images.require_digest,
+        production=settings.production,
+        host=settings.routing.host,
+        disabled_default_providers=disabled_default_providers(stack_config),
+        external=tuple(ExternalObject(e.kind.value, e.name, e.namespace or "") for e in settings.external),
     )
 
 
-def policy_config(settings: StackSettings) -> dict[str, Any]:
-    """`--policy-pack-config` for `pulumi preview --policy-pack policy` on this stack: the same
+def stack_policy_settings(root: Path, stack: str) -> PolicySettings:
+    return policy_settings(load_stack_settings(root, stack), read_stack_config(root, stack))
+
+
+def policy_config(policy: PolicySettings) -> dict[str, Any]:
+    """`--policy-pack-config` for `pulumi preview --policy-pack policy` on a stack: the same
     settings and enforcement levels the offline check uses."""
-    wanted = policy_settings(settings)
-    properties = {"host": wanted.host, "production": wanted.production, "requireDigest": wanted.require_digest}
-    return {rule.name: {"enforcementLevel": rule.enforcement(wanted), **properties} for rule in RULES}
+    properties = {
+        "host": policy.host,
+        "production": policy.production,
+        "requireDigest": policy.require_digest,
+        "disabledDefaultProviders": list(policy.disabled_default_providers),
+        "external": [{"kind": e.kind, "name": e.name, "namespace": e.namespace} for e in policy.external],
+        "nodePools": [
+            {
+                "name": p.name,
+                "labels": dict(p.labels),
+                "taints": [dict(t) for t in p.taints],
+                "cpuMillis": p.cpu_millis,
+                "memoryBytes": p.memory_bytes,
+                "gpus": p.gpus,
+                "nodes": p.nodes,
+                "autoscaled": p.autoscaled,
+            }
+            for p in policy.node_pools
+        ],
+    }
+    return {rule.name: {"enforcementLevel": rule.enforcement(policy), **properties} for rule in RULES}
 
 
-def check(run: OfflineRun, settings: StackSettings) -> list[Violation]:
-    resources = [Resource(r.type, r.name, r.inputs) for r in run.kubernetes_objects()]
-    return evaluate(resources, policy_settings(settings))
+def as_policy_resource(resource: DeclaredResource) -> Resource:
+    """What a policy sees of a declared resource: the object as the provider sends it (inputs
+    plus the auto-name), and, for the engine check, which providers it names."""
+    needs_provider = resource.custom or resource.remote
+    return Resource(
+        resource.type,
+        resource.name,
+        resource.object,
+        engine_package=resource.package if needs_provider else None,
+        explicit_providers=(
+            {resource.package: provider}
+            if needs_provider and (provider := resource.provider_for(resource.package))
+            else {}
+        ),
+    )
 
 
-__all__ = ["MANDATORY", "check", "policy_config", "policy_settings"]
+def check(run: OfflineRun, policy: PolicySettings) -> list[Violation]:
+    return evaluate([as_policy_resource(r) for r in run.resources], policy)
+
+
+__all__ = ["MANDATORY", "check", "policy_config", "policy_settings", "stack_policy_settings"]

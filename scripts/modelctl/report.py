@@ -296,16 +296,30 @@ def _state(resource: DeclaredResource | None) -> dict[str, Any] | None:
     }
     if resource.parent:
         state["parent"] = resource.parent
-    if resource.provider:
-        state["provider"] = resource.provider
+    provider = _provider(resource)
+    if provider:
+        state["provider"] = provider
+    if resource.providers:
+        state["providers"] = dict(resource.providers)
     return state
+
+
+def _provider(resource: DeclaredResource) -> str | None:
+    """The provider the engine would use: a custom resource's or a remote component's own
+    (for its package); local components have none, only the `providers` they pass down."""
+    if resource.custom or resource.remote:
+        return resource.provider_for(resource.package)
+    return None
 
 
 def step_json(step: Step) -> dict[str, Any]:
     """One step as `pulumi preview --json` prints it (pkg/backend/display/json.go: previewStep)."""
     document: dict[str, Any] = {"op": step.op.value, "urn": step.urn}
-    if step.resource.provider:
-        document["provider"] = step.resource.provider
+    provider = _provider(step.resource)
+    if provider:
+        document["provider"] = provider
+    if step.resource.providers:
+        document["providers"] = dict(step.resource.providers)
     if step.old is not None:
         document["oldState"] = _state(step.old)
     if step.new is not None:

@@ -83,7 +83,21 @@ def _known_fields(record: dict) -> dict:
     record.setdefault("provider", None)
     record.setdefault("state", record.get("inputs", {}))
     record["dependencies"] = tuple(record.get("dependencies", ()))
-    fields = ("urn", "type", "name", "parent", "custom", "provider", "inputs", "state", "dependencies")
+    record.setdefault("remote", False)
+    record.setdefault("providers", {})
+    fields = (
+        "urn",
+        "type",
+        "name",
+        "parent",
+        "custom",
+        "provider",
+        "inputs",
+        "state",
+        "dependencies",
+        "remote",
+        "providers",
+    )
     return {k: record[k] for k in fields}
 
 
