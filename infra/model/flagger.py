@@ -14,7 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.model import tfserving
-from infra.model.observability import REQUEST_COUNT, REQUEST_LATENCY_BUCKET
+from infra.model.observability import latency_quantile, success_ratio
 from infra.model.routing import route_path
 from infra.model.workload import model_selector
 from infra.platform.network import platform_labels
@@ -40,13 +40,11 @@ def metric_templates(model: ServedModel, settings: StackSettings) -> dict[str, d
     provider = {"type": "prometheus", "address": delivery.prometheus_address}
     pods = '{{ namespace }}", pod=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)'
     where = f'namespace="{pods}", model_name="{model.name}"'
-    success_rate = (
-        f'100 * sum(rate({REQUEST_COUNT}{{{where}, status="OK"}}[{{{{ interval }}}}])) '
-        f"/ sum(rate({REQUEST_COUNT}{{{where}}}[{{{{ interval }}}}]))"
-    )
-    latency_ms = (
-        f"histogram_quantile(0.99, sum by (le) (rate({REQUEST_LATENCY_BUCKET}{{{where}}}[{{{{ interval }}}}]))) / 1000"
-    )
+    interval = "{{ interval }}"
+    # Prediction calls only: the kubelet's probes would count as fast successes
+    # (infra/model/observability.py explains the metrics and cites TF-Serving).
+    success_rate = f"100 * {success_ratio(where, interval)}"
+    latency_ms = f"{latency_quantile(0.99, where, interval)} / 1000"
     return {
         SUCCESS_RATE: {
             "api_version": FLAGGER_API,
