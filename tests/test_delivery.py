@@ -8,11 +8,12 @@ import re
 import promql_parser
 import pytest
 
+from infra.model.flagger import generated_service_ports
 from infra.model.observability import PREDICTION_FILTER, pod_name_pattern
 from infra.spec.settings import load_stack_settings
 from tests.conftest import MODEL_X_STACK, ROOT, STACKS, edit_yaml
 from tests.promql_eval import evaluate, value
-from tests.test_program import DEPLOYMENT, HPA, SERVICE, children, extras, served
+from tests.test_program import DEPLOYMENT, HPA, SERVICE, children, extras, pod_spec, served
 
 ALERTS = {
     "ModelNoReadyReplica",
@@ -306,3 +307,39 @@ def test_pods_not_starting_alert_reads_kube_state_metrics_for_the_models_pods_on
         assert re.fullmatch(pattern, pod), pod
     for pod in ("taxi-fare-deployment-1a2b3c4d-7d9f8b6c5d-x2x4z", "iris2-deployment-1a2b3c4d-7d9f8b6c5d-x2x4z"):
         assert not re.fullmatch(pattern, pod), pod
+
+
+# --- gRPC through Flagger's Services (issue 9, h) -----------------------------------------
+
+
+@pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if s in FLAGGER_STACKS])
+def test_flagger_services_carry_grpc(runs, model, stack):
+    service = extras(runs[stack], model)["rollout"].object["spec"]["service"]
+    assert service["portDiscovery"] is True
+    containers = pod_spec(runs[stack], model)["containers"]
+    ports = generated_service_ports(service, containers)
+    assert ports == {"http": (8501, "http"), "grpc": (8500, 8500)}
+
+
+def test_flagger_port_emulation_follows_get_ports():
+    containers = [
+        {
+            "name": "tfserving",
+            "ports": [{"name": "grpc", "containerPort": 8500}, {"name": "http", "containerPort": 8501}],
+        },
+        {"name": "envoy", "ports": [{"name": "admin", "containerPort": 15000}]},
+        {"name": "sidecar", "ports": [{"containerPort": 9000}]},
+    ]
+    service = {"port": 8501, "targetPort": "http", "portName": "http"}
+    # Without discovery only `service.port`: the gRPC port is unreachable.
+    assert generated_service_ports(service, containers) == {"http": (8501, "http")}
+    assert generated_service_ports(service | {"portDiscovery": True}, containers) == {
+        "http": (8501, "http"),
+        "grpc": (8500, 8500),
+        "tcp-sidecar-0": (9000, 9000),
+    }
+    # A numeric (or absent) targetPort excludes the container port by number.
+    assert generated_service_ports({"port": 8501, "portDiscovery": True}, containers[:1]) == {
+        "http": (8501, 8501),
+        "grpc": (8500, 8500),
+    }
