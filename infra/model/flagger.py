@@ -45,7 +45,9 @@ def metric_templates(model: ServedModel, settings: StackSettings) -> dict[str, d
     where = f'namespace="{pods}", model_name="{model.name}"'
     interval = "{{ interval }}"
     # Prediction calls only: the kubelet's probes would count as fast successes
-    # (infra/model/observability.py explains the metrics and cites TF-Serving).
+    # (infra/model/observability.py explains the metrics and cites TF-Serving). Without
+    # prediction traffic the query has no value, which Flagger counts as a failed check
+    # (pkg/controller/scheduler_metrics.go L318-L324, scheduler.go L461-L462).
     success_rate = f"100 * {success_ratio(where, interval)}"
     latency_ms = f"{latency_quantile(0.99, where, interval)} / 1000"
     return {
