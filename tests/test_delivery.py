@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 
 import promql_parser
 import pytest
 
+from infra.model.flagger import generated_service_ports
+from infra.model.observability import PREDICTION_FILTER, pod_name_pattern
 from infra.spec.settings import load_stack_settings
 from tests.conftest import MODEL_X_STACK, ROOT, STACKS, edit_yaml
-from tests.test_program import DEPLOYMENT, HPA, SERVICE, children, extras, served
+from tests.promql_eval import evaluate, value
+from tests.test_program import DEPLOYMENT, HPA, SERVICE, children, extras, pod_spec, served
 
 ALERTS = {
     "ModelNoReadyReplica",
     "ModelErrorRatioAboveSLO",
     "ModelLatencyP99AboveSLO",
     "ModelAutoscalerAtMax",
-    "ModelVersionFailedToLoad",
+    "ModelPodsNotStarting",
 }
 # What Flagger substitutes in a MetricTemplate query before running it.
 FLAGGER_VARIABLES = {"{{ namespace }}": "models", "{{ target }}": "iris-deployment-abc", "{{ interval }}": "1m"}
@@ -95,9 +99,7 @@ def test_flagger_canary_targets_the_deployment_and_its_metrics(runs, model, stac
     }
     for metric in ("success-rate", "latency-p99"):
         query = more[metric].object["spec"]["query"]
-        for variable, value in FLAGGER_VARIABLES.items():
-            query = query.replace(variable, value)
-        promql_parser.parse(query)
+        promql_parser.parse(substitute_flagger_variables(query))
         assert more[metric].object["spec"]["provider"]["address"] == settings.progressive_delivery.prometheus_address
     served_model, _ = served(model, stack)
     rollout = served_model.serving.rollout
@@ -147,3 +149,197 @@ def test_a_manual_canary_on_a_flagger_stack_is_refused(project, capsys):
     assert main(["--root", str(project), "validate"]) == 1
     err = capsys.readouterr().err
     assert "models/iris.yaml: environments.prod.canary: stack prod rolls versions out with Flagger" in err
+
+
+# --- Prediction calls only (issue 9, i) ---------------------------------------------------
+
+TF_SERVING_SERIES = re.compile(
+    r":tensorflow:serving:(request_count|request_latency_count|request_latency_bucket)\{([^}]*)\}"
+)
+
+
+def assert_measures_prediction_calls_only(query: str) -> None:
+    """Latency and successes come from `request_latency` of prediction APIs; `request_count`
+    only contributes failures (it has no API label, and probes succeed)."""
+    selectors = TF_SERVING_SERIES.findall(query)
+    assert selectors, query
+    for metric, matchers in selectors:
+        if metric == "request_count":
+            assert 'status!="OK"' in matchers, query
+        else:
+            assert PREDICTION_FILTER in matchers, query
+
+
+def slo_queries(run, model: str) -> dict[str, str]:
+    """Every success-rate, error and latency query declared for a model: alerts, dashboard, Flagger."""
+    more = extras(run, model)
+    queries = {}
+    if "alerts" in more:
+        (group,) = more["alerts"].object["spec"]["groups"]
+        queries |= {
+            r["alert"]: r["expr"]
+            for r in group["rules"]
+            if r["alert"] in ("ModelErrorRatioAboveSLO", "ModelLatencyP99AboveSLO")
+        }
+    if "dashboard" in more:
+        (text,) = more["dashboard"].object["data"].values()
+        for panel in json.loads(text)["panels"]:
+            if panel["title"] != "Serving replicas":
+                queries |= {f"{panel['title']} {t['refId']}": t["expr"] for t in panel["targets"]}
+    for metric in ("success-rate", "latency-p99"):
+        if metric in more:
+            queries[metric] = substitute_flagger_variables(more[metric].object["spec"]["query"])
+    return queries
+
+
+def substitute_flagger_variables(query: str) -> str:
+    for variable, substitute in FLAGGER_VARIABLES.items():
+        query = query.replace(variable, substitute)
+    return query
+
+
+@pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if monitored(s)])
+def test_slo_queries_measure_prediction_calls_only(runs, model, stack):
+    queries = slo_queries(runs[stack], model)
+    expected = 2 + 5 + (2 if stack in FLAGGER_STACKS else 0)  # alerts, dashboard targets, templates
+    assert len(queries) == expected, sorted(queries)
+    for query in queries.values():
+        assert_measures_prediction_calls_only(query)
+
+
+def series(name: str, rate: float, **labels: str) -> tuple[dict[str, str], float]:
+    return {"__name__": name, "namespace": "models", "model_name": "iris", **labels}, rate
+
+
+CANARY_POD = "iris-deployment-abc-7d9f8b6c5d-x2x4z"
+LATENCY_COUNT = ":tensorflow:serving:request_latency_count"
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+
+
+def canary_traffic(predictions: float = 9.0, failures: float = 1.0, probes: float = 0.0) -> list:
+    """What a canary pod exports, as rates: successful predictions (2/3 REST, 1/3 gRPC), failed
+    calls, and the kubelet's probes (status and metadata GETs), which succeed with an empty
+    API and add to the same `request_count{status="OK"}` series (http_server.cc ProcessRequest)."""
+    exported = [
+        series(LATENCY_COUNT, predictions * 2 / 3, API="predict", pod=CANARY_POD),
+        series(LATENCY_COUNT, predictions / 3, API="Predict", pod=CANARY_POD),
+        series(LATENCY_COUNT, probes, API="", pod=CANARY_POD),
+        series(REQUEST_COUNT, predictions + probes, status="OK", pod=CANARY_POD),
+        series(REQUEST_COUNT, failures, status="INVALID_ARGUMENT", pod=CANARY_POD),
+    ]
+    return [(labels, rate) for labels, rate in exported if rate]  # a counter never incremented is absent
+
+
+# The primary's pods and another model's series: not the canary's analysis.
+ELSEWHERE = [
+    series(":tensorflow:serving:request_count", 5.0, status="UNAVAILABLE", pod="iris-deployment-abc-primary-5c-q1"),
+    series(":tensorflow:serving:request_count", 5.0, status="INTERNAL", pod=CANARY_POD, model_name="x"),
+]
+# The success-rate query before issue 9: every REST call, probes included.
+OLD_SUCCESS_RATE = (
+    '100 * sum(rate(:tensorflow:serving:request_count{namespace="models", pod=~"iris-deployment-abc-[0-9a-zA-Z]+'
+    '(-[0-9a-zA-Z]+)", model_name="iris", status="OK"}[1m])) / sum(rate(:tensorflow:serving:request_count'
+    '{namespace="models", pod=~"iris-deployment-abc-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)", model_name="iris"}[1m]))'
+)
+
+
+def flagger_query(runs, metric: str) -> str:
+    return substitute_flagger_variables(extras(runs["prod"], "iris")[metric].object["spec"]["query"])
+
+
+def test_probe_traffic_does_not_change_the_success_rate(runs):
+    success_rate = flagger_query(runs, "success-rate")
+    assert value(evaluate(success_rate, canary_traffic() + ELSEWHERE)) == pytest.approx(90.0)
+    assert value(evaluate(success_rate, canary_traffic(probes=0.6) + ELSEWHERE)) == pytest.approx(90.0)
+    assert value(evaluate(success_rate, canary_traffic(probes=6.0))) == pytest.approx(90.0)
+    # The old formula counted the probes as successes: the same canary looked healthier.
+    assert value(evaluate(OLD_SUCCESS_RATE, canary_traffic())) == pytest.approx(90.0)
+    assert value(evaluate(OLD_SUCCESS_RATE, canary_traffic(probes=0.6))) == pytest.approx(100 * 9.6 / 10.6)
+    assert value(evaluate(OLD_SUCCESS_RATE, canary_traffic(probes=6.0))) == pytest.approx(100 * 15 / 16)
+
+
+def test_success_rate_has_a_value_without_failures_and_without_successes(runs):
+    success_rate = flagger_query(runs, "success-rate")
+    # No failed call yet: the failure series does not exist, and the rate is still 100, not empty.
+    assert value(evaluate(success_rate, canary_traffic(failures=0, probes=0.6))) == pytest.approx(100.0)
+    # Every prediction fails (a broken version): 0, so Flagger rolls back, not "no data".
+    assert value(evaluate(success_rate, canary_traffic(predictions=0, probes=0.6))) == pytest.approx(0.0)
+    # No prediction at all: no value (Flagger then needs load, e.g. its load tester webhook).
+    assert value(evaluate(success_rate, canary_traffic(predictions=0, failures=0, probes=0.6))) is None
+
+
+@pytest.mark.parametrize("stack", [s for s in STACKS if monitored(s)])
+def test_error_ratio_alert_and_panel_ignore_probes(runs, stack):
+    settings = load_stack_settings(ROOT, stack)
+    (group,) = extras(runs[stack], "iris")["alerts"].object["spec"]["groups"]
+    expr = next(r["expr"] for r in group["rules"] if r["alert"] == "ModelErrorRatioAboveSLO")
+    ratio = expr.rsplit(" > ", 1)[0]
+    data = [({**labels, "namespace": settings.namespace}, rate) for labels, rate in canary_traffic(probes=0.6)]
+    assert value(evaluate(ratio, data)) == pytest.approx(0.1)
+    (text,) = extras(runs[stack], "iris")["dashboard"].object["data"].values()
+    panel = next(p for p in json.loads(text)["panels"] if p["title"] == "Error ratio")
+    by_version = [({**labels, "version": "2"}, rate) for labels, rate in data]
+    result = evaluate(panel["targets"][0]["expr"], by_version)
+    assert result == {frozenset({("version", "2")}): pytest.approx(0.1)}
+
+
+# --- A pod that cannot start (issue 9, n) -------------------------------------------------
+
+
+def test_pods_not_starting_alert_reads_kube_state_metrics_for_the_models_pods_only(runs):
+    (group,) = extras(runs["prod"], "iris")["alerts"].object["spec"]["groups"]
+    rule = next(r for r in group["rules"] if r["alert"] == "ModelPodsNotStarting")
+    for metric in (
+        "kube_pod_container_status_waiting_reason",
+        "kube_pod_init_container_status_waiting_reason",
+        "kube_pod_init_container_status_terminated_reason",
+    ):
+        assert metric in rule["expr"]
+    assert "CrashLoopBackOff" in rule["expr"] and "ImagePullBackOff" in rule["expr"]
+    pattern = pod_name_pattern("iris")
+    assert f'pod=~"{pattern}"' in rule["expr"]
+    # Pods are `<deployment>-<pod-template-hash>-<suffix>`; Deployments are Pulumi auto-named.
+    for pod in (
+        "iris-deployment-1a2b3c4d-7d9f8b6c5d-x2x4z",  # stable (no Flagger), or Flagger's target
+        "iris-deployment-1a2b3c4d-primary-6b8d9c7f4-q7w2v",  # Flagger's primary
+        "iris-canary-deployment-0f9e8d7c-5f6d7c8b9-abcde",  # a manual canary track
+    ):
+        assert re.fullmatch(pattern, pod), pod
+    for pod in ("taxi-fare-deployment-1a2b3c4d-7d9f8b6c5d-x2x4z", "iris2-deployment-1a2b3c4d-7d9f8b6c5d-x2x4z"):
+        assert not re.fullmatch(pattern, pod), pod
+
+
+# --- gRPC through Flagger's Services (issue 9, h) -----------------------------------------
+
+
+@pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if s in FLAGGER_STACKS])
+def test_flagger_services_carry_grpc(runs, model, stack):
+    service = extras(runs[stack], model)["rollout"].object["spec"]["service"]
+    assert service["portDiscovery"] is True
+    containers = pod_spec(runs[stack], model)["containers"]
+    ports = generated_service_ports(service, containers)
+    assert ports == {"http": (8501, "http"), "grpc": (8500, 8500)}
+
+
+def test_flagger_port_emulation_follows_get_ports():
+    containers = [
+        {
+            "name": "tfserving",
+            "ports": [{"name": "grpc", "containerPort": 8500}, {"name": "http", "containerPort": 8501}],
+        },
+        {"name": "envoy", "ports": [{"name": "admin", "containerPort": 15000}]},
+        {"name": "sidecar", "ports": [{"containerPort": 9000}]},
+    ]
+    service = {"port": 8501, "targetPort": "http", "portName": "http"}
+    # Without discovery only `service.port`: the gRPC port is unreachable.
+    assert generated_service_ports(service, containers) == {"http": (8501, "http")}
+    assert generated_service_ports(service | {"portDiscovery": True}, containers) == {
+        "http": (8501, "http"),
+        "grpc": (8500, 8500),
+        "tcp-sidecar-0": (9000, 9000),
+    }
+    # A numeric (or absent) targetPort excludes the container port by number.
+    assert generated_service_ports({"port": 8501, "portDiscovery": True}, containers[:1]) == {
+        "http": (8501, 8501),
+        "grpc": (8500, 8500),
+    }

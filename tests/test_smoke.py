@@ -10,6 +10,7 @@ import pytest
 
 from scripts.modelctl.cli import main
 from tests.conftest import edit_yaml
+from tests.fake_kubernetes import FakeKubernetes, canary, deployment
 
 
 class FakeTfServing(ThreadingHTTPServer):
@@ -86,7 +87,7 @@ def test_smoke_passes_when_every_model_answers(tf_serving, capsys):
             "taxi-fare": {"versions": {2: "AVAILABLE"}, "predict": "ok"},
         }
     )
-    assert main(["smoke", "--stack", "prod", "--base-url", server.url]) == 0
+    assert main(["smoke", "--stack", "prod", "--base-url", server.url, "--no-wait"]) == 0
     out = capsys.readouterr().out
     assert "2 models at" in out and "4 checks passed, 0 failed" in out
     posted = [body for method, path, body in server.requests if method == "POST"]
@@ -101,7 +102,7 @@ def test_smoke_fails_on_a_failing_model(tf_serving, capsys):
             "taxi-fare": {"versions": {2: "LOADING"}, "predict": "garbage"},
         }
     )
-    assert main(["smoke", "--stack", "prod", "--base-url", server.url]) == 1
+    assert main(["smoke", "--stack", "prod", "--base-url", server.url, "--no-wait"]) == 1
     out = capsys.readouterr().out
     assert "FAIL iris: predict: POST" in out and "answered 500" in out
     assert "FAIL taxi-fare: status: versions not available: {2: 'LOADING'}" in out
@@ -111,9 +112,9 @@ def test_smoke_fails_on_a_failing_model(tf_serving, capsys):
 
 def test_smoke_fails_on_an_unknown_model_and_an_unreachable_server(tf_serving, capsys, project):
     server = tf_serving({"taxi-fare": {"versions": {2: "AVAILABLE"}, "predict": "ok"}})
-    assert main(["--root", str(project), "smoke", "--stack", "prod", "--base-url", server.url]) == 1
+    assert main(["--root", str(project), "smoke", "--stack", "prod", "--base-url", server.url, "--no-wait"]) == 1
     assert "FAIL iris: status: GET" in capsys.readouterr().out
-    assert main(["smoke", "--stack", "prod", "--base-url", "http://127.0.0.1:9", "--timeout", "2"]) == 1
+    assert main(["smoke", "--stack", "prod", "--base-url", "http://127.0.0.1:9", "--timeout", "2", "--no-wait"]) == 1
     assert "Connection refused" in capsys.readouterr().out
 
 
@@ -125,5 +126,123 @@ def test_smoke_without_an_example_request_checks_status_only(tf_serving, capsys,
             "taxi-fare": {"versions": {2: "AVAILABLE"}, "predict": "ok"},
         }
     )
-    assert main(["--root", str(project), "smoke", "--stack", "prod", "--base-url", server.url]) == 0
+    assert main(["--root", str(project), "smoke", "--stack", "prod", "--base-url", server.url, "--no-wait"]) == 0
     assert "iris: predict: skipped" in capsys.readouterr().out
+
+
+# --- On a Flagger stack: wait for Flagger's verdict, then smoke (issue 9, j) ---------------
+
+PROD_CONTEXT = "prod-eu-west-1"  # stacks/Pulumi.prod.yaml `kubernetes.context`
+HEALTHY = {
+    "iris": {"versions": {2: "AVAILABLE"}, "predict": "ok"},
+    "taxi-fare": {"versions": {2: "AVAILABLE"}, "predict": "ok"},
+}
+
+
+def rollout(model: str, phase: str, primary_hash: str, tracked: str = "new") -> dict:
+    """One step of a model's rollout as the cluster shows it; `pulumi up` applied `hash-new`."""
+    target = f"{model}-deployment-1a2b3c4d"
+    return {
+        "canary": canary(model, target, phase, [f"{model}-config-{tracked}"], failed_checks=5),
+        "deployments": [
+            deployment(target, "hash-new", f"{model}-config-new"),
+            deployment(f"{target}-primary", primary_hash, f"{model}-config-{primary_hash}-primary"),
+        ],
+    }
+
+
+@pytest.fixture
+def cluster(monkeypatch, tmp_path):
+    """Starts a fake Kubernetes API server with these timelines; KUBECONFIG points at it."""
+    servers = []
+
+    def start(timelines: dict) -> FakeKubernetes:
+        server = FakeKubernetes("models", timelines).start()
+        servers.append(server)
+        monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig", PROD_CONTEXT)))
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def smoke_prod(server_url: str, *options: str) -> int:
+    return main(["smoke", "--stack", "prod", "--base-url", server_url, "--poll-interval", "0.01", *options])
+
+
+def test_smoke_waits_for_flaggers_promotion_then_smokes(tf_serving, cluster, capsys):
+    models = tf_serving(HEALTHY)
+    kubernetes = cluster(
+        {
+            # Flagger has not noticed `pulumi up` yet, then analyses, then promotes.
+            "iris": [
+                rollout("iris", "Succeeded", "hash-old", tracked="old"),
+                rollout("iris", "Progressing", "hash-old"),
+                rollout("iris", "Promoting", "hash-new"),
+                rollout("iris", "Succeeded", "hash-new"),
+            ],
+            "taxi-fare": [rollout("taxi-fare", "Initialized", "hash-new")],  # its first deployment
+        }
+    )
+    assert smoke_prod(models.url) == 0
+    out = capsys.readouterr().out
+    assert "rollout iris: waiting (phase Succeeded; waiting for the primary to serve this revision)" in out
+    assert (
+        "rollout iris: promoted (phase Succeeded;" in out and "rollout taxi-fare: promoted (phase Initialized;" in out
+    )
+    # The smoke test ran after both verdicts.
+    assert out.index("rollout iris: promoted") < out.index("4 checks passed, 0 failed")
+    assert kubernetes.steps["iris"] == 3
+
+
+def test_a_failed_analysis_fails_the_stage_without_smoking(tf_serving, cluster, capsys):
+    models = tf_serving(HEALTHY)
+    cluster(
+        {
+            "iris": [rollout("iris", "Progressing", "hash-old"), rollout("iris", "Failed", "hash-old")],
+            "taxi-fare": [rollout("taxi-fare", "Succeeded", "hash-new")],
+        }
+    )
+    assert smoke_prod(models.url) == 1
+    captured = capsys.readouterr()
+    assert "modelctl smoke: iris: rollout failed: Flagger's analysis of iris-deployment-1a2b3c4d failed" in captured.err
+    assert models.requests == []
+
+
+def test_no_verdict_within_the_timeout_fails_naming_the_model_and_phase(tf_serving, cluster, capsys):
+    models = tf_serving(HEALTHY)
+    cluster(
+        {
+            "iris": [rollout("iris", "Progressing", "hash-old")],
+            "taxi-fare": [rollout("taxi-fare", "Succeeded", "hash-new")],
+        }
+    )
+    assert smoke_prod(models.url, "--rollout-timeout", "0.05") == 1
+    err = capsys.readouterr().err
+    assert "modelctl smoke: iris: no verdict from Flagger within 0.05 s (last phase: Progressing;" in err
+    assert "taxi-fare" not in err and models.requests == []
+
+
+def test_an_unreachable_cluster_is_one_line(tf_serving, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert smoke_prod(tf_serving(HEALTHY).url) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("modelctl smoke: cannot use the kubeconfig (context 'prod-eu-west-1'): ")
+
+
+def test_no_wait_and_bad_durations(tf_serving, capsys):
+    assert main(["smoke", "--stack", "prod", "--base-url", tf_serving(HEALTHY).url, "--no-wait"]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        main(["smoke", "--stack", "prod", "--rollout-timeout", "-1"])
+    assert exit_.value.code == 1
+    assert "argument --rollout-timeout: -1: seconds are a finite number, 0 or more" in capsys.readouterr().err
+
+
+def test_smoke_help_says_exit_codes_and_an_example(capsys):
+    with pytest.raises(SystemExit):
+        main(["smoke", "--help"])
+    out = capsys.readouterr().out
+    assert "exit codes:\n  0  every check passed" in out and "example:\n  modelctl smoke --stack prod" in out
+    assert "--rollout-timeout SECONDS" in out and "--no-wait" in out

@@ -8,13 +8,14 @@ every step and rolls back on failure (fluxcd/flagger pkg/router/gateway_api.go).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.model import tfserving
-from infra.model.observability import REQUEST_COUNT, REQUEST_LATENCY_BUCKET
+from infra.model.observability import latency_quantile, success_ratio
 from infra.model.routing import route_path
 from infra.model.workload import model_selector
 from infra.platform.network import platform_labels
@@ -24,6 +25,8 @@ from infra.spec.settings import StackSettings
 FLAGGER_API = "flagger.app/v1beta1"
 SUCCESS_RATE = "success-rate"
 LATENCY = "latency-p99"
+# Containers Flagger's port discovery skips (pkg/canary/util.go L31-L34).
+FLAGGER_SIDECARS = frozenset({"istio-proxy", "envoy"})
 
 
 def _metadata(model: ServedModel, settings: StackSettings) -> k8s.meta.v1.ObjectMetaArgs:
@@ -40,13 +43,13 @@ def metric_templates(model: ServedModel, settings: StackSettings) -> dict[str, d
     provider = {"type": "prometheus", "address": delivery.prometheus_address}
     pods = '{{ namespace }}", pod=~"{{ target }}-[0-9a-zA-Z]+(-[0-9a-zA-Z]+)'
     where = f'namespace="{pods}", model_name="{model.name}"'
-    success_rate = (
-        f'100 * sum(rate({REQUEST_COUNT}{{{where}, status="OK"}}[{{{{ interval }}}}])) '
-        f"/ sum(rate({REQUEST_COUNT}{{{where}}}[{{{{ interval }}}}]))"
-    )
-    latency_ms = (
-        f"histogram_quantile(0.99, sum by (le) (rate({REQUEST_LATENCY_BUCKET}{{{where}}}[{{{{ interval }}}}]))) / 1000"
-    )
+    interval = "{{ interval }}"
+    # Prediction calls only: the kubelet's probes would count as fast successes
+    # (infra/model/observability.py explains the metrics and cites TF-Serving). Without
+    # prediction traffic the query has no value, which Flagger counts as a failed check
+    # (pkg/controller/scheduler_metrics.go L318-L324, scheduler.go L461-L462).
+    success_rate = f"100 * {success_ratio(where, interval)}"
+    latency_ms = f"{latency_quantile(0.99, where, interval)} / 1000"
     return {
         SUCCESS_RATE: {
             "api_version": FLAGGER_API,
@@ -98,6 +101,12 @@ def canary(
                 "port": tfserving.REST_PORT,
                 "targetPort": "http",
                 "portName": "http",
+                # Without discovery Flagger's apex, primary and canary Services carry only
+                # `port` (pkg/router/kubernetes_default.go L103-L115); with it they also carry
+                # every other container port, named as in the pod (L128-L141, getPorts in
+                # pkg/canary/util.go L36-L70, called at pkg/canary/deployment_controller.go
+                # L227-L230): gRPC 8500 is reachable. fluxcd/flagger@v1.44.0.
+                "portDiscovery": True,
                 "hosts": [settings.routing.host],
                 "gatewayRefs": [gateway_ref],
                 "match": [{"uri": {"prefix": route_path(model.name)}}],
@@ -128,3 +137,33 @@ def canary(
             },
         },
     }
+
+
+def generated_service_ports(
+    service: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
+) -> dict[str, tuple[int, int | str]]:
+    """Ports of the Services Flagger generates for a Canary, name -> (port, targetPort), from the
+    Canary's `spec.service` and the target pod template's containers (Kubernetes JSON spelling).
+
+    Emulates fluxcd/flagger@v1.44.0: the first port is `service.port` named `service.portName`
+    (default `http`), targeting `service.targetPort` or else `service.port`
+    (pkg/router/kubernetes_default.go L88-L115); with `portDiscovery`, every container port
+    but the service's own (matched by number, or by name when `targetPort` is a name) and
+    those of mesh sidecars, named after the container port or `tcp-<container>-<index>`,
+    port = targetPort = containerPort (pkg/canary/util.go L31-L70; kubernetes_default.go L128-L141).
+    """
+    port = service["port"]
+    target = service.get("targetPort") or port
+    ports: dict[str, tuple[int, int | str]] = {service.get("portName") or "http": (port, target)}
+    if not service.get("portDiscovery"):
+        return ports
+    for container in containers:
+        if container["name"] in FLAGGER_SIDECARS:
+            continue
+        for index, container_port in enumerate(container.get("ports") or []):
+            number, name = container_port["containerPort"], container_port.get("name")
+            if (number == target) if isinstance(target, int) else (name == target):
+                continue
+            discovered = name or f"tcp-{container['name']}-{index}"
+            ports[discovered] = (number, number)
+    return ports

@@ -1,9 +1,29 @@
 """Monitoring of one model: ServiceMonitor, PrometheusRule alerts and a Grafana dashboard (pure builders).
 
 Metric names are TF-Serving's Prometheus export (`--monitoring_config_file`): TensorFlow's
-`/tensorflow/serving/request_count` becomes `:tensorflow:serving:request_count`, labelled
-`model_name` and `status`; `request_latency` is a histogram in microseconds. Replica and
-autoscaler figures come from kube-state-metrics, which kube-prometheus-stack installs.
+`/tensorflow/serving/request_count` becomes `:tensorflow:serving:request_count`
+(tensorflow_serving/util/prometheus_exporter.cc L42-L63), labelled `model_name` and
+`status`; `request_latency` is a histogram in microseconds, exported as `_bucket`, `_sum`
+and `_count` (prometheus_exporter.cc L69-L109). Replica, autoscaler and pod-state figures
+come from kube-state-metrics, which kube-prometheus-stack installs.
+
+Every SLO query measures prediction calls only. TF-Serving counts every REST call in
+`request_count` (labels `model_name`, `status`; no API label: servables/tensorflow/util.cc
+L66-L68, L117-L123) and, on success only, records `request_latency` with `API` = the call's
+method (model_servers/http_server.cc L194-L201, ProcessRequest): `predict`, `classify` or
+`regress` on REST (http_rest_api_handler.cc L85-L96), `Predict`, `Classify`, `Regress` on
+gRPC (prediction_service_impl.cc L53, L92, L120), and empty for the status and metadata
+GETs (L97-L104) that the kubelet's probes send every few seconds per pod. Counted naively,
+those probes are fast successes that dilute the success rate and the latency. So:
+- successful predictions: `request_latency_count{API=~PREDICTION_APIS}`;
+- failed calls: `request_count{status!="OK"}`. It has no API label, but probes essentially
+  never fail on a pod that serves: `Server::BuildAndStart` loads the models
+  (`ServerCore::Create`, model_servers/server.cc L332) before it starts the HTTP server
+  (`CreateAndStartHttpServer`, server.cc L446), and a failed initial load ends the process
+  (main.cc L341-L346); so what fails is, in practice, prediction calls (and a client asking
+  for a model or version that does not exist, which is a failure worth seeing).
+- success rate = successful predictions / (successful predictions + failed calls).
+(tensorflow/serving@9d981c5, cited as tensorflow_serving/<path>.)
 """
 
 from __future__ import annotations
@@ -22,9 +42,15 @@ from infra.spec.settings import StackSettings
 MONITORING_API = "monitoring.coreos.com/v1"
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY_BUCKET = ":tensorflow:serving:request_latency_bucket"
-LOAD_ATTEMPTS = ":tensorflow:cc:saved_model:load_attempt_count"
+REQUEST_LATENCY_COUNT = ":tensorflow:serving:request_latency_count"
+# The `API` label values of prediction calls (REST lower case, gRPC capitalised; see above).
+PREDICTION_APIS = "predict|classify|regress|Predict|Classify|Regress"
+PREDICTION_FILTER = f'API=~"{PREDICTION_APIS}"'
+FAILED_FILTER = 'status!="OK"'
 SCRAPE_INTERVAL = "30s"
 ALERT_WINDOW = "5m"
+# Waiting reasons of a container that will not start by itself (kubelet's own reason strings).
+STUCK_REASONS = "CrashLoopBackOff|CreateContainerConfigError|ErrImagePull|ImagePullBackOff"
 DASHBOARD_LABEL = "grafana_dashboard"  # what Grafana's dashboard sidecar watches for
 
 
@@ -35,6 +61,65 @@ def _prometheus_label(kubernetes_label: str) -> str:
 
 def selectors(model: ServedModel, namespace: str) -> str:
     return f'namespace="{namespace}", model_name="{model.name}"'
+
+
+def _grouping(by: str) -> str:
+    return f" by ({by})" if by else ""
+
+
+def successful_predictions(where: str, window: str, by: str = "") -> str:
+    """Rate of prediction calls that succeeded (probes excluded: they carry no prediction API)."""
+    return f"sum{_grouping(by)} (rate({REQUEST_LATENCY_COUNT}{{{where}, {PREDICTION_FILTER}}}[{window}]))"
+
+
+def failed_calls(where: str, window: str, by: str = "") -> str:
+    """Rate of calls that failed (`request_count` has no API label; probes do not fail, see above)."""
+    return f"sum{_grouping(by)} (rate({REQUEST_COUNT}{{{where}, {FAILED_FILTER}}}[{window}]))"
+
+
+def _or_zero(present: str, other: str) -> str:
+    # A series exists only once it has been incremented: with no failure yet (or no success
+    # left) one side is empty, and `a + empty` is empty in PromQL. `or other * 0` fills a
+    # zero for every group the other side has, so the ratio still has a value.
+    return f"({present} or {other} * 0)"
+
+
+def prediction_calls(where: str, window: str, by: str = "") -> str:
+    """Rate of prediction calls, successful or failed."""
+    ok, failed = successful_predictions(where, window, by), failed_calls(where, window, by)
+    return f"({_or_zero(ok, failed)} + {_or_zero(failed, ok)})"
+
+
+def success_ratio(where: str, window: str, by: str = "") -> str:
+    """Successful predictions / (successful predictions + failed calls), 0 to 1."""
+    ok, failed = successful_predictions(where, window, by), failed_calls(where, window, by)
+    return f"{_or_zero(ok, failed)} / {prediction_calls(where, window, by)}"
+
+
+def error_ratio(where: str, window: str, by: str = "") -> str:
+    """Failed calls / (successful predictions + failed calls), 0 to 1."""
+    ok, failed = successful_predictions(where, window, by), failed_calls(where, window, by)
+    return f"{_or_zero(failed, ok)} / {prediction_calls(where, window, by)}"
+
+
+def latency_quantile(quantile: float, where: str, window: str, by: str = "") -> str:
+    """A quantile of the latency of successful prediction calls, in microseconds."""
+    grouping = ", ".join(["le", *([by] if by else [])])
+    return (
+        f"histogram_quantile({quantile:g}, sum by ({grouping}) "
+        f"(rate({REQUEST_LATENCY_BUCKET}{{{where}, {PREDICTION_FILTER}}}[{window}])))"
+    )
+
+
+def pod_name_pattern(model_name: str) -> str:
+    """A regex of the names of the model's pods, every track, with or without Flagger.
+
+    Pods of a Deployment are `<deployment>-<pod-template-hash>-<suffix>`; our Deployments are
+    Pulumi auto-named `<model>-deployment-<hex>` (`<model>-canary-deployment-<hex>` for a
+    canary track; infra/model/component.py) and Flagger's clone is `<target>-primary`
+    (fluxcd/flagger pkg/canary/deployment_controller.go L236).
+    """
+    return f"{model_name}(-canary)?-deployment-[0-9a-f]+(-primary)?-[0-9a-z]+-[0-9a-z]+"
 
 
 def service_monitor(model: ServedModel, settings: StackSettings) -> dict[str, Any]:
@@ -71,7 +156,6 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
     latency_us = slo.latency_p99_ms * 1000
     hpa = f"{model.name}-hpa-.+"  # the stable track's autoscaler (Pulumi auto-names it)
     labels = {"model": model.name, "namespace": namespace}
-    base_path = tfserving.model_base_path(model.name)
 
     def alert(name: str, expr: str, duration: str, severity: str, summary: str) -> dict[str, Any]:
         return {
@@ -82,6 +166,18 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
             "annotations": {"summary": summary, "model": model.name},
         }
 
+    pods = f'namespace="{namespace}", pod=~"{pod_name_pattern(model.name)}"'
+    # Kubernetes' own reasons for a container that cannot start; kube-state-metrics exports the
+    # current one, value 1, while the container waits (docs/metrics/workload/pod-metrics.md
+    # L21, L45; internal/store/pod.go L564-L588), and the init container's `Error` exit
+    # (pod-metrics.md L48). kubernetes/kube-state-metrics@c92fe0c (v2.20.0+11).
+    stuck = f'{pods}, reason=~"{STUCK_REASONS}"'
+    not_starting = (
+        f"max by (pod) (max_over_time(kube_pod_container_status_waiting_reason{{{stuck}}}[{ALERT_WINDOW}]) "
+        f"or max_over_time(kube_pod_init_container_status_waiting_reason{{{stuck}}}[{ALERT_WINDOW}]) "
+        f'or max_over_time(kube_pod_init_container_status_terminated_reason{{{pods}, reason="Error"}}'
+        f"[{ALERT_WINDOW}])) >= 1"
+    )
     return [
         alert(
             "ModelNoReadyReplica",
@@ -94,19 +190,18 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
         ),
         alert(
             "ModelErrorRatioAboveSLO",
-            f'sum(rate({REQUEST_COUNT}{{{where}, status!="OK"}}[{ALERT_WINDOW}])) '
-            f"/ sum(rate({REQUEST_COUNT}{{{where}}}[{ALERT_WINDOW}])) > {error_budget}",
+            f"{error_ratio(where, ALERT_WINDOW)} > {error_budget}",
             "10m",
             "critical",
-            f"{model.name}: more than {error_budget:.2%} of requests fail (SLO availability {slo.availability})",
+            f"{model.name}: more than {error_budget:.2%} of prediction calls fail "
+            f"(SLO availability {slo.availability})",
         ),
         alert(
             "ModelLatencyP99AboveSLO",
-            f"histogram_quantile(0.99, sum by (le) (rate({REQUEST_LATENCY_BUCKET}{{{where}}}[{ALERT_WINDOW}]))) "
-            f"> {latency_us:g}",
+            f"{latency_quantile(0.99, where, ALERT_WINDOW)} > {latency_us:g}",
             "10m",
             "warning",
-            f"{model.name}: p99 latency above {slo.latency_p99_ms:g} ms",
+            f"{model.name}: p99 latency of prediction calls above {slo.latency_p99_ms:g} ms",
         ),
         alert(
             "ModelAutoscalerAtMax",
@@ -118,12 +213,19 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
             f"{model.name}: the autoscaler is pinned at its maximum; raise max_replicas or resources",
         ),
         alert(
-            "ModelVersionFailedToLoad",
-            f'sum(increase({LOAD_ATTEMPTS}{{namespace="{namespace}", model_path=~"{base_path}/.*", '
-            f'status!="success"}}[15m])) > 0',
-            "0m",
+            # A version that fails to load cannot be seen in TF-Serving's metrics: a failed initial
+            # load ends the server before it exports any (server_core.cc L741-L763
+            # ConnectSourcesWithFastInitialLoad -> load_servables_fast.cc L84-L118 UnknownError ->
+            # main.cc L341-L346 "Failed to start server", return -1). What can be seen is the pod
+            # that never starts: the server (or the fetcher of a missing or corrupt artifact)
+            # restarting in CrashLoopBackOff, or an image or config that cannot be pulled or
+            # mounted. `max_over_time` bridges the moments between restarts; 15m outlasts the
+            # kubelet's restart back-off (capped at 5 minutes) so one slow start does not page.
+            "ModelPodsNotStarting",
+            not_starting,
+            "15m",
             "critical",
-            f"{model.name}: a served version failed to load",
+            f"{model.name}: pod {{{{ $labels.pod }}}} cannot start (crash loop, failed fetch or image pull)",
         ),
     ]
 
@@ -138,7 +240,8 @@ def prometheus_rule(model: ServedModel, settings: StackSettings) -> dict[str, An
 
 
 def dashboard(model: ServedModel, namespace: str) -> dict[str, Any]:
-    """A Grafana dashboard (JSON model): requests, errors, latency quantiles and replicas, per version."""
+    """A Grafana dashboard (JSON model): prediction calls, their errors and latency quantiles, and
+    replicas, per version."""
     where = selectors(model, namespace)
 
     def panel(number: int, title: str, unit: str, targets: list[tuple[str, str]]) -> dict[str, Any]:
@@ -160,31 +263,20 @@ def dashboard(model: ServedModel, namespace: str) -> dict[str, Any]:
             1,
             "Requests per second",
             "reqps",
-            [
-                (f"sum by (version) (rate({REQUEST_COUNT}{{{where}}}[5m]))", "v{{version}}"),
-            ],
+            [(prediction_calls(where, "5m", by="version"), "v{{version}}")],
         ),
         panel(
             2,
             "Error ratio",
             "percentunit",
-            [
-                (
-                    f'sum by (version) (rate({REQUEST_COUNT}{{{where}, status!="OK"}}[5m])) '
-                    f"/ sum by (version) (rate({REQUEST_COUNT}{{{where}}}[5m]))",
-                    "v{{version}}",
-                ),
-            ],
+            [(error_ratio(where, "5m", by="version"), "v{{version}}")],
         ),
         panel(
             3,
             "Latency",
             "µs",
             [
-                (
-                    f"histogram_quantile({q}, sum by (le, version) (rate({REQUEST_LATENCY_BUCKET}{{{where}}}[5m])))",
-                    f"p{int(q * 100)} v{{{{version}}}}",
-                )
+                (latency_quantile(q, where, "5m", by="version"), f"p{int(q * 100)} v{{{{version}}}}")
                 for q in (0.5, 0.9, 0.99)
             ],
         ),

@@ -190,12 +190,47 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     settings = load_stack_settings(args.root, args.stack)
     base_url = args.base_url or f"https://{settings.routing.host}"
     models = served_in(load_manifests(args.root), settings.environment)
+    if settings.flagger and not args.no_wait and not _await_flagger(args, settings, [m.name for m in models]):
+        return EXIT_ERROR
     checks = [check for model in models for check in smoke_model(model, base_url, args.timeout)]
     for check in checks:
         print(check)
     failed = [c for c in checks if not c.ok]
     print(f"{len(models)} models at {base_url}: {len(checks) - len(failed)} checks passed, {len(failed)} failed")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _await_flagger(args: argparse.Namespace, settings, models: list[str]) -> bool:
+    """On a Flagger stack `pulumi up` returns before Flagger has promoted: wait for its verdict."""
+    from scripts.modelctl.rollout import ClusterReader, Outcome, RolloutError, wait_for_rollouts
+
+    target = settings.kubernetes
+    print(f"waiting up to {args.rollout_timeout:g} s for Flagger's verdict on {len(models)} model(s)")
+    try:
+        reader = ClusterReader(
+            settings.namespace, context=target and target.context, kubeconfig=target and target.kubeconfig
+        )
+        verdicts = wait_for_rollouts(
+            models,
+            reader,
+            timeout=args.rollout_timeout,
+            poll_interval=args.poll_interval,
+            report=lambda verdict: print(f"rollout {verdict}", flush=True),
+        )
+    except RolloutError as exc:
+        print(f"modelctl smoke: {exc}", file=sys.stderr)
+        return False
+    unsettled = [v for v in verdicts if v.outcome is not Outcome.promoted]
+    for verdict in unsettled:
+        if verdict.outcome is Outcome.failed:
+            print(f"modelctl smoke: {verdict.model}: rollout failed: {verdict.detail}", file=sys.stderr)
+        else:
+            print(
+                f"modelctl smoke: {verdict.model}: no verdict from Flagger within {args.rollout_timeout:g} s "
+                f"(last phase: {verdict.phase or 'none'}; {verdict.detail})",
+                file=sys.stderr,
+            )
+    return not unsettled
 
 
 def cmd_codeowners(args: argparse.Namespace) -> int:
@@ -222,6 +257,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: versions start at 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: seconds are a finite number, 0 or more")
     return value
 
 
@@ -304,10 +349,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.set_defaults(func=cmd_promote)
 
-    smoke = commands.add_parser("smoke", help="call every model's REST status and one predict")
+    from scripts.modelctl.rollout import POLL_INTERVAL_SECONDS, ROLLOUT_TIMEOUT_SECONDS
+
+    smoke = commands.add_parser(
+        "smoke",
+        help="call every model's REST status and one predict (after Flagger's verdict on Flagger stacks)",
+        description=(
+            "Call every model's REST status and one predict with its example request. On a stack with\n"
+            "progressive delivery (Flagger), first wait until Flagger has promoted each model's new\n"
+            "revision, reading the cluster of the stack's kubernetes.context (or KUBECONFIG)."
+        ),
+        epilog=(
+            "exit codes:\n"
+            "  0  every check passed (on a Flagger stack, after Flagger promoted every model)\n"
+            "  1  a check failed, Flagger's analysis failed (it rolled back), no verdict within\n"
+            "     --rollout-timeout, the cluster could not be read, or bad input\n"
+            "\n"
+            "example:\n"
+            "  modelctl smoke --stack prod --rollout-timeout 1800"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     smoke.add_argument("--stack", required=True)
     smoke.add_argument("--base-url", help="default: https://<the stack's host>")
     smoke.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    smoke.add_argument(
+        "--rollout-timeout",
+        type=_seconds,
+        default=ROLLOUT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help=f"Flagger stacks: how long to wait for the verdicts (default {ROLLOUT_TIMEOUT_SECONDS})",
+    )
+    smoke.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=POLL_INTERVAL_SECONDS,
+        metavar="SECONDS",
+        help=f"Flagger stacks: seconds between reads of the Canaries (default {POLL_INTERVAL_SECONDS})",
+    )
+    smoke.add_argument("--no-wait", action="store_true", help="Flagger stacks: smoke at once, without waiting")
     smoke.set_defaults(func=cmd_smoke)
 
     owners = commands.add_parser("codeowners", help="print .github/CODEOWNERS from the manifests' owners")
