@@ -138,6 +138,41 @@ def test_every_job_of_every_workflow_has_steps_or_calls_a_workflow():
                 assert need in workflow["jobs"], f"{path.name}: {name} needs unknown {need}"
 
 
+# The first major of each action whose action.yml runs on node24; every earlier major runs on
+# node20, which GitHub removed from its runners in September 2026 (runs.using in action.yml:
+# actions/checkout@v5 L116, actions/setup-python@v6 L44, actions/upload-artifact@v6 L68 (v5 is
+# still node20), actions/download-artifact@v7 L42 (v6 is still node20),
+# aws-actions/configure-aws-credentials@v6 L4, pulumi/actions@v7 L143, actions/github-script@v8 L39).
+FIRST_NODE24_MAJOR = {
+    "actions/checkout": 5,
+    "actions/setup-python": 6,
+    "actions/upload-artifact": 6,
+    "actions/download-artifact": 7,
+    "aws-actions/configure-aws-credentials": 6,
+    "pulumi/actions": 7,
+    "actions/github-script": 8,
+}
+
+
+def steps_of_every_workflow():
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for job_name, job in load(path.name)["jobs"].items():
+            for step in job.get("steps", []):
+                yield f"{path.name}: {job_name}", step
+
+
+def test_no_workflow_uses_an_action_major_that_runs_on_node20():
+    used = set()
+    for where, step in steps_of_every_workflow():
+        action, _, ref = step.get("uses", "").partition("@")
+        if action not in FIRST_NODE24_MAJOR:
+            continue
+        used.add(action)
+        major = int(ref.removeprefix("v").split(".")[0])
+        assert major >= FIRST_NODE24_MAJOR[action], f"{where}: {action}@{ref} runs on node20"
+    assert {"actions/checkout", "pulumi/actions"} <= used, "the table no longer matches the workflows"
+
+
 def test_codeowners_makes_each_manifests_owner_its_reviewer():
     from infra.spec.manifest import load_manifests
     from scripts.modelctl.cli import codeowners
