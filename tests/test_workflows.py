@@ -45,6 +45,29 @@ def test_pulumi_preview_runs_per_stack_only_with_credentials():
     assert action["with"]["comment-on-pr"] is True
 
 
+def test_pulumi_preview_has_read_only_oidc_credentials_for_the_artifact_checks():
+    workflow = load("preview.yml")
+    job = workflow["jobs"]["pulumi-preview"]
+    assert job["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
+    steps = job["steps"]
+    login = next(
+        i for i, s in enumerate(steps) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
+    )
+    assert steps[login]["with"] == {
+        "role-to-assume": "${{ vars.AWS_PREVIEW_ROLE_ARN }}",
+        "aws-region": "${{ vars.AWS_REGION }}",
+    }
+    preview = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("pulumi/actions@"))
+    assert login < preview, "credentials before the preview runs the artifact checks"
+    # Without the role the preview would fail its artifact checks: the job is skipped instead.
+    check = workflow["jobs"]["credentials"]["steps"][0]
+    assert check["env"]["AWS_PREVIEW_ROLE_ARN"] == "${{ vars.AWS_PREVIEW_ROLE_ARN }}"
+    assert '[ -n "$AWS_PREVIEW_ROLE_ARN" ]' in check["run"]
+    # Nothing else in the workflow may write with OIDC: the offline plan runs with no credentials.
+    assert "id-token" not in workflow["permissions"]
+    assert "id-token" not in workflow["jobs"]["offline-plan"]["permissions"]
+
+
 def test_fork_comments_come_from_the_artifact_without_running_fork_code():
     workflow = load("preview-comment.yml")
     assert workflow["on"]["workflow_run"]["workflows"] == ["preview"]
@@ -171,6 +194,19 @@ def test_no_workflow_uses_an_action_major_that_runs_on_node20():
         major = int(ref.removeprefix("v").split(".")[0])
         assert major >= FIRST_NODE24_MAJOR[action], f"{where}: {action}@{ref} runs on node20"
     assert {"actions/checkout", "pulumi/actions"} <= used, "the table no longer matches the workflows"
+
+
+def test_every_job_has_a_timeout():
+    # GitHub's default is 360 minutes; a hung `pulumi up` or preview should free the runner (and
+    # the deploy concurrency group) long before that. A job calling a reusable workflow takes no
+    # timeout-minutes: the called workflow's jobs carry it.
+    for path in WORKFLOWS.glob("*.yml"):
+        for name, job in load(path.name)["jobs"].items():
+            if "uses" in job:
+                assert "timeout-minutes" not in job, f"{path.name}: {name}"
+                assert (ROOT / job["uses"]).is_file(), f"{path.name}: {name}"
+            else:
+                assert 0 < job.get("timeout-minutes", 0) <= 60, f"{path.name}: {name} needs timeout-minutes"
 
 
 def test_codeowners_makes_each_manifests_owner_its_reviewer():
