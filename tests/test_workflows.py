@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.shell_scripts import is_shell_script, shell_scripts
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 UPSERT = ROOT / ".github" / "scripts" / "upsert-comment.sh"
+# requirements-dev.txt installs it beside the interpreter running the tests.
+ACTIONLINT = Path(sys.executable).parent / "actionlint"
 
 
 def load(name: str) -> dict:
@@ -207,6 +213,78 @@ def test_every_job_has_a_timeout():
                 assert (ROOT / job["uses"]).is_file(), f"{path.name}: {name}"
             else:
                 assert 0 < job.get("timeout-minutes", 0) <= 60, f"{path.name}: {name} needs timeout-minutes"
+
+
+def require_shellcheck() -> str:
+    found = shutil.which("shellcheck")
+    if found is None:
+        pytest.fail("shellcheck is not installed: `apt-get install shellcheck` (`make test` does it as root)")
+    return found
+
+
+def actionlint(*workflows: Path) -> subprocess.CompletedProcess:
+    if not ACTIONLINT.is_file():
+        pytest.fail(f"{ACTIONLINT} is missing: pip install -r requirements-dev.txt")
+    # Named explicitly: without shellcheck, actionlint skips `run:` blocks without a word.
+    command = [str(ACTIONLINT), "-no-color", "-shellcheck", require_shellcheck(), *map(str, workflows)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_actionlint_finds_nothing_in_any_workflow():
+    workflows = sorted(WORKFLOWS.glob("*.y*ml"))
+    assert len(workflows) >= 4
+    result = actionlint(*workflows)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_reports_a_node20_action_and_a_shellcheck_finding(tmp_path):
+    # The clean run above means something only if actionlint, with shellcheck, does look.
+    workflow = tmp_path / "bad.yml"
+    workflow.write_text(
+        "on: push\n"
+        "jobs:\n"
+        "  build:\n"
+        "    runs-on: ubuntu-latest\n"
+        "    timeout-minutes: 5\n"
+        "    steps:\n"
+        "      - uses: actions/checkout@v4\n"
+        "      - run: echo $GITHUB_SHA > $RUNNER_TEMP/sha\n"
+    )
+    result = actionlint(workflow)
+    assert result.returncode == 1
+    assert 'runtime "node20" is deprecated' in result.stdout
+    assert "SC2086" in result.stdout
+
+
+def test_shellcheck_finds_nothing_in_any_shell_script():
+    scripts = shell_scripts()
+    expected = {".ci/run", ".github/scripts/upsert-comment.sh", "infra/model/fetch_models.sh"}
+    assert expected <= {str(path) for path in scripts}
+    result = subprocess.run(
+        [require_shellcheck(), *map(str, scripts)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shellcheck_reports_an_unquoted_expansion(tmp_path):
+    script = tmp_path / "bad.sh"
+    script.write_text("#!/bin/sh\nrm -rf $1/cache\n")
+    result = subprocess.run([require_shellcheck(), str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "SC2086" in result.stdout
+
+
+def test_shell_scripts_are_found_by_name_or_shebang(tmp_path):
+    cases = {
+        "a.sh": "echo\n",
+        "run": "#!/usr/bin/env bash\n",
+        "init": "#!/bin/sh -eu\n",
+        "tool": "#!/usr/bin/env python3\n",
+        "notes": "plain text\n",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    found = {name for name in cases if is_shell_script(tmp_path / name)}
+    assert found == {"a.sh", "run", "init"}
 
 
 def test_codeowners_makes_each_manifests_owner_its_reviewer():
