@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY_VENV := .venv-policy
 POLICY_STAMP := $(POLICY_VENV)/.installed
 
-.PHONY: install demo test test-fast lint schema policy-config codeowners bench clean
+.PHONY: install demo test test-fast lint shellcheck-installed schema policy-config codeowners bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,21 +21,35 @@ $(POLICY_STAMP): policy/requirements.txt
 	$(POLICY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r policy/requirements.txt
 	touch $(POLICY_STAMP)
 
+# shellcheck is a Debian package, not a Python requirement: install it when it is missing
+# (CI runs .ci/run as root on a fresh machine; elsewhere run the apt-get line as root).
+# `make test` needs it too: tests/test_workflows.py runs it, and actionlint checks `run:`
+# blocks with it only when it is on PATH (otherwise silently not).
+shellcheck-installed:
+	@command -v shellcheck > /dev/null || { \
+	  echo "shellcheck is missing: installing Debian's package"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; \
+	} || { echo "could not install shellcheck: run 'apt-get install shellcheck' as root" >&2; exit 1; }
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/modelctl validate
 	$(BIN)/python -m scripts.demo
 
-test: $(STAMP) $(POLICY_STAMP)
+test: $(STAMP) $(POLICY_STAMP) shellcheck-installed
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) $(POLICY_STAMP)
+test-fast: $(STAMP) $(POLICY_STAMP) shellcheck-installed
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP)
+# actionlint checks every workflow under .github/workflows (and their `run:` blocks with
+# shellcheck); shellcheck checks every shell script that tests/shell_scripts.py lists.
+lint: $(STAMP) shellcheck-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/actionlint
+	shellcheck $$($(BIN)/python -m tests.shell_scripts)
 
 policy-config: $(STAMP)
 	for stack in $$($(BIN)/python -c 'from infra.spec.settings import stack_names; from pathlib import Path; print(*stack_names(Path(".")))'); do $(BIN)/modelctl policy-config --stack $$stack > policy/config/$$stack.json; done

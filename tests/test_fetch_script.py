@@ -48,11 +48,15 @@ def store(s3_server):
     return s3_server, bucket, put_version
 
 
-def fetch(s3_server, bucket: str, model_dir: Path, *specs: str, tmp: Path) -> subprocess.CompletedProcess:
+def fetch(
+    s3_server, bucket: str, model_dir: Path, *specs: str, tmp: Path, stubs: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run the script; commands in `stubs` come first on PATH."""
     script = tmp / "fetch-models.sh"
     script.write_text(fetch_script())
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     env = {
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PATH": f"{stubs}:{path}" if stubs else path,
         "HOME": str(tmp),
         "MODEL_SOURCE": f"s3://{bucket}/serving/iris",
         "MODEL_DIR": str(model_dir),
@@ -112,4 +116,34 @@ def test_refuses_a_version_without_its_commit_marker(store, tmp_path):
     result = fetch(server, bucket, tmp_path / "m", f"1={digest}", tmp=tmp_path)
     assert result.returncode == 1
     assert "version 1 is not committed" in result.stderr
+    assert not (tmp_path / "m" / "1").exists()
+
+
+def stub_sha256sum(tmp: Path, body: str) -> Path:
+    """A directory holding a `sha256sum` that runs `body` instead of hashing."""
+    stubs = tmp / "stubs"
+    stubs.mkdir()
+    (stubs / "sha256sum").write_text(f"#!/bin/sh\n{body}\n")
+    (stubs / "sha256sum").chmod(0o755)
+    return stubs
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ('echo "sha256sum: not found" >&2; exit 127', "sha256sum failed"),
+        ("echo 'hash-of-nothing  -'", "not 64 hex digits"),
+        ("exit 0", "not 64 hex digits"),
+    ],
+    ids=["fails", "prints-garbage", "prints-nothing"],
+)
+def test_says_so_when_hashing_fails_instead_of_reporting_an_empty_digest(store, tmp_path, body, reason):
+    server, bucket, put_version = store
+    digest = put_version(1)
+    stubs = stub_sha256sum(tmp_path, body)
+    result = fetch(server, bucket, tmp_path / "m", f"1={digest}", tmp=tmp_path, stubs=stubs)
+    assert result.returncode == 1
+    assert f"version 1: cannot hash s3://{bucket}/serving/iris/1/{CHECKSUMS_FILE}: " in result.stderr
+    assert reason in result.stderr
+    assert "has digest" not in result.stderr, "no digest may be built from a failed hash"
     assert not (tmp_path / "m" / "1").exists()

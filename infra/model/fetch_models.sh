@@ -23,6 +23,13 @@ fail() {
   exit 1
 }
 
+is_sha256_hex() {
+  case "$1" in
+    *[!0-9a-f]*) return 1 ;;
+  esac
+  [ "${#1}" -eq 64 ]
+}
+
 [ "$#" -gt 0 ] || fail "no versions to fetch"
 for spec in "$@"; do
   version="${spec%%=*}"
@@ -37,7 +44,15 @@ for spec in "$@"; do
   aws_s3 cp --only-show-errors --recursive "$source/" "$staging/" \
     || fail "cannot copy $source/"
   rm -f "$staging/$claim"  # the publisher's lock, not part of the model
-  actual="sha256:$(sha256sum "$staging/$checksums" | cut -d ' ' -f 1)"
+  # A failing sha256sum inside "sha256:$(... | cut)" would leave the empty digest "sha256:" and
+  # report a mismatch: hash on its own, and accept nothing but 64 hex digits. Read from stdin,
+  # so the line is "<hex>  -" whatever the path (GNU sha256sum escapes names with a backslash).
+  hashed=$(sha256sum < "$staging/$checksums") \
+    || fail "version $version: cannot hash $source/$checksums: sha256sum failed"
+  hex="${hashed%% *}"
+  is_sha256_hex "$hex" \
+    || fail "version $version: cannot hash $source/$checksums: sha256sum printed '$hashed', not 64 hex digits"
+  actual="sha256:$hex"
   [ "$actual" = "$expected" ] \
     || fail "version $version: $source/$checksums has digest $actual, the manifest says $expected"
   (cd "$staging" && sha256sum -c --quiet "$checksums") \
