@@ -24,9 +24,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # spec.selector.matchLabels is THE label of every object it generates
 # (fluxcd/flagger v1.44.0 cmd/flagger/main.go:116, pkg/canary/deployment_controller.go:321-333).
 FLAGGER_SELECTOR_LABELS = ("app", "name", "app.kubernetes.io/name")
-# Sidecars Flagger's port discovery skips (pkg/canary/util.go getPorts); none run here, kept
-# so the emulation follows the source.
-FLAGGER_SKIPPED_CONTAINERS = ("istio-proxy", "linkerd-proxy", "envoy", "kuma-sidecar")
+# Sidecars Flagger's port discovery skips (fluxcd/flagger v1.44.0 pkg/canary/util.go:31-34).
+FLAGGER_SIDECARS = frozenset({"istio-proxy", "envoy"})
 
 
 @dataclass(frozen=True)
@@ -167,26 +166,40 @@ def flagger_selector(deployment: Resource) -> tuple[str, str] | None:
     return None
 
 
-def _flagger_ports(canary: Resource, target: Resource) -> list[dict[str, Any]]:
-    """Ports of the Services Flagger generates: `service.port` (named `service.portName`,
-    default http), plus, with `service.portDiscovery`, every container port other than
-    service.port/targetPort (pkg/router/kubernetes_default.go:88-141, pkg/canary/util.go:36-70)."""
-    service = canary.spec.get("service") or {}
-    target_port = service.get("targetPort", service.get("port"))
-    ports = [{"name": service.get("portName") or "http", "port": service.get("port"), "targetPort": target_port}]
-    if service.get("portDiscovery"):
-        containers = ((target.spec.get("template") or {}).get("spec") or {}).get("containers") or []
-        for container in containers:
-            if container.get("name") in FLAGGER_SKIPPED_CONTAINERS:
+def generated_service_ports(
+    service: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
+) -> dict[str, tuple[int, int | str]]:
+    """Ports of the Services Flagger generates for a Canary, name -> (port, targetPort), from the
+    Canary's `spec.service` and the target pod template's containers (Kubernetes JSON spelling).
+
+    Emulates fluxcd/flagger@v1.44.0: the first port is `service.port` named `service.portName`
+    (default `http`), targeting `service.targetPort` or else `service.port`
+    (pkg/router/kubernetes_default.go L88-L115); with `portDiscovery`, every container port
+    but the service's own (matched by number, or by name when `targetPort` is a name) and
+    those of mesh sidecars, named after the container port or `tcp-<container>-<index>`,
+    port = targetPort = containerPort (pkg/canary/util.go L31-L70; kubernetes_default.go L128-L141).
+    """
+    port = service["port"]
+    target = service.get("targetPort") or port
+    ports: dict[str, tuple[int, int | str]] = {service.get("portName") or "http": (port, target)}
+    if not service.get("portDiscovery"):
+        return ports
+    for container in containers:
+        if container["name"] in FLAGGER_SIDECARS:
+            continue
+        for index, container_port in enumerate(container.get("ports") or []):
+            number, name = container_port["containerPort"], container_port.get("name")
+            if (number == target) if isinstance(target, int) else (name == target):
                 continue
-            for index, port in enumerate(container.get("ports") or []):
-                number, name = port.get("containerPort"), port.get("name")
-                if number == service.get("port") or target_port in (number, name):
-                    continue
-                ports.append(
-                    {"name": name or f"tcp-{container.get('name')}-{index}", "port": number, "targetPort": number}
-                )
+            discovered = name or f"tcp-{container['name']}-{index}"
+            ports[discovered] = (number, number)
     return ports
+
+
+def _flagger_ports(canary: Resource, target: Resource) -> list[dict[str, Any]]:
+    containers = ((target.spec.get("template") or {}).get("spec") or {}).get("containers") or []
+    ports = generated_service_ports(canary.spec.get("service") or {}, containers)
+    return [{"name": name, "port": port, "targetPort": target} for name, (port, target) in ports.items()]
 
 
 def flagger_outcome(resources: Sequence[Resource]) -> FlaggerOutcome:

@@ -8,9 +8,9 @@ import re
 import promql_parser
 import pytest
 
-from infra.model.flagger import generated_service_ports
 from infra.model.observability import PREDICTION_FILTER, pod_name_pattern
 from infra.spec.settings import load_stack_settings
+from policy.engines import generated_service_ports
 from tests.conftest import MODEL_X_STACK, ROOT, STACKS, edit_yaml
 from tests.promql_eval import evaluate, value
 from tests.test_program import DEPLOYMENT, HPA, SERVICE, children, extras, pod_spec, served

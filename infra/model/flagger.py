@@ -8,7 +8,6 @@ every step and rolls back on failure (fluxcd/flagger pkg/router/gateway_api.go).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -25,10 +24,9 @@ from infra.spec.settings import StackSettings
 FLAGGER_API = "flagger.app/v1beta1"
 SUCCESS_RATE = "success-rate"
 LATENCY = "latency-p99"
+
+
 # Containers Flagger's port discovery skips (pkg/canary/util.go L31-L34).
-FLAGGER_SIDECARS = frozenset({"istio-proxy", "envoy"})
-
-
 def _metadata(model: ServedModel, settings: StackSettings) -> k8s.meta.v1.ObjectMetaArgs:
     return k8s.meta.v1.ObjectMetaArgs(
         namespace=settings.namespace, labels=dict(platform_labels()) | model_selector(model.name)
@@ -137,33 +135,3 @@ def canary(
             },
         },
     }
-
-
-def generated_service_ports(
-    service: Mapping[str, Any], containers: Sequence[Mapping[str, Any]]
-) -> dict[str, tuple[int, int | str]]:
-    """Ports of the Services Flagger generates for a Canary, name -> (port, targetPort), from the
-    Canary's `spec.service` and the target pod template's containers (Kubernetes JSON spelling).
-
-    Emulates fluxcd/flagger@v1.44.0: the first port is `service.port` named `service.portName`
-    (default `http`), targeting `service.targetPort` or else `service.port`
-    (pkg/router/kubernetes_default.go L88-L115); with `portDiscovery`, every container port
-    but the service's own (matched by number, or by name when `targetPort` is a name) and
-    those of mesh sidecars, named after the container port or `tcp-<container>-<index>`,
-    port = targetPort = containerPort (pkg/canary/util.go L31-L70; kubernetes_default.go L128-L141).
-    """
-    port = service["port"]
-    target = service.get("targetPort") or port
-    ports: dict[str, tuple[int, int | str]] = {service.get("portName") or "http": (port, target)}
-    if not service.get("portDiscovery"):
-        return ports
-    for container in containers:
-        if container["name"] in FLAGGER_SIDECARS:
-            continue
-        for index, container_port in enumerate(container.get("ports") or []):
-            number, name = container_port["containerPort"], container_port.get("name")
-            if (number == target) if isinstance(target, int) else (name == target):
-                continue
-            discovered = name or f"tcp-{container['name']}-{index}"
-            ports[discovered] = (number, number)
-    return ports
