@@ -58,6 +58,10 @@ def point_stacks_at(root: Path, endpoint: str) -> None:
         def change(document):
             store = document["config"]["model-serving:objectStore"]
             store.update({"endpoint": endpoint, "bucket": BUCKET, "prefix": PREFIX, "region": "us-east-1"})
+            # An in-cluster store (staging's MinIO) becomes the loopback one too: plain http,
+            # reached at `endpoint` from here, so no CA bundle and no separate outside URL.
+            store.pop("caBundle", None)
+            store.pop("externalEndpoint", None)
 
         edit_yaml(stack, change)
 

@@ -20,6 +20,8 @@ RUN_AS_USER = 65532
 CONFIG_VOLUME = "config"
 MODELS_VOLUME = "models"
 TMP_VOLUME = "tmp"
+STORE_CA_VOLUME = "store-ca"
+STORE_CA_DIR = "/etc/model-serving/store-ca"
 TMP_SIZE = "64Mi"
 CONFIG_HASH_ANNOTATION = "model-serving.dev/config-hash"
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
@@ -177,6 +179,13 @@ def fetcher_container(model: ServedModel, settings: StackSettings) -> k8s.core.v
         env_from = [
             k8s.core.v1.EnvFromSourceArgs(secret_ref=k8s.core.v1.SecretEnvSourceArgs(name=store.credentials_secret))
         ]
+    ca_mounts = []
+    if store.ca_bundle:
+        # The aws CLI (botocore) trusts the bundle AWS_CA_BUNDLE names instead of its default
+        # one (botocore/configprovider.py: `ca_bundle` <- AWS_CA_BUNDLE; AWS CLI user guide,
+        # "Environment variables to configure the AWS CLI"): the store's private CA.
+        env.append(k8s.core.v1.EnvVarArgs(name="AWS_CA_BUNDLE", value=f"{STORE_CA_DIR}/{store.ca_bundle.key}"))
+        ca_mounts = [k8s.core.v1.VolumeMountArgs(name=STORE_CA_VOLUME, mount_path=STORE_CA_DIR, read_only=True)]
     return k8s.core.v1.ContainerArgs(
         name=FETCHER_CONTAINER,
         image=settings.images.fetcher,
@@ -191,8 +200,20 @@ def fetcher_container(model: ServedModel, settings: StackSettings) -> k8s.core.v
             k8s.core.v1.VolumeMountArgs(name=MODELS_VOLUME, mount_path=tfserving.MODELS_ROOT),
             k8s.core.v1.VolumeMountArgs(name=CONFIG_VOLUME, mount_path=tfserving.CONFIG_DIR, read_only=True),
             k8s.core.v1.VolumeMountArgs(name=TMP_VOLUME, mount_path="/tmp"),
+            *ca_mounts,
         ],
     )
+
+
+def fetcher_volumes(settings: StackSettings) -> list[k8s.core.v1.VolumeArgs]:
+    """Volumes only the fetcher mounts: the store's CA bundle, from a ConfigMap the operator keeps."""
+    bundle = settings.object_store.ca_bundle
+    if bundle is None:
+        return []
+    source = k8s.core.v1.ConfigMapVolumeSourceArgs(
+        name=bundle.config_map, items=[k8s.core.v1.KeyToPathArgs(key=bundle.key, path=bundle.key)], default_mode=0o444
+    )
+    return [k8s.core.v1.VolumeArgs(name=STORE_CA_VOLUME, config_map=source)]
 
 
 def _pull_policy(image: str) -> str:
@@ -279,6 +300,7 @@ def deployment(
             k8s.core.v1.VolumeArgs(
                 name=TMP_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=TMP_SIZE)
             ),
+            *fetcher_volumes(settings),
         ],
         # GPU models go to the GPU node pool and tolerate its taint; the others never do.
         node_selector={NODE_POOL_LABEL: "gpu"} if model.serving.resources.gpu else None,
@@ -411,6 +433,35 @@ def _tcp(port: int) -> k8s.networking.v1.NetworkPolicyPortArgs:
     return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=port)
 
 
+def store_egress(settings: StackSettings) -> k8s.networking.v1.NetworkPolicyEgressRuleArgs:
+    """The egress rule to the object store: its pods when it runs in the cluster, else address blocks."""
+    store = settings.object_store
+    if store.in_cluster is None:
+        return k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+            to=[
+                k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
+                for c in store.egress_cidrs
+            ],
+            ports=[_tcp(store.port)],
+        )
+    # A connection to a Service is translated to one of its pods (IP and targetPort) before
+    # the policy sees it: ipBlock is for cluster-external IPs (kubernetes/website
+    # content/en/docs/concepts/services-networking/network-policies.md), and a rule's port is
+    # "a numerical or named port on a pod" (k8s.io/api networking/v1 types.go,
+    # NetworkPolicyPort). So the rule names the store's pods and their container port. One
+    # peer with both selectors means "these pods in that namespace", not either of them (same
+    # page, "Behavior of to and from selectors"); the API server sets the namespace's name as
+    # its `kubernetes.io/metadata.name` label ("Well-Known Labels, Annotations and Taints").
+    in_cluster = store.in_cluster
+    peer = k8s.networking.v1.NetworkPolicyPeerArgs(
+        namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+            match_labels={"kubernetes.io/metadata.name": in_cluster.namespace}
+        ),
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=dict(in_cluster.pod_selector)),
+    )
+    return k8s.networking.v1.NetworkPolicyEgressRuleArgs(to=[peer], ports=[_tcp(in_cluster.port)])
+
+
 def network_policy(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
     """What a model's pods may talk to, on top of the namespace's default deny."""
     serving_ports = [_tcp(tfserving.GRPC_PORT), _tcp(tfserving.REST_PORT)]
@@ -430,17 +481,7 @@ def network_policy(model: ServedModel, settings: StackSettings, namespace: pulum
                 from_=[_namespace_peer(settings.monitoring.prometheus_namespace)], ports=[_tcp(tfserving.REST_PORT)]
             )
         )
-    store = settings.object_store
-    egress = [
-        # The init container reaches the object store.
-        k8s.networking.v1.NetworkPolicyEgressRuleArgs(
-            to=[
-                k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
-                for c in store.egress_cidrs
-            ],
-            ports=[_tcp(store.port)],
-        )
-    ]
+    egress = [store_egress(settings)]  # the init container reaches the object store
     return {
         "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
         "spec": k8s.networking.v1.NetworkPolicySpecArgs(

@@ -43,13 +43,21 @@ def checksum_list(files: dict[str, Path]) -> bytes:
 
 
 def s3_client(store: ObjectStoreSettings) -> Any:
-    """A boto3 S3 client for the stack's store: its endpoint and region, the standard credential chain."""
+    """A boto3 S3 client for the stack's store: its region, the standard credential chain, and the
+    endpoint reachable from outside the cluster (`externalEndpoint`, else `endpoint`).
+
+    Every boto3 client of the store runs outside the cluster: the program's artifact check on
+    the machine running `pulumi preview`/`up` (a CI runner), `modelctl plan --check-artifacts`,
+    publish and promote. Only the fetcher, in the pod, uses `endpoint`. A private CA for the
+    external endpoint is trusted through AWS_CA_BUNDLE, which boto3 reads itself
+    (botocore/configprovider.py, `ca_bundle`).
+    """
     import boto3
     from botocore.config import Config
 
     return boto3.client(
         "s3",
-        endpoint_url=store.endpoint,
+        endpoint_url=store.outside_endpoint,
         region_name=store.region,
         config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
     )

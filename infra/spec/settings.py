@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -194,17 +195,79 @@ class RoutingSettings(Settings):
         return self
 
 
+# A host the cluster's DNS answers for: a Service (`<svc>.<ns>.svc`, `...svc.cluster.local`).
+# Nothing outside the cluster resolves it, and traffic to it is DNATed to a pod.
+CLUSTER_INTERNAL_SUFFIXES = (".svc", ".svc.cluster.local", ".cluster.local")
+# Label keys and values (k8s.io/apimachinery pkg/util/validation: IsQualifiedName, IsValidLabelValue).
+LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = rf"^({DNS_SUBDOMAIN[1:-1]}/)?{LABEL_NAME}$"
+LABEL_VALUE = rf"^({LABEL_NAME})?$"
+# ConfigMap data keys (IsConfigMapKey).
+CONFIG_MAP_KEY = r"^[-._a-zA-Z0-9]+$"
+EndpointUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
+
+
+def cluster_internal_host(endpoint: str | None) -> str | None:
+    """The endpoint's host when only the cluster's DNS can resolve it, else None."""
+    if endpoint is None:
+        return None
+    host = urlsplit(endpoint).hostname or ""
+    return host if host.endswith(CLUSTER_INTERNAL_SUFFIXES) else None
+
+
+class InClusterStore(Settings):
+    """The store's own pods, when it runs in the cluster the models run in (MinIO)."""
+
+    namespace: DnsLabel = Field(description="Namespace of the store's pods.")
+    pod_selector: dict[
+        Annotated[str, StringConstraints(pattern=LABEL_KEY, max_length=316)],
+        Annotated[str, StringConstraints(pattern=LABEL_VALUE)],
+    ] = Field(min_length=1, description="Labels of the store's pods, e.g. `app.kubernetes.io/name: minio`.")
+    port: int = Field(
+        ge=1,
+        le=65535,
+        description="The store pods' container port (MinIO: 9000), not its Service's port: a NetworkPolicy "
+        "sees the connection after the Service has translated it to a pod.",
+    )
+
+
+class CaBundle(Settings):
+    """A private CA the fetcher trusts for the store's certificate."""
+
+    config_map: Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=253)] = Field(
+        description="ConfigMap in the models' namespace holding the CA certificate(s), PEM."
+    )
+    key: Annotated[str, StringConstraints(pattern=CONFIG_MAP_KEY, max_length=253)] = Field(
+        description="Key of that ConfigMap holding the PEM bundle, e.g. `ca.crt`."
+    )
+
+
 class ObjectStoreSettings(Settings):
     bucket: Annotated[str, StringConstraints(pattern=BUCKET_NAME)] = Field(description="Bucket holding model versions.")
     prefix: Annotated[str, StringConstraints(pattern=KEY_PREFIX)] = Field(description="Key prefix of all models.")
     region: Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]+$")] = Field(description="Region of the bucket.")
-    endpoint: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")] | None = Field(
-        default=None, description="S3-compatible endpoint URL (MinIO, ...); AWS S3 when absent."
+    endpoint: EndpointUrl | None = Field(
+        default=None, description="S3-compatible endpoint URL the fetcher uses (MinIO, ...); AWS S3 when absent."
+    )
+    external_endpoint: EndpointUrl | None = Field(
+        default=None,
+        description="The same store's URL from outside the cluster (e.g. MinIO's ingress), for what runs "
+        "there: the artifact checks of `pulumi preview`/`up` and `modelctl`, the publisher. Default: `endpoint`.",
     )
     credentials_secret: DnsLabel | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the fetcher; "
         "absent: the pod's workload identity (IRSA) or the node role.",
+    )
+    ca_bundle: CaBundle | None = Field(
+        default=None,
+        description="A ConfigMap holding the private CA of the store's certificate, mounted read-only into "
+        "the fetcher and named by AWS_CA_BUNDLE.",
+    )
+    in_cluster: InClusterStore | None = Field(
+        default=None,
+        description="The store runs in the cluster: the NetworkPolicy allows its pods by label, "
+        "instead of `egressCidrs`.",
     )
     egress_cidrs: tuple[Annotated[str, StringConstraints(pattern=CIDR)], ...] = Field(
         default=("0.0.0.0/0",), strict=False, description="Where the fetcher may connect to reach the store."
@@ -219,11 +282,82 @@ class ObjectStoreSettings(Settings):
     verify_artifacts: bool = Field(
         default=True,
         description="A real `pulumi preview`/`up` first checks that every served version is committed "
-        "and matches its digest (standard AWS credential chain).",
+        "and matches its digest (standard AWS credential chain, `externalEndpoint` if set).",
     )
 
     def url(self, path: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}/{path}"
+
+    @property
+    def outside_endpoint(self) -> str | None:
+        """The endpoint for clients outside the cluster (CI runners, operators' machines)."""
+        return self.external_endpoint or self.endpoint
+
+    @model_validator(mode="after")
+    def _in_cluster_store(self) -> ObjectStoreSettings:
+        problems = []
+        internal = cluster_internal_host(self.endpoint)
+        if internal and self.in_cluster is None:
+            # NetworkPolicy sees the connection after the Service's DNAT: the store pod's IP and
+            # port, which an ipBlock is not meant to match ("These should be cluster-external
+            # IPs, since Pod IPs are ephemeral and unpredictable", kubernetes/website
+            # content/en/docs/concepts/services-networking/network-policies.md, ipBlock).
+            problems.append(
+                (
+                    "inCluster",
+                    f"required: {internal} is a Service in the cluster, and the NetworkPolicy sees connections "
+                    "to it after the Service's translation, at the store pod's IP and port, which egressCidrs "
+                    "cannot match; name the store's pods ({namespace, podSelector, port})",
+                )
+            )
+        if internal and self.verify_artifacts and self.external_endpoint is None:
+            problems.append(
+                (
+                    "externalEndpoint",
+                    f"required while verifyArtifacts is true: the artifact checks run outside the cluster "
+                    f"(a CI runner), where {internal} does not resolve; give the store's URL from outside "
+                    "(e.g. its ingress), or set verifyArtifacts: false",
+                )
+            )
+        if internal and self.endpoint and self.endpoint.startswith("https://") and self.ca_bundle is None:
+            # Publicly trusted CAs have issued no certificates for internal names since November
+            # 2015 (https://cabforum.org/working-groups/server/internal-names), so the certificate
+            # of a `.svc` name is signed by a private CA the fetcher must be given.
+            problems.append(
+                (
+                    "caBundle",
+                    f"required for https at {internal}: a certificate for a cluster-internal name comes from a "
+                    "private CA, which the fetcher must be given ({configMap, key} of a ConfigMap holding it)",
+                )
+            )
+        if self.ca_bundle is not None and self.endpoint and self.endpoint.startswith("http://"):
+            problems.append(("caBundle", f"the endpoint {self.endpoint} is plain http; no certificate to verify"))
+        if self.external_endpoint is not None:
+            if self.endpoint is None:
+                problems.append(("externalEndpoint", "only used with an `endpoint` (an S3-compatible store)"))
+            elif cluster_internal_host(self.external_endpoint):
+                problems.append(
+                    ("externalEndpoint", f"Got {self.external_endpoint!r}; it must resolve outside the cluster")
+                )
+        if self.in_cluster is not None:
+            # The fields' defaults are fine; only a value the stack wrote contradicts inCluster.
+            if "egress_cidrs" in self.model_fields_set:
+                problems.append(
+                    ("egressCidrs", "contradicts inCluster: the NetworkPolicy allows the store's pods, not addresses")
+                )
+            if "port" in self.model_fields_set:
+                problems.append(("port", "contradicts inCluster: the NetworkPolicy allows inCluster.port; drop it"))
+            if self.credentials_secret is None:
+                problems.append(
+                    (
+                        "credentialsSecret",
+                        "required with inCluster: an in-cluster store (MinIO) knows no cloud workload identity "
+                        "(IRSA); name a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                    )
+                )
+        if problems:
+            raise FieldProblemsError(problems)
+        return self
 
 
 class ImageSettings(Settings):
