@@ -285,6 +285,42 @@ def test_the_vpc_cni_enforces_network_policy(runs, stack):
     assert cluster.inputs["vpcCniOptions"]["enableNetworkPolicy"] is True
 
 
+def _bootstrap(project, value=True):
+    edit_yaml(project / "stacks" / "Pulumi.eks.yaml", lambda d: d["config"].update({"model-serving:bootstrap": value}))
+
+
+@pytest.mark.parametrize("written", [True, "true"], ids=["yaml-bool", "pulumi-config-set"])
+def test_bootstrap_declares_the_platform_only(project, monkeypatch, caplog, written):
+    """Fails before `bootstrap` existed: the setting was unknown, and the first `pulumi up` checked
+    artifacts in the bucket the same run creates."""
+    from infra import program
+    from infra.model import artifacts
+
+    def no_store(*_args, **_kwargs):
+        raise AssertionError("the artifact check ran against a bucket that does not exist yet")
+
+    monkeypatch.setattr(artifacts, "verify_served_versions", no_store)
+    _bootstrap(project, written)
+    run = run_stack(project, "eks", entry=program.main)
+    types = {r.type for r in run.resources}
+    assert "model-serving:model:ModelDeployment" not in types
+    assert not [r for r in run.resources if r.type in (DEPLOYMENT, HPA)]
+    assert {"eks:index:Cluster", "aws:s3/bucket:Bucket", "aws:iam/policy:Policy", RELEASE} <= types
+    assert run.outputs["models"] == {} and run.outputs["bootstrap"] is True
+    assert any("bootstrap: stack eks declares the platform only" in m for m in caplog.messages)
+
+
+def test_bootstrap_on_a_stack_whose_store_exists_is_refused(project):
+    from infra.spec.errors import ConfigError
+
+    edit_yaml(project / "stacks" / "Pulumi.prod.yaml", lambda d: d["config"].update({"model-serving:bootstrap": True}))
+    with pytest.raises(ConfigError) as caught:
+        load_stack_settings(project, "prod")
+    (item,) = caught.value.errors
+    assert (item.file, item.field) == ("stacks/Pulumi.prod.yaml", "config.model-serving:bootstrap")
+    assert "objectStore.managed" in item.message
+
+
 # The GatewayClass CRD's v1 schema (kubernetes-sigs/gateway-api config/crd/standard/
 # gateway.networking.k8s.io_gatewayclasses.yaml, bundle v1.6.0-rc.1 at 00cfc55; tests/schemas has
 # no gatewayclasses CRD): `spec` required, `spec.controllerName` required, 1-253 characters, this pattern.

@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -423,6 +424,18 @@ class StackSettings(Settings):
     service_account_annotations: dict[str, str] = Field(
         default_factory=dict, description="Annotations on every model ServiceAccount (e.g. an IRSA role ARN)."
     )
+    bootstrap: bool = Field(
+        default=False,
+        description="Declare the platform only — cluster, add-ons, bucket, IAM — and no models, for the first "
+        "`pulumi up` of a stack that creates its own object store (objectStore.managed); publish the served "
+        "versions, then remove the setting and run `pulumi up` again.",
+    )
+
+    @field_validator("bootstrap", mode="before")
+    @classmethod
+    def _bootstrap_as_written(cls, value: Any) -> Any:
+        # `pulumi config set model-serving:bootstrap true` stores the string "true".
+        return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
 
     @property
     def rendering(self) -> bool:
@@ -439,6 +452,20 @@ class StackSettings(Settings):
         if self.cluster.mode is ClusterMode.eks and self.kubernetes is not None:
             raise FieldProblemsError(
                 [("kubernetes", "an eks stack reaches its cluster through the cluster's kubeconfig")]
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _bootstrap_creates_its_store(self) -> StackSettings:
+        if self.bootstrap and not self.object_store.managed:
+            raise FieldProblemsError(
+                [
+                    (
+                        "bootstrap",
+                        "only for a stack that creates its object store (objectStore.managed: true); this stack's "
+                        "store exists already: publish the served versions to it and run without bootstrap",
+                    )
+                ]
             )
         return self
 
