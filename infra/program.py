@@ -14,6 +14,12 @@ from infra.spec.manifest import load_manifests, served_in
 from infra.spec.project import stack_errors
 from infra.spec.settings import PROJECT, STRING_KEYS, StackSettings, settings_from_config, stack_file, stack_names
 
+BOOTSTRAP_NOTICE = (
+    "bootstrap: stack {stack} declares the platform only (cluster, add-ons, bucket, IAM) and no models, "
+    "and checks no artifacts; next: `modelctl publish` the served versions to s3://{bucket}, then "
+    "`pulumi config rm model-serving:bootstrap` and `pulumi up`"
+)
+
 
 def read_settings() -> StackSettings:
     """The only place config is read: `model-serving:*` of the running stack."""
@@ -31,13 +37,21 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
     """Declare everything for one stack; raises ConfigError before declaring anything if input is bad.
 
     With `verify_artifacts`, every served version must be committed in the object store
-    with the manifest's digest, or nothing is declared.
+    with the manifest's digest, or nothing is declared. With `bootstrap` set, the platform
+    alone is declared (the stack's own bucket does not exist yet): no model, no artifact check.
     """
     manifests = load_manifests(root, environments=stack_names(root) or None)
     problems = stack_errors(settings, manifests)
     if problems:
         raise ConfigError(problems)
     served = served_in(manifests, settings.environment)
+    if settings.bootstrap:
+        pulumi.log.warn(BOOTSTRAP_NOTICE.format(stack=settings.stack, bucket=settings.object_store.bucket))
+        platform = Platform("platform", settings)
+        pulumi.export("namespace", platform.namespace_name)
+        pulumi.export("models", {})
+        pulumi.export("bootstrap", True)
+        return
     if verify_artifacts:
         from infra.model.artifacts import verify_served_versions
 

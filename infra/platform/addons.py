@@ -1,4 +1,5 @@
-"""Cluster add-ons as pinned Helm charts: Envoy Gateway, metrics-server, kube-prometheus-stack, Flagger."""
+"""Cluster add-ons as pinned Helm charts: Envoy Gateway, metrics-server, kube-prometheus-stack, Flagger,
+and on EKS the Cluster Autoscaler and the NVIDIA device plugin."""
 
 from __future__ import annotations
 
@@ -51,3 +52,58 @@ FLAGGER = Chart(
     "flagger-system",
     {"meshProvider": "gatewayapi:v1", "metricsServer": "http://kube-prometheus-stack-prometheus.monitoring:9090"},
 )
+
+# kubernetes/autoscaler@cluster-autoscaler-chart-9.59.0: chart `cluster-autoscaler` 9.59.0
+# (cluster-autoscaler/charts/cluster-autoscaler/Chart.yaml:L10, L14), repository from its
+# README.md:L8 (`helm repo add autoscaler https://kubernetes.github.io/autoscaler`).
+CLUSTER_AUTOSCALER = Chart(
+    "cluster-autoscaler",
+    "cluster-autoscaler",
+    "9.59.0",
+    "https://kubernetes.github.io/autoscaler",
+    "kube-system",
+    {},
+)
+# The ServiceAccount the chart creates, named so the IAM role can trust exactly it (the chart
+# defaults the name to its fullname: templates/_helpers.tpl:L93-L99, values.yaml:L390).
+CLUSTER_AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
+
+# NVIDIA/k8s-device-plugin: chart `nvidia-device-plugin` (deployments/helm/nvidia-device-plugin/
+# Chart.yaml:L2, L5 at tag v0.17.4), repository https://nvidia.github.io/k8s-device-plugin
+# (README.md:L646 at v0.20.0); 0.17.4 is the version of the AWS guide's example
+# (docs.aws.amazon.com/eks/latest/userguide/ml-eks-k8s-device-plugin.html, awsdocs/
+# amazon-eks-user-guide@4cd40a7 latest/ug/ml/ml-eks-k8s-device-plugin.adoc), which also says that
+# on the EKS-optimized AL2023 NVIDIA AMIs "you must install the NVIDIA Kubernetes device plugin".
+# Default values place it: a required node affinity that accepts `nvidia.com/gpu.present=true`
+# (values.yaml:L63-L84 at v0.17.4; the GPU node group carries that label) and a toleration of
+# `nvidia.com/gpu` NoSchedule (values.yaml:L85-L92), our GPU taint's key and effect.
+NVIDIA_DEVICE_PLUGIN = Chart(
+    "nvidia-device-plugin",
+    "nvidia-device-plugin",
+    "0.17.4",
+    "https://nvidia.github.io/k8s-device-plugin",
+    "nvidia-device-plugin",
+    {},
+)
+
+
+def cluster_autoscaler_values(cluster_name: Any, region: str, role_arn: Any, image_tag: str) -> dict[str, Any]:
+    """Values of the Cluster Autoscaler release on EKS (kubernetes/autoscaler@cluster-autoscaler-
+    chart-9.59.0 cluster-autoscaler/charts/cluster-autoscaler/README.md:L85-L98 and L346-L358):
+    discover the cluster's node groups by tag, in the stack's region, with its own IAM role."""
+    return {
+        "cloudProvider": "aws",  # values.yaml:L144 (the default; explicit)
+        # values.yaml:L17-L25: discovers ASGs tagged k8s.io/cluster-autoscaler/enabled and
+        # k8s.io/cluster-autoscaler/<clusterName>; EKS tags managed node groups so ("Nodes launched as
+        # part of a managed node group are automatically tagged for auto-discovery by the Kubernetes
+        # Cluster Autoscaler", awsdocs/amazon-eks-user-guide@4d52b4d latest/ug/nodes/managed-node-groups.adoc:L37).
+        "autoDiscovery": {"clusterName": cluster_name},
+        "awsRegion": region,  # values.yaml:L75-L76, "required if cloudProvider=aws"
+        "image": {"tag": image_tag},
+        "rbac": {
+            "serviceAccount": {
+                "name": CLUSTER_AUTOSCALER_SERVICE_ACCOUNT,
+                "annotations": {"eks.amazonaws.com/role-arn": role_arn},  # values.yaml:L384-L386
+            }
+        },
+    }

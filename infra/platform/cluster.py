@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from infra.spec.settings import StackSettings
 
 GPU_RESOURCE = "nvidia.com/gpu"
 NODE_POOL_LABEL = "model-serving.dev/node-pool"
@@ -19,3 +22,8 @@ def node_trust_policy() -> dict[str, Any]:
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
     }
+
+
+def eks_cluster_name(settings: StackSettings) -> str:
+    """The EKS cluster's physical name: one per stack (EKS names are unique per account and region)."""
+    return f"model-serving-{settings.stack}"

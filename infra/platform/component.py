@@ -8,8 +8,8 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.platform import addons, cluster, iam, network
-from infra.spec.settings import ClusterMode, RouteKind, StackSettings
+from infra.platform import addons, cluster, iam, network, nodes
+from infra.spec.settings import CLUSTER_AUTOSCALER_IMAGE_TAGS, ClusterMode, RouteKind, StackSettings
 
 PLATFORM_TYPE = "model-serving:platform:Platform"
 
@@ -23,10 +23,15 @@ class Platform(pulumi.ComponentResource):
     addons: dict[str, k8s.helm.v3.Release]
     oidc: tuple[pulumi.Input[str], pulumi.Input[str]] | None  # (provider ARN, issuer) for IRSA
     aws_provider: Any
+    eks_provider: Any
+    # What the add-on releases wait for: the CPU node group their pods run on (EKS).
+    node_groups: list[pulumi.Resource]
 
     def __init__(self, name: str, settings: StackSettings, opts: pulumi.ResourceOptions | None = None):
         super().__init__(PLATFORM_TYPE, name, None, opts)
         self.aws_provider = None
+        self.eks_provider = None
+        self.node_groups = []
         self.oidc = None
         if settings.cluster.oidc_provider_arn and settings.cluster.oidc_issuer:
             self.oidc = (settings.cluster.oidc_provider_arn, settings.cluster.oidc_issuer)
@@ -52,15 +57,21 @@ class Platform(pulumi.ComponentResource):
         self.addons = self._addons(name, settings)
         gateway = settings.routing.gateway
         if settings.routing.kind is RouteKind.gateway and gateway is not None and gateway.create:
+            # The Gateway API CRDs come with Envoy Gateway when the stack installs it.
+            needs: list[pulumi.Resource] = [r for n, r in self.addons.items() if n == addons.ENVOY_GATEWAY.name]
+            if settings.addons.envoy_gateway:
+                # Envoy Gateway's chart creates no GatewayClass (network.ENVOY_GATEWAY_CONTROLLER):
+                # without this one the Gateway is never accepted.
+                self.gateway_class = k8s.apiextensions.CustomResource(
+                    f"{name}-gateway-class",
+                    **network.gateway_class(settings),
+                    opts=pulumi.ResourceOptions(parent=self, provider=self.k8s_provider, depends_on=needs),
+                )
+                needs = [*needs, self.gateway_class]
             self.gateway = k8s.apiextensions.CustomResource(
                 f"{name}-gateway",
                 **network.gateway(settings, self.namespace_name),
-                # The Gateway API CRDs come with Envoy Gateway when the stack installs it.
-                opts=pulumi.ResourceOptions(
-                    parent=self,
-                    provider=self.k8s_provider,
-                    depends_on=[r for n, r in self.addons.items() if n == addons.ENVOY_GATEWAY.name],
-                ),
+                opts=pulumi.ResourceOptions(parent=self, provider=self.k8s_provider, depends_on=needs),
             )
         if settings.object_store.managed:
             self._object_store(name, settings)
@@ -74,6 +85,13 @@ class Platform(pulumi.ComponentResource):
 
         spec = settings.cluster.eks
         assert spec is not None
+        # With `pulumi:disable-default-providers: ["*"]` the engine refuses a pulumi-eks component
+        # without an explicit eks provider ("Default provider for 'eks' disabled. 'eks:index:Cluster'
+        # must use an explicit provider.", pulumi/pulumi-eks#917). `providers` is keyed by package and
+        # reaches the remote component's children too (pulumi/runtime/resource.py:L268-L274 sends it as
+        # RegisterResourceRequest.providers; the eks entry also becomes `provider`, L257-L266).
+        self.eks_provider = eks.Provider(f"{name}-eks-provider", opts=pulumi.ResourceOptions(parent=self))
+        providers = {"aws": self.aws_provider, "eks": self.eks_provider}
         aws_opts = pulumi.ResourceOptions(parent=self, provider=self.aws_provider)
         node_role = aws.iam.Role(
             f"{name}-node-role", assume_role_policy=json.dumps(cluster.node_trust_policy()), opts=aws_opts
@@ -82,17 +100,29 @@ class Platform(pulumi.ComponentResource):
             aws.iam.RolePolicyAttachment(
                 f"{name}-node-role-{index}", role=node_role.name, policy_arn=policy_arn, opts=aws_opts
             )
+        cluster_name = cluster.eks_cluster_name(settings)
         eks_cluster = eks.Cluster(
             f"{name}-eks",
+            # A known physical name (pulumi_eks cluster.py `name`: "The cluster's physical resource
+            # name"), so the Cluster Autoscaler's discovery tag is known at preview.
+            name=cluster_name,
             version=spec.kubernetes_version,
             skip_default_node_group=True,
             create_oidc_provider=True,
             instance_roles=[node_role],
-            opts=pulumi.ResourceOptions(parent=self, providers={"aws": self.aws_provider}),
+            # The VPC CNI enforces NetworkPolicy only when asked (`{"enableNetworkPolicy": "true"}` in the
+            # vpc-cni add-on's configuration values: docs.aws.amazon.com/eks/latest/userguide/
+            # cni-network-policy-configure.html; awsdocs/amazon-eks-user-guide@4d52b4d latest/ug/networking/
+            # eks-networking-add-ons.adoc:L1552-L1571). pulumi-eks merges this flag into those values
+            # (pulumi/pulumi-eks@7bf0c1b nodejs/eks/addons/cni-addon.ts:L539-L550 mergeConfigurationValues;
+            # pulumi_eks/_inputs.py VpcCniOptionsArgs.enable_network_policy). Without it the models'
+            # default-deny and per-model policies would be accepted and ignored.
+            vpc_cni_options=eks.VpcCniOptionsArgs(enable_network_policy=True),
+            opts=pulumi.ResourceOptions(parent=self, providers=providers),
         )
         pools = [("cpu", spec.cpu_nodes, False)] + ([("gpu", spec.gpu_nodes, True)] if spec.gpu_nodes else [])
         for pool_name, pool, gpu in pools:
-            eks.ManagedNodeGroup(
+            group = eks.ManagedNodeGroup(
                 f"{name}-{pool_name}-nodes",
                 cluster=eks_cluster,
                 node_role=node_role,
@@ -102,26 +132,63 @@ class Platform(pulumi.ComponentResource):
                     "desired_size": pool.desired_size,
                     "max_size": pool.max_size,
                 },
-                labels={cluster.NODE_POOL_LABEL: pool_name},
+                labels=nodes.eks_pool_labels(pool_name, gpu),
                 gpu=gpu or None,
                 taints=[{"key": cluster.GPU_TAINT["key"], "value": cluster.GPU_TAINT["value"], "effect": "NO_SCHEDULE"}]
                 if gpu
                 else None,
-                opts=pulumi.ResourceOptions(parent=self, providers={"aws": self.aws_provider}),
+                opts=pulumi.ResourceOptions(parent=self, providers=providers),
             )
+            if not gpu:
+                self.node_groups.append(group)
         self.oidc = (eks_cluster.oidc_provider_arn, eks_cluster.oidc_issuer)
         return eks_cluster.kubeconfig_json
 
+    def _cluster_autoscaler_role(self, name: str, settings: StackSettings) -> pulumi.Output[str]:
+        """The Cluster Autoscaler's own IAM role, assumable only by its ServiceAccount (IRSA)."""
+        import pulumi_aws as aws
+
+        assert self.oidc is not None
+        provider_arn, issuer = self.oidc
+        trust = pulumi.Output.all(provider_arn, issuer).apply(
+            lambda args: json.dumps(
+                iam.irsa_trust_policy(
+                    args[0], args[1], addons.CLUSTER_AUTOSCALER.namespace, addons.CLUSTER_AUTOSCALER_SERVICE_ACCOUNT
+                )
+            )
+        )
+        opts = pulumi.ResourceOptions(parent=self, provider=self.aws_provider)
+        role = aws.iam.Role(f"{name}-cluster-autoscaler", assume_role_policy=trust, opts=opts)
+        aws.iam.RolePolicy(
+            f"{name}-cluster-autoscaler-policy",
+            role=role.name,
+            policy=json.dumps(iam.cluster_autoscaler_policy(cluster.eks_cluster_name(settings))),
+            opts=opts,
+        )
+        return role.arn
+
     def _addons(self, name: str, settings: StackSettings) -> dict[str, k8s.helm.v3.Release]:
         wanted = settings.addons
-        charts = [
-            (wanted.envoy_gateway, addons.ENVOY_GATEWAY),
-            (wanted.metrics_server, addons.METRICS_SERVER),
-            (wanted.kube_prometheus_stack, addons.KUBE_PROMETHEUS_STACK),
-            (wanted.flagger, addons.FLAGGER),
+        eks_spec = settings.cluster.eks
+        charts: list[tuple[bool, addons.Chart, dict[str, Any]]] = [
+            (wanted.envoy_gateway, addons.ENVOY_GATEWAY, addons.ENVOY_GATEWAY.values),
+            (wanted.metrics_server, addons.METRICS_SERVER, addons.METRICS_SERVER.values),
+            (wanted.kube_prometheus_stack, addons.KUBE_PROMETHEUS_STACK, addons.KUBE_PROMETHEUS_STACK.values),
+            (wanted.flagger, addons.FLAGGER, addons.FLAGGER.values),
         ]
+        if wanted.cluster_autoscaler and eks_spec is not None:
+            values = addons.cluster_autoscaler_values(
+                cluster.eks_cluster_name(settings),
+                settings.object_store.region,
+                self._cluster_autoscaler_role(name, settings),
+                CLUSTER_AUTOSCALER_IMAGE_TAGS[eks_spec.kubernetes_version],
+            )
+            charts.append((True, addons.CLUSTER_AUTOSCALER, values))
+        # Without the device plugin `nvidia.com/gpu` is never allocatable on the GPU nodes.
+        if eks_spec is not None and eks_spec.gpu_nodes is not None:
+            charts.append((True, addons.NVIDIA_DEVICE_PLUGIN, addons.NVIDIA_DEVICE_PLUGIN.values))
         releases = {}
-        for enabled, chart in charts:
+        for enabled, chart, values in charts:
             if not enabled:
                 continue
             repository = k8s.helm.v3.RepositoryOptsArgs(repo=chart.repository) if chart.repository else None
@@ -133,9 +200,11 @@ class Platform(pulumi.ComponentResource):
                 repository_opts=repository,
                 namespace=chart.namespace,
                 create_namespace=True,
-                values=chart.values,
-                # Pulumi waits for the release's workloads before the models that need them.
-                opts=pulumi.ResourceOptions(parent=self, provider=self.k8s_provider),
+                values=values,
+                # Pulumi waits for the release's workloads before the models that need them ("By default,
+                # the provider waits until all resources are in a ready state", pulumi_kubernetes
+                # helm/v3/Release.py `skip_await`); on EKS those workloads need the node groups first.
+                opts=pulumi.ResourceOptions(parent=self, provider=self.k8s_provider, depends_on=self.node_groups),
             )
         return releases
 

@@ -112,3 +112,39 @@ def irsa_trust_policy(oidc_provider_arn: str, oidc_issuer: str, namespace: str, 
             }
         ],
     }
+
+
+def cluster_autoscaler_policy(cluster_name: str) -> dict[str, Any]:
+    """The "Full Cluster Autoscaler Features Policy (Recommended)" of kubernetes/autoscaler@
+    cluster-autoscaler-chart-9.59.0 cluster-autoscaler/cloudprovider/aws/README.md:L34-L69, with
+    its second block restricted as that README advises (L30-L33, tag-based conditionals): only
+    groups tagged for this cluster's autoscaler, which EKS puts on managed node groups."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DiscoverNodeGroups",
+                "Effect": "Allow",
+                "Action": [
+                    "autoscaling:DescribeAutoScalingGroups",
+                    "autoscaling:DescribeAutoScalingInstances",
+                    "autoscaling:DescribeLaunchConfigurations",
+                    "autoscaling:DescribeScalingActivities",
+                    "ec2:DescribeImages",
+                    "ec2:DescribeInstanceTypes",
+                    "ec2:DescribeLaunchTemplateVersions",
+                    "ec2:GetInstanceTypesFromInstanceRequirements",
+                    # Labels and taints of a group at 0 nodes (README.md:L110): the GPU pool scales from zero.
+                    "eks:DescribeNodegroup",
+                ],
+                "Resource": ["*"],
+            },
+            {
+                "Sid": "ScaleThisClustersNodeGroups",
+                "Effect": "Allow",
+                "Action": ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+                "Resource": ["*"],
+                "Condition": {"Null": {f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "false"}},
+            },
+        ],
+    }

@@ -1,4 +1,4 @@
-"""Pure builders of the stack's shared Kubernetes objects: namespace, default-deny policies, Gateway."""
+"""Pure builders of the stack's shared Kubernetes objects: namespace, default-deny policies, GatewayClass, Gateway."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from infra.spec.settings import StackSettings
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 GATEWAY_API_VERSION = f"{GATEWAY_API_GROUP}/v1"
 DNS_PORT = 53
+# The controller name Envoy Gateway's chart configures (envoyproxy/gateway@v1.9.0
+# charts/gateway-helm/values.tmpl.yaml:L172-L176) and its quickstart's `eg` class uses
+# (examples/kubernetes/quickstart.yaml:L1-L6). The chart's templates declare no GatewayClass
+# (charts/gateway-helm/templates/: no `kind: GatewayClass`), so the stack declares its own.
+ENVOY_GATEWAY_CONTROLLER = "gateway.envoyproxy.io/gatewayclass-controller"
 
 
 def platform_labels() -> dict[str, str]:
@@ -59,6 +64,19 @@ def allow_dns(namespace_name: pulumi.Input[str]) -> dict[str, Any]:
                 )
             ],
         ),
+    }
+
+
+def gateway_class(settings: StackSettings) -> dict[str, Any]:
+    """GatewayClass kwargs: the class the stack's Gateway names, run by Envoy Gateway (cluster-scoped)."""
+    routing = settings.routing
+    assert routing.gateway is not None and routing.gateway.class_name is not None
+    return {
+        "api_version": GATEWAY_API_VERSION,
+        "kind": "GatewayClass",
+        # The Gateway refers to the class by name: this one is fixed, not auto-named.
+        "metadata": k8s.meta.v1.ObjectMetaArgs(name=routing.gateway.class_name, labels=platform_labels()),
+        "spec": {"controllerName": ENVOY_GATEWAY_CONTROLLER},
     }
 
 

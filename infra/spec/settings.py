@@ -9,10 +9,20 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
+from infra.spec.instances import INSTANCE_TYPES
+from infra.spec.manifest import QUANTITY_PATTERN
 from infra.spec.yamlio import read_yaml
 
 PROJECT = "model-serving"
@@ -82,9 +92,17 @@ class ClusterMode(StrEnum):
     eks = "eks"
 
 
+def _instance_type_problem(instance_type: str) -> str | None:
+    if instance_type in INSTANCE_TYPES:
+        return None
+    return f"Got {instance_type!r}; supported instance types: {', '.join(INSTANCE_TYPES)}"
+
+
 class NodePool(Settings):
+    """An EKS managed node group: one instance type, and the bounds the node autoscaler keeps to."""
+
     instance_type: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+\.[a-z0-9]+$")] = Field(
-        description="EC2 instance type, e.g. m7i.large."
+        description=f"EC2 instance type, one of {', '.join(INSTANCE_TYPES)} (their allocatable is known)."
     )
     min_size: int = Field(default=1, ge=0, strict=True)
     desired_size: int = Field(default=2, ge=0, strict=True)
@@ -92,8 +110,35 @@ class NodePool(Settings):
 
     @model_validator(mode="after")
     def _sizes(self) -> NodePool:
+        problems = []
+        problem = _instance_type_problem(self.instance_type)
+        if problem:
+            problems.append(("instanceType", problem))
         if not self.min_size <= self.desired_size <= self.max_size:
-            raise FieldProblemsError([("desiredSize", "needs minSize <= desiredSize <= maxSize")])
+            problems.append(("desiredSize", "needs minSize <= desiredSize <= maxSize"))
+        if problems:
+            raise FieldProblemsError(problems)
+        return self
+
+
+class GpuNodePool(NodePool):
+    """The GPU node group: empty until a GPU pod is pending, then scaled up by the node autoscaler."""
+
+    # Scale from zero: for a managed node group created with 0 nodes the Cluster Autoscaler
+    # reads its labels and taints through eks:DescribeNodegroup (kubernetes/autoscaler@
+    # cluster-autoscaler-chart-9.59.0 cluster-autoscaler/cloudprovider/aws/README.md:L110).
+    min_size: int = Field(default=0, ge=0, strict=True)
+    desired_size: int = Field(default=0, ge=0, strict=True)
+    max_size: int = Field(default=2, ge=1, strict=True)
+
+    @model_validator(mode="after")
+    def _has_gpus(self) -> GpuNodePool:
+        known = INSTANCE_TYPES.get(self.instance_type)
+        if known is not None and known.gpus == 0:
+            gpu_types = ", ".join(t.name for t in INSTANCE_TYPES.values() if t.gpus)
+            raise FieldProblemsError(
+                [("instanceType", f"Got {self.instance_type!r}, which has no GPU; GPU instance types: {gpu_types}")]
+            )
         return self
 
 
@@ -102,9 +147,46 @@ class EksSettings(Settings):
         description="EKS Kubernetes version, e.g. 1.33."
     )
     cpu_nodes: NodePool = Field(description="The managed node group every model runs on by default.")
-    gpu_nodes: NodePool | None = Field(
-        default=None, description="A tainted GPU node group for models with `resources.gpu`."
+    gpu_nodes: GpuNodePool | None = Field(
+        default=None,
+        description="A tainted GPU node group for models with `resources.gpu` (default 0 nodes until one is needed).",
     )
+
+
+Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
+
+
+class TaintEffect(StrEnum):
+    NoSchedule = "NoSchedule"
+    PreferNoSchedule = "PreferNoSchedule"
+    NoExecute = "NoExecute"
+
+
+class TaintSettings(Settings):
+    key: Annotated[str, StringConstraints(min_length=1, max_length=316)] = Field(description="Taint key.")
+    value: str | None = Field(default=None, description="Taint value.")
+    effect: TaintEffect = Field(strict=False, description="NoSchedule, PreferNoSchedule or NoExecute.")
+
+
+class NodePoolSettings(Settings):
+    """One node pool of an existing cluster, as the scheduler sees one of its nodes."""
+
+    name: DnsLabel = Field(description="Pool name (for messages).")
+    cpu: Quantity = Field(description="Allocatable CPU per node (Kubernetes quantity, e.g. 3920m).")
+    memory: Quantity = Field(description="Allocatable memory per node (e.g. 14Gi).")
+    gpus: int = Field(default=0, ge=0, description="Allocatable nvidia.com/gpu per node.")
+    count: int = Field(ge=0, description="Nodes in the pool now.")
+    max_count: int | None = Field(
+        default=None, ge=0, description="The most nodes a node autoscaler may scale the pool to; absent: none does."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels every node of the pool carries.")
+    taints: tuple[TaintSettings, ...] = Field(default=(), strict=False, description="Taints of every node.")
+
+    @model_validator(mode="after")
+    def _max_count(self) -> NodePoolSettings:
+        if self.max_count is not None and self.max_count < self.count:
+            raise FieldProblemsError([("maxCount", f"Got {self.max_count}; needs maxCount >= count ({self.count})")])
+        return self
 
 
 class ClusterSettings(Settings):
@@ -119,6 +201,12 @@ class ClusterSettings(Settings):
         default=None, description="An existing cluster's IAM OIDC provider, for per-model roles (IRSA)."
     )
     oidc_issuer: str | None = Field(default=None, description="Its issuer host/path, without https://.")
+    node_pools: tuple[NodePoolSettings, ...] = Field(
+        default=(),
+        strict=False,
+        description="An existing cluster's node pools (allocatable per node, count, labels, taints), for the "
+        "scheduling check; absent: unknown, not checked. An eks stack knows its pools from cluster.eks.",
+    )
 
     @model_validator(mode="after")
     def _mode_fields(self) -> ClusterSettings:
@@ -126,6 +214,12 @@ class ClusterSettings(Settings):
             raise FieldProblemsError([("eks", "required when mode is eks")])
         if self.mode is ClusterMode.existing and self.eks is not None:
             raise FieldProblemsError([("eks", "only used when mode is eks")])
+        if self.mode is ClusterMode.eks and self.node_pools:
+            raise FieldProblemsError([("nodePools", "only for an existing cluster; an eks stack sizes cluster.eks")])
+        names = [pool.name for pool in self.node_pools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise FieldProblemsError([("nodePools", f"pool names must be unique; repeated: {', '.join(duplicates)}")])
         if (self.oidc_provider_arn is None) != (self.oidc_issuer is None):
             raise FieldProblemsError([("oidcIssuer", "give both oidcProviderArn and oidcIssuer, or neither")])
         return self
@@ -142,6 +236,19 @@ class AddonSettings(Settings):
     metrics_server: bool = Field(default=False, description="metrics-server (the HPAs need it).")
     kube_prometheus_stack: bool = Field(default=False, description="Prometheus Operator, Prometheus and Grafana.")
     flagger: bool = Field(default=False, description="Flagger (with progressiveDelivery.flagger).")
+    cluster_autoscaler: bool = Field(
+        default=False,
+        description="Cluster Autoscaler with its own IAM role, scaling the EKS managed node groups between "
+        "minSize and maxSize (cluster.mode: eks only).",
+    )
+
+
+# Cluster Autoscaler image per Kubernetes minor: "We recommend using Cluster Autoscaler with the
+# Kubernetes control plane ... version for which it was meant" (kubernetes/autoscaler@
+# cluster-autoscaler-chart-9.59.0 cluster-autoscaler/README.md:L48); the chart's default
+# image is v1.35.0 (cluster-autoscaler/charts/cluster-autoscaler/values.yaml:L306). Tag
+# cluster-autoscaler-1.33.6 is the newest 1.33 release in kubernetes/autoscaler (be4b5a1).
+CLUSTER_AUTOSCALER_IMAGE_TAGS = {"1.33": "v1.33.6"}
 
 
 class RouteKind(StrEnum):
@@ -490,6 +597,18 @@ class StackSettings(Settings):
         description="Objects the stack's resources name but do not declare (a TLS Secret, a shared Gateway, "
         "an IngressClass): the plan's reference check accepts them.",
     )
+    bootstrap: bool = Field(
+        default=False,
+        description="Declare the platform only — cluster, add-ons, bucket, IAM — and no models, for the first "
+        "`pulumi up` of a stack that creates its own object store (objectStore.managed); publish the served "
+        "versions, then remove the setting and run `pulumi up` again.",
+    )
+
+    @field_validator("bootstrap", mode="before")
+    @classmethod
+    def _bootstrap_as_written(cls, value: Any) -> Any:
+        # `pulumi config set model-serving:bootstrap true` stores the string "true".
+        return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
 
     @property
     def rendering(self) -> bool:
@@ -506,6 +625,40 @@ class StackSettings(Settings):
         if self.cluster.mode is ClusterMode.eks and self.kubernetes is not None:
             raise FieldProblemsError(
                 [("kubernetes", "an eks stack reaches its cluster through the cluster's kubeconfig")]
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _bootstrap_creates_its_store(self) -> StackSettings:
+        if self.bootstrap and not self.object_store.managed:
+            raise FieldProblemsError(
+                [
+                    (
+                        "bootstrap",
+                        "only for a stack that creates its object store (objectStore.managed: true); this stack's "
+                        "store exists already: publish the served versions to it and run without bootstrap",
+                    )
+                ]
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_autoscaler_on_eks(self) -> StackSettings:
+        if not self.addons.cluster_autoscaler:
+            return self
+        if self.cluster.eks is None:
+            raise FieldProblemsError(
+                [("addons.clusterAutoscaler", "only for cluster.mode: eks (it scales the stack's managed node groups)")]
+            )
+        if self.cluster.eks.kubernetes_version not in CLUSTER_AUTOSCALER_IMAGE_TAGS:
+            raise FieldProblemsError(
+                [
+                    (
+                        "addons.clusterAutoscaler",
+                        f"no Cluster Autoscaler release is pinned for Kubernetes {self.cluster.eks.kubernetes_version} "
+                        f"(pinned: {', '.join(CLUSTER_AUTOSCALER_IMAGE_TAGS)})",
+                    )
+                ]
             )
         return self
 
