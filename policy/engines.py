@@ -288,6 +288,7 @@ class NodePool:
     gpus: int
     nodes: int  # how many nodes the pool can have for this check
     autoscaled: bool
+    max_pods: int | None = None  # per node (the EKS AMI's max pods), when known
 
     @classmethod
     def from_config(cls, value: Mapping[str, Any]) -> NodePool:
@@ -300,6 +301,7 @@ class NodePool:
             gpus=int(value.get("gpus", 0)),
             nodes=int(value["nodes"]),
             autoscaled=bool(value.get("autoscaled", False)),
+            max_pods=value.get("maxPods"),
         )
 
 
@@ -333,11 +335,14 @@ class PodRequest:
     memory_bytes: int
     gpus: int
 
-    def fits(self, pool: NodePool, used: tuple[int, int, int] = (0, 0, 0)) -> bool:
+    def fits(self, pool: NodePool, used: tuple[int, int, int, int] = (0, 0, 0, 0)) -> bool:
+        """Does this pod fit one of the pool's nodes that already holds `used` (cpu, memory,
+        gpus, pods)?"""
         return (
             used[0] + self.cpu_millis <= pool.cpu_millis
             and used[1] + self.memory_bytes <= pool.memory_bytes
             and used[2] + self.gpus <= pool.gpus
+            and (pool.max_pods is None or used[3] + 1 <= pool.max_pods)
         )
 
 
@@ -381,3 +386,42 @@ def admits(pool: NodePool, spec: Mapping[str, Any]) -> bool:
         return False
     tolerations = spec.get("tolerations") or []
     return all(tolerated(t, tolerations) for t in pool.taints if t.get("effect") in ("NoSchedule", "NoExecute"))
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One pod to place: what it requests, its spec (node selector, tolerations), its owner."""
+
+    request: PodRequest
+    spec: Mapping[str, Any]
+    owner: str
+
+
+def place(pods: Sequence[Pod], pools: Sequence[NodePool]) -> list[Pod]:
+    """First-fit decreasing (largest by GPUs, CPU, memory first) of `pods` onto the nodes each
+    pool can have; returns the pods that found no node (empty: everything fits)."""
+    used: dict[str, list[tuple[int, int, int, int]]] = {pool.name: [] for pool in pools}
+    unplaced = []
+    order = sorted(pods, key=lambda p: (p.request.gpus, p.request.cpu_millis, p.request.memory_bytes), reverse=True)
+    for pod in order:
+        request, placed = pod.request, False
+        for pool in (p for p in pools if admits(p, pod.spec)):
+            nodes = used[pool.name]
+            for number, node in enumerate(nodes):
+                if request.fits(pool, node):
+                    nodes[number] = (
+                        node[0] + request.cpu_millis,
+                        node[1] + request.memory_bytes,
+                        node[2] + request.gpus,
+                        node[3] + 1,
+                    )
+                    placed = True
+                    break
+            if not placed and len(nodes) < pool.nodes and request.fits(pool):
+                nodes.append((request.cpu_millis, request.memory_bytes, request.gpus, 1))
+                placed = True
+            if placed:
+                break
+        if not placed:
+            unplaced.append(pod)
+    return unplaced

@@ -19,12 +19,14 @@ from policy.engines import (
     HTTP_ROUTE,
     SERVICE,
     NodePool,
+    Pod,
     PodTemplate,
     Resource,
     admits,
     flagger_outcome,
     is_kubernetes,
     label_selector_matches,
+    place,
     pod_request,
     pod_templates,
     selects,
@@ -471,7 +473,8 @@ def pods_schedule(resources: list[Resource], settings: PolicySettings) -> list[t
         return []
     objects, _ = _cluster_view(resources)
     problems = []
-    pending = []
+    pending: list[Pod] = []
+    templates: dict[str, PodTemplate] = {}
     for template in pod_templates(objects):
         owner = template.owner
         request = pod_request(template.spec)
@@ -493,33 +496,13 @@ def pods_schedule(resources: list[Resource], settings: PolicySettings) -> list[t
                 (owner.reported, f"{owner.describe()}: one pod requests {shape}; a node allocates at most ({largest})")
             )
         else:
-            pending += [(request, template, eligible)] * template.min_replicas
-    used: dict[str, list[tuple[int, int, int]]] = {pool.name: [] for pool in pools}
-    unplaced: dict[str, tuple[Resource, PodTemplate, int]] = {}
-    order = sorted(pending, key=lambda item: (item[0].gpus, item[0].cpu_millis, item[0].memory_bytes), reverse=True)
-    for request, template, eligible in order:
-        placed = False
-        for pool in eligible:
-            nodes = used[pool.name]
-            for number, node in enumerate(nodes):
-                if request.fits(pool, node):
-                    nodes[number] = (
-                        node[0] + request.cpu_millis,
-                        node[1] + request.memory_bytes,
-                        node[2] + request.gpus,
-                    )
-                    placed = True
-                    break
-            if not placed and len(nodes) < pool.nodes:
-                nodes.append((request.cpu_millis, request.memory_bytes, request.gpus))
-                placed = True
-            if placed:
-                break
-        if not placed:
-            key = template.owner.describe()
-            owner, _, count = unplaced.get(key, (template.owner, template, 0))
-            unplaced[key] = (owner, template, count + 1)
-    for key, (owner, template, count) in unplaced.items():
+            templates[owner.describe()] = template
+            pending += [Pod(request, template.spec, owner.describe())] * template.min_replicas
+    unplaced: dict[str, int] = {}
+    for pod in place(pending, pools):
+        unplaced[pod.owner] = unplaced.get(pod.owner, 0) + 1
+    for key, count in unplaced.items():
+        template = templates[key]
         capacity = "; ".join(
             f"pool {p.name}: {p.nodes} node(s) "
             + ("(max size, autoscaled)" if p.autoscaled else "(desired size; no node autoscaler)")
@@ -528,7 +511,7 @@ def pods_schedule(resources: list[Resource], settings: PolicySettings) -> list[t
         )
         problems.append(
             (
-                owner.reported,
+                template.owner.reported,
                 f"{key}: {count} of its {template.min_replicas} pods at minimum replicas fit on no node ({capacity})",
             )
         )

@@ -94,7 +94,10 @@ def test_the_json_plan_records_each_steps_provider_components_included(capsys):
                 package = type_.split(":")[0]
                 assert f"pulumi:providers:{package}::" in step["provider"], (type_, step.get("provider"))
             elif type_.startswith("model-serving:"):
-                assert "provider" not in step and step["providers"], type_
+                assert "provider" not in step, type_
+    # A model's component passes the platform's providers down to its children.
+    for step in by_type["model-serving:model:ModelDeployment"]:
+        assert set(step["providers"]) >= {"kubernetes", "aws"}
     assert by_type["eks:index:Cluster"][0]["providers"]["aws"]
 
 

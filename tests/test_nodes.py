@@ -14,18 +14,17 @@ from infra.platform.nodes import (
     MIB,
     Allocatable,
     NodePoolCapacity,
-    PodRequest,
     Taint,
     allocatable,
-    fits,
     kube_reserved_cpu_millicores,
     kube_reserved_memory_mib,
     node_pools,
-    pod_request,
 )
 from infra.spec.errors import ConfigError
 from infra.spec.instances import INSTANCE_TYPES
 from infra.spec.settings import load_stack_settings
+from policy.engines import Pod, PodRequest, place, pod_request
+from scripts.modelctl.guardrails import policy_node_pool
 from tests.conftest import ROOT, STACKS, edit_yaml
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -180,13 +179,17 @@ def test_pod_request_is_the_larger_of_containers_and_init_containers():
         ],
         "nodeSelector": {NODE_POOL_LABEL: "gpu"},
     }
-    pod = pod_request("p", spec)
-    assert (pod.cpu_millicores, pod.memory_bytes, pod.gpus) == (1250, 3 * GIB, 1)
+    pod = pod_request(spec)
+    assert (pod.cpu_millis, pod.memory_bytes, pod.gpus) == (1250, 3 * GIB, 1)
 
 
-def test_fits_respects_selectors_taints_and_sizes():
-    cpu = NodePoolCapacity("cpu", {NODE_POOL_LABEL: "cpu"}, (), Allocatable(1930, 7 * GIB, 0), 2, 4, True)
-    gpu = NodePoolCapacity(
+def pods_of(name: str, request: PodRequest, count: int = 1, spec: dict | None = None) -> list[Pod]:
+    return [Pod(request, spec or {}, name)] * count
+
+
+def test_placement_respects_selectors_taints_and_sizes():
+    cpu_pool = NodePoolCapacity("cpu", {NODE_POOL_LABEL: "cpu"}, (), Allocatable(1930, 7 * GIB, 0), 2, 4, True)
+    gpu_pool = NodePoolCapacity(
         "gpu",
         {NODE_POOL_LABEL: "gpu"},
         (Taint("nvidia.com/gpu", "present", "NoSchedule"),),
@@ -195,66 +198,59 @@ def test_fits_respects_selectors_taints_and_sizes():
         2,
         True,
     )
-    big = PodRequest("big", 2000, GIB)
-    assert fits([big], [cpu, gpu]) == [big], "2 CPU is more than an m7i.large offers, and the GPU pool is tainted"
-    small = [PodRequest(f"s{i}", 900, GIB) for i in range(4)]
-    assert fits(small, [cpu]) == [] and len(fits([*small, small[0]], [cpu])) == 1
+    desired = [policy_node_pool(cpu_pool, nodes=2), policy_node_pool(gpu_pool, nodes=0)]
+    at_max = [policy_node_pool(cpu_pool), policy_node_pool(gpu_pool)]
+    big = pods_of("big", PodRequest(2000, GIB, 0))
+    assert place(big, desired) == big, "2 CPU is more than an m7i.large offers, and the GPU pool is tainted"
+    small = pods_of("small", PodRequest(900, GIB, 0), 4)
+    assert place(small, desired[:1]) == [] and len(place([*small, small[0]], desired[:1])) == 1
     toleration = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
-    gpu_pod = PodRequest("g", 1000, GIB, 1, {NODE_POOL_LABEL: "gpu"}, (toleration,))
-    assert fits([gpu_pod], [cpu, gpu]) == [gpu_pod], "no GPU node at the desired size 0"
-    assert fits([gpu_pod], [cpu, gpu], at_max=True) == [], "the autoscaler scales the GPU pool from zero"
+    gpu_spec = {"nodeSelector": {NODE_POOL_LABEL: "gpu"}, "tolerations": [toleration]}
+    gpu_pod = pods_of("g", PodRequest(1000, GIB, 1), spec=gpu_spec)
+    assert place(gpu_pod, desired) == gpu_pod, "no GPU node at the desired size 0"
+    assert place(gpu_pod, at_max) == [], "the autoscaler scales the GPU pool from zero"
 
 
-def model_pods(run: OfflineRun, surge: bool) -> list[PodRequest]:
-    """Every model's pods at their minimum replicas (HPA minReplicas, or spec.replicas), plus,
-    with `surge`, the extra pods of a rolling update (the Deployment's maxSurge, rounded up)."""
-    minimum = {
-        r.object["spec"]["scaleTargetRef"]["name"]: r.object["spec"]["minReplicas"]
-        for r in run.resources
-        if r.type == HPA
-    }
+def model_pods(run: OfflineRun, surge: bool, at: str = "minReplicas") -> list[Pod]:
+    """Every model's pods at their minimum (or `at="maxReplicas"`) replicas, plus, with
+    `surge`, the extra pods of a rolling update (the Deployment's maxSurge, rounded up)."""
+    bound = {r.object["spec"]["scaleTargetRef"]["name"]: r.object["spec"][at] for r in run.resources if r.type == HPA}
     pods = []
     for deployment in (r for r in run.resources if r.type == DEPLOYMENT):
         obj = deployment.object
-        replicas = minimum.get(obj["metadata"]["name"], obj["spec"].get("replicas", 1))
+        replicas = bound.get(obj["metadata"]["name"], obj["spec"].get("replicas", 1))
         max_surge = obj["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
         extra = math.ceil(replicas * int(max_surge.rstrip("%")) / 100) if str(max_surge).endswith("%") else max_surge
-        count = replicas + (extra if surge else 0)
-        pods += [pod_request(f"{deployment.name}-{i}", obj["spec"]["template"]["spec"]) for i in range(count)]
+        spec = obj["spec"]["template"]["spec"]
+        pods += pods_of(deployment.name, pod_request(spec), replicas + (extra if surge else 0), spec)
     return pods
+
+
+def desired_pools(settings) -> list:
+    return [policy_node_pool(pool, nodes=pool.desired) for pool in node_pools(settings)]
 
 
 def test_the_eks_stacks_default_models_schedule_on_its_desired_nodes(runs):
     """Fails on the old sizing: 3 x m7i.large (1930m each) cannot hold a 2-CPU taxi-fare pod."""
-    settings = load_stack_settings(ROOT, "eks")
-    pools = node_pools(settings)
+    pools = desired_pools(load_stack_settings(ROOT, "eks"))
     pods = model_pods(runs["eks"], surge=True)
-    assert {p.cpu_millicores for p in pods} >= {2000}, "prod's taxi-fare requests 2 CPU"
-    assert fits(pods, pools) == []
+    assert {p.request.cpu_millis for p in pods} >= {2000}, "prod's taxi-fare requests 2 CPU"
+    assert place(pods, pools) == []
     # The add-ons (Envoy Gateway, Prometheus, Grafana, Flagger, the autoscaler, DaemonSets) need
     # room too: the models leave at least one node's worth of CPU free.
     cpu = pools[0]
-    used = sum(p.cpu_millicores for p in pods)
-    assert cpu.desired * cpu.allocatable.cpu_millicores - used >= cpu.allocatable.cpu_millicores
+    used = sum(p.request.cpu_millis for p in pods)
+    assert cpu.nodes * cpu.cpu_millis - used >= cpu.cpu_millis
 
 
 def test_the_eks_stacks_models_at_their_maxima_fit_the_autoscalers_bounds(runs):
-    run = runs["eks"]
-    maximum = {
-        r.object["spec"]["scaleTargetRef"]["name"]: r.object["spec"]["maxReplicas"]
-        for r in run.resources
-        if r.type == HPA
-    }
-    pods = []
-    for deployment in (r for r in run.resources if r.type == DEPLOYMENT):
-        spec = deployment.object["spec"]["template"]["spec"]
-        count = maximum[deployment.object["metadata"]["name"]]
-        pods += [pod_request(f"{deployment.name}-{i}", spec) for i in range(count)]
-    assert fits(pods, node_pools(load_stack_settings(ROOT, "eks")), at_max=True) == []
+    pods = model_pods(runs["eks"], surge=False, at="maxReplicas")
+    pools = [policy_node_pool(pool) for pool in node_pools(load_stack_settings(ROOT, "eks"))]
+    assert place(pods, pools) == []
 
 
 def test_the_old_eks_sizing_would_not_schedule(project):
     _set_eks(project, cpuNodes={"instanceType": "m7i.large", "minSize": 2, "desiredSize": 3, "maxSize": 6})
-    pools = node_pools(load_stack_settings(project, "eks"))
-    unplaced = fits(model_pods(run_stack(project, "eks"), surge=False), pools)
-    assert unplaced and all(p.name.startswith("taxi-fare") for p in unplaced)
+    pools = desired_pools(load_stack_settings(project, "eks"))
+    unplaced = place(model_pods(run_stack(project, "eks"), surge=False), pools)
+    assert unplaced and all(p.owner.startswith("taxi-fare") for p in unplaced)

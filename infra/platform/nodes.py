@@ -1,15 +1,16 @@
-"""Node capacity (pure): what the kubelet of an EKS node lets pods request, and the stack's node pools."""
+"""Node capacity (pure): what the kubelet of an EKS node lets pods request, and the stack's node pools.
+
+Where pods land is decided by the `pods-schedule` policy rule (policy/engines.py), from these pools."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from kubernetes.utils.quantity import parse_quantity
 
-from infra.platform.cluster import GPU_RESOURCE, GPU_TAINT, NODE_POOL_LABEL
+from infra.platform.cluster import GPU_TAINT, NODE_POOL_LABEL
 from infra.spec.instances import INSTANCE_TYPES, InstanceType
 from infra.spec.settings import NodePool, StackSettings
 
@@ -136,90 +137,3 @@ def _existing_pool(pool) -> NodePoolCapacity:
         max=pool.max_count if autoscaled else pool.count,
         autoscaled=autoscaled,
     )
-
-
-@dataclass(frozen=True)
-class PodRequest:
-    """What one pod asks of a node: requests, where it may go, what it tolerates."""
-
-    name: str
-    cpu_millicores: int
-    memory_bytes: int
-    gpus: int = 0
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-    tolerations: tuple[Mapping[str, str], ...] = ()
-
-
-def pod_request(name: str, pod_spec: Mapping) -> PodRequest:
-    """A pod's effective request (Kubernetes: the larger of the sum over containers and the
-    largest init container, per resource), with its nodeSelector and tolerations."""
-
-    def amounts(container: Mapping) -> tuple[int, int, int]:
-        requests = (container.get("resources") or {}).get("requests") or {}
-        return (
-            math.ceil(parse_quantity(requests.get("cpu", 0)) * 1000),
-            int(parse_quantity(requests.get("memory", 0))),
-            int(parse_quantity(requests.get(GPU_RESOURCE, 0))),
-        )
-
-    regular = [amounts(c) for c in pod_spec.get("containers") or []]
-    init = [amounts(c) for c in pod_spec.get("initContainers") or []]
-    effective = [max(sum(r[i] for r in regular), max((r[i] for r in init), default=0)) for i in range(3)]
-    return PodRequest(
-        name,
-        *effective,
-        node_selector=dict(pod_spec.get("nodeSelector") or {}),
-        tolerations=tuple(pod_spec.get("tolerations") or ()),
-    )
-
-
-def schedulable_on(pod: PodRequest, pool: NodePoolCapacity) -> bool:
-    """The pod's nodeSelector matches the pool's labels and it tolerates every NoSchedule/NoExecute taint."""
-    if any(pool.labels.get(k) != v for k, v in pod.node_selector.items()):
-        return False
-    return all(_tolerated(taint, pod.tolerations) for taint in pool.taints if taint.effect != "PreferNoSchedule")
-
-
-def _tolerated(taint: Taint, tolerations: Iterable[Mapping[str, str]]) -> bool:
-    for toleration in tolerations:
-        if toleration.get("effect") not in (None, "", taint.effect):
-            continue
-        if toleration.get("operator") == "Exists" and toleration.get("key") in (None, "", taint.key):
-            return True
-        if toleration.get("key") == taint.key and toleration.get("value") == taint.value:
-            return True
-    return False
-
-
-def fits(pods: Sequence[PodRequest], pools: Sequence[NodePoolCapacity], at_max: bool = False) -> list[PodRequest]:
-    """First-fit decreasing of `pods` onto each pool's desired nodes (`at_max`: its most nodes); returns the pods
-    that found no node (empty: everything fits). Larger pods go first, by CPU then memory."""
-    free: list[tuple[NodePoolCapacity, list[list[int]]]] = [
-        (
-            pool,
-            [
-                [
-                    pool.allocatable.cpu_millicores,
-                    pool.allocatable.memory_bytes,
-                    pool.allocatable.gpus,
-                    pool.max_pods if pool.max_pods is not None else 1 << 30,
-                ]
-                for _ in range(pool.max if at_max else pool.desired)
-            ],
-        )
-        for pool in pools
-    ]
-    unplaced = []
-    for pod in sorted(pods, key=lambda p: (p.gpus, p.cpu_millicores, p.memory_bytes), reverse=True):
-        need = (pod.cpu_millicores, pod.memory_bytes, pod.gpus, 1)
-        for pool, node_free in free:
-            if not schedulable_on(pod, pool):
-                continue
-            node = next((n for n in node_free if all(n[i] >= need[i] for i in range(4))), None)
-            if node is not None:
-                for i in range(4):
-                    node[i] -= need[i]
-                break
-        else:
-            unplaced.append(pod)
-    return unplaced

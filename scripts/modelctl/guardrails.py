@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from infra.offline import DeclaredResource, OfflineRun
+from infra.platform.nodes import NodePoolCapacity, node_pools
 from infra.spec.settings import StackSettings, load_stack_settings, read_stack_config
+from policy.engines import NodePool
 from policy.rules import MANDATORY, RULES, ExternalObject, PolicySettings, Resource, Violation, evaluate
 
 DISABLE_DEFAULT_PROVIDERS = "pulumi:disable-default-providers"
@@ -27,6 +29,23 @@ def policy_settings(settings: StackSettings, stack_config: Mapping[str, Any]) ->
         host=settings.routing.host,
         disabled_default_providers=disabled_default_providers(stack_config),
         external=tuple(ExternalObject(e.kind.value, e.name, e.namespace or "") for e in settings.external),
+        node_pools=tuple(policy_node_pool(pool) for pool in node_pools(settings)),
+    )
+
+
+def policy_node_pool(pool: NodePoolCapacity, nodes: int | None = None) -> NodePool:
+    """A stack's node pool as the `pods-schedule` rule takes it: as many nodes as the pool can
+    have (its maximum under a node autoscaler, else its desired size), unless `nodes` says."""
+    return NodePool(
+        name=pool.name,
+        labels=dict(pool.labels),
+        taints=tuple({"key": t.key, "value": t.value or "", "effect": t.effect} for t in pool.taints),
+        cpu_millis=pool.allocatable.cpu_millicores,
+        memory_bytes=pool.allocatable.memory_bytes,
+        gpus=pool.allocatable.gpus,
+        nodes=pool.max if nodes is None else nodes,
+        autoscaled=pool.autoscaled,
+        max_pods=pool.max_pods,
     )
 
 
@@ -53,6 +72,7 @@ def policy_config(policy: PolicySettings) -> dict[str, Any]:
                 "gpus": p.gpus,
                 "nodes": p.nodes,
                 "autoscaled": p.autoscaled,
+                "maxPods": p.max_pods,
             }
             for p in policy.node_pools
         ],
