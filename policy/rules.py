@@ -18,6 +18,7 @@ from policy.engines import (
     DEPLOYMENT,
     HTTP_ROUTE,
     SERVICE,
+    FlaggerOutcome,
     NodePool,
     Pod,
     PodTemplate,
@@ -258,7 +259,7 @@ def explicit_providers(resources: list[Resource], settings: PolicySettings) -> l
     return problems
 
 
-def _cluster_view(resources: list[Resource]) -> tuple[list[Resource], Any]:
+def _cluster_view(resources: list[Resource]) -> tuple[list[Resource], FlaggerOutcome]:
     """Declared Kubernetes objects plus what Flagger generates from the Canaries."""
     declared = [r for r in resources if is_kubernetes(r)]
     outcome = flagger_outcome(declared)
@@ -448,8 +449,8 @@ def references_resolve(resources: list[Resource], settings: PolicySettings) -> l
     index = _Index(objects, resources, settings.external)
     problems = []
     for resource in objects:
-        if resource.generated_by is not None and resource.type != DEPLOYMENT:
-            continue
+        if resource.generated_by is not None:
+            continue  # Flagger's objects reference what their Canary's target does
         for field_path, kind, namespace, name in _references(resource):
             if not index.has(kind, namespace, name):
                 where = f"{namespace}/{name}" if namespace and kind not in CLUSTER_SCOPED else name
