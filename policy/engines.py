@@ -140,11 +140,47 @@ def pod_templates(resources: Sequence[Resource]) -> list[PodTemplate]:
     return templates
 
 
-def find(resources: Iterable[Resource], type_: str, namespace: str, name: str) -> Resource | None:
-    for resource in resources:
-        if resource.type == type_ and resource.object_name == name and resource.namespace == namespace:
-            return resource
-    return None
+class ObjectIndex:
+    """Objects by (type token, namespace, name): references resolve in constant time, so the
+    checks stay linear in the size of the stack (a fleet declares tens of thousands)."""
+
+    def __init__(self, resources: Iterable[Resource]):
+        self._by_key: dict[tuple[str, str, str], Resource] = {}
+        for resource in resources:
+            self._by_key.setdefault((resource.type, resource.namespace, resource.object_name), resource)
+
+    def find(self, type_: str, namespace: str, name: str) -> Resource | None:
+        return self._by_key.get((type_, namespace, name))
+
+
+class LabelIndex:
+    """Items by (namespace, label, value), so selecting by labels costs the candidates sharing
+    a label pair, not every item of the stack."""
+
+    def __init__(self) -> None:
+        self._by_pair: dict[tuple[str, str, str], list[Any]] = {}
+        self._by_namespace: dict[str, list[Any]] = {}
+
+    def add(self, namespace: str, labels: Mapping[str, Any], item: Any) -> None:
+        self._by_namespace.setdefault(namespace, []).append(item)
+        for label, value in labels.items():
+            self._by_pair.setdefault((namespace, label, str(value)), []).append(item)
+
+    def candidates(self, namespace: str, match_labels: Mapping[str, Any] | None) -> list[Any]:
+        """Items that may match a selector whose matchLabels are `match_labels` (all of the
+        namespace when it has none, e.g. matchExpressions only)."""
+        if not match_labels:
+            return self._by_namespace.get(namespace, [])
+        label, value = next(iter(match_labels.items()))
+        return self._by_pair.get((namespace, label, str(value)), [])
+
+    def carrying(self, namespace: str, labels: Mapping[str, Any]) -> list[Any]:
+        """Items indexed under any of `labels`' pairs (each once)."""
+        found: dict[int, Any] = {}
+        for label, value in labels.items():
+            for item in self._by_pair.get((namespace, label, str(value)), []):
+                found[id(item)] = item
+        return list(found.values())
 
 
 @dataclass(frozen=True)
@@ -211,9 +247,10 @@ def flagger_outcome(resources: Sequence[Resource]) -> FlaggerOutcome:
     generated: list[Resource] = []
     refusals: list[tuple[Resource, str]] = []
     targets: list[tuple[Resource, Resource]] = []
+    index = ObjectIndex(resources)
     for canary in (r for r in resources if r.type == CANARY):
         target_ref = canary.spec.get("targetRef") or {}
-        target = find(resources, DEPLOYMENT, canary.namespace, str(target_ref.get("name")))
+        target = index.find(DEPLOYMENT, canary.namespace, str(target_ref.get("name")))
         if target is None:
             continue  # the references rule names the missing target
         selector = flagger_selector(target)
@@ -232,7 +269,7 @@ def flagger_outcome(resources: Sequence[Resource]) -> FlaggerOutcome:
         primary_labels = dict((template.get("metadata") or {}).get("labels") or {}) | {label: f"{value}-primary"}
         # The primary gets its own copy of the target's autoscaler (`<hpa>-primary`).
         scaler_ref = canary.spec.get("autoscalerRef") or {}
-        scaler = find(resources, HPA, canary.namespace, str(scaler_ref.get("name")))
+        scaler = index.find(HPA, canary.namespace, str(scaler_ref.get("name")))
         primary_spec = {
             "replicas": (scaler.spec.get("minReplicas", 1) if scaler else target.spec.get("replicas", 1)),
             "selector": {"matchLabels": {label: f"{value}-primary"}},
