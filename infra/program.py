@@ -55,7 +55,7 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
     if verify_artifacts:
         from infra.model.artifacts import verify_served_versions
 
-        problems = verify_served_versions(served, settings.object_store)
+        problems = verify_served_versions(served, settings.object_store, warn=pulumi.log.warn)
         if problems:
             raise ConfigError(problems)
     platform = Platform("platform", settings)

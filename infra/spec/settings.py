@@ -355,6 +355,14 @@ class CaBundle(Settings):
     )
 
 
+class Integrity(StrEnum):
+    """How the artifact checks verify the objects of a served version against its checksum list."""
+
+    checksums = "checksums"  # HEAD with checksum mode: the store's SHA-256 of each object, no download
+    download = "download"  # GET and hash every object (stores without S3 additional checksums)
+    listing = "listing"  # only that the listed objects exist and nothing else: contents unverified
+
+
 class ObjectStoreSettings(Settings):
     bucket: Annotated[str, StringConstraints(pattern=BUCKET_NAME)] = Field(description="Bucket holding model versions.")
     prefix: Annotated[str, StringConstraints(pattern=KEY_PREFIX)] = Field(description="Key prefix of all models.")
@@ -396,6 +404,15 @@ class ObjectStoreSettings(Settings):
         default=True,
         description="A real `pulumi preview`/`up` first checks that every served version is committed "
         "and matches its digest (standard AWS credential chain, `externalEndpoint` if set).",
+    )
+
+    integrity: Integrity = Field(
+        default=Integrity.checksums,
+        strict=False,
+        description="How the artifact checks verify each object of a served version against the version's "
+        "checksum list: `checksums` (HEAD requests; the store's S3 SHA-256 additional checksum, which "
+        "`modelctl publish` stores), `download` (GET and hash every object; for stores without additional "
+        "checksums), `listing` (only that exactly the listed objects exist; a warning says contents are unverified).",
     )
 
     @field_validator("prefix", mode="before")

@@ -135,7 +135,11 @@ def check_artifacts(root: Path, stacks: Sequence[str]) -> list[ErrorItem]:
     problems = []
     for stack in stacks:
         settings = load_stack_settings(root, stack)
-        problems += verify_served_versions(served_in(manifests, settings.environment), settings.object_store)
+        problems += verify_served_versions(
+            served_in(manifests, settings.environment),
+            settings.object_store,
+            warn=lambda message, stack=stack: print(f"warning: stack {stack}: {message}", file=sys.stderr),
+        )
     return problems
 
 

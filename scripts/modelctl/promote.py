@@ -79,7 +79,9 @@ def require_committed(manifest: ModelManifest, version: int, stacks: list[StackS
     for stack in stacks:
         store = stack.object_store
         prefix = version_prefix(store.prefix, manifest.artifact.path, version)
-        problem = check_version(client or s3_client(store), store.bucket, prefix, manifest.versions[version].digest)
+        problem = check_version(
+            client or s3_client(store), store.bucket, prefix, manifest.versions[version].digest, store.integrity
+        )
         if problem is not None:
             raise PromotionError(
                 f"{manifest.name} version {version} is not usable in stack {stack.stack}: "
