@@ -105,6 +105,7 @@ MAX_PROBLEMS_PER_VERSION = 10
 # GNU sha256sum starts a line with a backslash when it escapes the name; we never write those.
 CHECKSUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](.+)$")
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+MULTIPART_ETAG = re.compile(r'-[0-9]+"?$')
 
 
 def parse_checksum_list(checksums: bytes) -> tuple[dict[str, str], list[str]]:
@@ -270,8 +271,10 @@ def stored_sha256(client: Any, bucket: str, key: str) -> StoredChecksum:
     # of the parts' checksums with a `-<parts>` suffix, and `ChecksumType` is COMPOSITE (S3 User
     # Guide, "Checking object integrity", multipart uploads): not the file's SHA-256. Publish
     # uploads every file up to S3's 5 GiB single-PUT limit in one request so it has a whole-
-    # object SHA-256. (moto reports a multipart upload's composite value without the suffix,
-    # so ChecksumType is consulted too.) With SSE-KMS, checksum mode also needs kms:Decrypt.
+    # object SHA-256. moto reports a multipart upload's composite value without the suffix and
+    # without ChecksumType, so the ETag is consulted too: a multipart object's ETag is not an
+    # MD5 of its bytes and ends in `-<parts>` (S3 API reference, Object: ETag; moto does the
+    # same). With SSE-KMS, checksum mode also needs kms:Decrypt (S3 API reference, HeadObject).
     head = client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     value = head.get("ChecksumSHA256")
     if not value:
@@ -282,7 +285,10 @@ def stored_sha256(client: Any, bucket: str, key: str) -> StoredChecksum:
             + ": it was not stored by `modelctl publish` with its checksum (replaced?), or the store keeps no "
             "S3 additional checksums; for such a store set the stack's objectStore.integrity to `download`"
         )
-    actual = None if head.get("ChecksumType") == "COMPOSITE" else sha256_of_checksum(value)
+    multipart = head.get("ChecksumType") == "COMPOSITE" or (
+        head.get("ChecksumType") != "FULL_OBJECT" and MULTIPART_ETAG.search(head.get("ETag", ""))
+    )
+    actual = None if multipart else sha256_of_checksum(value)
     if actual is None:
         return StoredChecksum(
             unverifiable=f"the store's SHA-256 {value!r} is a multipart upload's checksum of its parts, not the "
