@@ -345,3 +345,22 @@ def test_what_reaches_the_fetch_script_is_validated_tokens_only(runs):
                 assert re.fullmatch(r"s3://[a-z0-9.-]+(/[A-Za-z0-9!_.*'()-]+)+", env["MODEL_SOURCE"])
                 assert ".." not in env["MODEL_SOURCE"].split("/")
     assert seen >= len(runs)
+
+
+def test_the_program_in_a_real_preview_refuses_a_link_out_of_the_repository(project, tmp_path):
+    import pulumi
+
+    from infra import program
+    from infra.offline import OfflineRun, run_stack
+
+    # `local` checks no artifacts, so the link is the only thing wrong.
+    declared = OfflineRun(stack="local")
+    run_stack(project, "local", entry=program.main, into=declared)
+    assert declared.resources
+    (tmp_path / "rules.py").write_text("# not ours\n")
+    (project / "policy").mkdir()
+    (project / "policy" / "rules.py").symlink_to(tmp_path / "rules.py")
+    declared = OfflineRun(stack="local")
+    with pytest.raises(pulumi.RunError):
+        run_stack(project, "local", entry=program.main, into=declared)
+    assert declared.resources == [], "nothing declared"
