@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY_VENV := .venv-policy
 POLICY_STAMP := $(POLICY_VENV)/.installed
 
-.PHONY: install demo test test-fast lint shellcheck-installed schema policy-config codeowners bench clean
+.PHONY: install demo test test-fast lint shellcheck-installed schema policy-config codeowners bench bench-input clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,3 +65,6 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m scripts.bench_plan
+
+bench-input: $(STAMP)
+	$(BIN)/python -m scripts.bench_input

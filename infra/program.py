@@ -11,6 +11,7 @@ from infra.model.routing import rest_url
 from infra.platform.component import Platform
 from infra.spec.errors import ConfigError
 from infra.spec.manifest import load_manifests, served_in
+from infra.spec.paths import links_outside
 from infra.spec.project import stack_errors
 from infra.spec.settings import PROJECT, STRING_KEYS, StackSettings, settings_from_config, stack_file, stack_names
 
@@ -40,6 +41,11 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
     with the manifest's digest, or nothing is declared. With `bootstrap` set, the platform
     alone is declared (the stack's own bucket does not exist yet): no model, no artifact check.
     """
+    # A real `pulumi preview` of a pull request reads what the offline plan reads: the same
+    # refusal of links out of the repository, before anything is read.
+    outside = links_outside(root)
+    if outside:
+        raise ConfigError(outside)
     manifests = load_manifests(root, environments=stack_names(root) or None)
     problems = stack_errors(settings, manifests)
     if problems:
@@ -55,7 +61,7 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
     if verify_artifacts:
         from infra.model.artifacts import verify_served_versions
 
-        problems = verify_served_versions(served, settings.object_store)
+        problems = verify_served_versions(served, settings.object_store, warn=pulumi.log.warn)
         if problems:
             raise ConfigError(problems)
     platform = Platform("platform", settings)

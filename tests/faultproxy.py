@@ -2,7 +2,10 @@
 
 The client under test is the real boto3 client talking to a real S3 server; only the
 wire between them misbehaves: a PUT to chosen keys gets 403 AccessDenied, or the whole
-proxy goes away after some bytes (the "server" stops mid-upload) and can come back.
+proxy goes away after some bytes (the "server" stops mid-upload) and can come back, or
+headers vanish on the way: request headers (`If-None-Match`, as a store or gateway that
+ignores conditional writes) or response headers (`x-amz-checksum-*`, as a store that keeps
+no additional checksums).
 One request per connection (`Connection: close`) keeps the relaying simple.
 """
 
@@ -22,6 +25,11 @@ class FaultProxy:
         self.upstream_port = upstream_port
         self.deny_puts: re.Pattern[str] | None = None
         self.cut_after_bytes: int | None = None
+        # Lower-case names of request headers dropped before the request reaches the server.
+        self.strip_request_headers: set[str] = set()
+        # Response header lines (matched on the lower-cased line) dropped before the client sees them.
+        self.strip_response_headers: re.Pattern[str] | None = None
+        self.stripped: list[str] = []
         self.forwarded = 0
         self.denied: list[str] = []
         self._lock = threading.Lock()
@@ -93,7 +101,7 @@ class FaultProxy:
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             with self._lock:
                 self._connections.add(upstream)
-            upstream.sendall(_rewrite(head))
+            upstream.sendall(self._rewrite(head))
             remaining = length
             chunk = body_start
             while True:
@@ -106,6 +114,11 @@ class FaultProxy:
                 chunk = client.recv(min(65536, remaining))
                 if not chunk:
                     return
+            if self.strip_response_headers is not None:
+                response_head, rest = _read_head(upstream)
+                if response_head is None:
+                    return
+                client.sendall(self._filter_response(response_head) + rest)
             while data := upstream.recv(65536):
                 client.sendall(data)
         except OSError:
@@ -116,6 +129,30 @@ class FaultProxy:
                     with self._lock:
                         self._connections.discard(sock)
                     sock.close()
+
+    def _rewrite(self, head: bytes) -> bytes:
+        lines = head.decode("latin-1").split("\r\n")
+        kept = []
+        for line in lines:
+            name = line.split(":", 1)[0].strip().lower()
+            if not line or name in ("connection", "expect"):
+                continue
+            if ":" in line and name in self.strip_request_headers:
+                self.stripped.append(line)
+                continue
+            kept.append(line)
+        return ("\r\n".join(kept) + "\r\nConnection: close\r\n\r\n").encode("latin-1")
+
+    def _filter_response(self, head: bytes) -> bytes:
+        assert self.strip_response_headers is not None
+        lines = head.decode("latin-1").split("\r\n")
+        kept = []
+        for line in lines:
+            if line and self.strip_response_headers.search(line.lower()):
+                self.stripped.append(line)
+                continue
+            kept.append(line)
+        return "\r\n".join(kept).encode("latin-1")
 
     def _count(self, size: int) -> None:
         with self._lock:
@@ -146,12 +183,6 @@ def _parse(head: bytes) -> tuple[str, dict[str, str]]:
             name, value = line.split(":", 1)
             headers[name.strip().lower()] = value.strip()
     return lines[0], headers
-
-
-def _rewrite(head: bytes) -> bytes:
-    lines = head.decode("latin-1").split("\r\n")
-    kept = [line for line in lines if line and not line.lower().startswith(("connection:", "expect:"))]
-    return ("\r\n".join(kept) + "\r\nConnection: close\r\n\r\n").encode("latin-1")
 
 
 def _drain(sock: socket.socket, remaining: int) -> None:

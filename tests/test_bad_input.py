@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from collections.abc import Callable
@@ -213,7 +214,7 @@ CASES = [
     Case(
         "version zero",
         IRIS,
-        data(IRIS, lambda d: d["versions"].update({0: d["versions"][1]})),
+        data(IRIS, lambda d: d["versions"].update({0: copy.deepcopy(d["versions"][1])})),  # a copy: no alias
         f"{IRIS}: versions.0.[key]: ",
         "greater than 0",
     ),
@@ -246,7 +247,7 @@ CASES = [
         IRIS,
         data(IRIS, setitem("artifact.path", "../taxi-fare")),
         f"{IRIS}: artifact.path: ",
-        "should match pattern",
+        "contains an empty, `.` or `..` segment",
     ),
     Case(
         "missing required field",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,10 +33,12 @@ def test_preview_runs_the_offline_plan_on_pull_requests_touching_the_inputs():
     paths = workflow["on"]["pull_request"]["paths"]
     assert {"models/**", "stacks/**", "infra/**"} <= set(paths)
     job = workflow["jobs"]["offline-plan"]
-    assert job["permissions"]["pull-requests"] == "write"
+    assert job["permissions"] == {"contents": "read"}, "it runs the pull request's code"
     runs = "\n".join(step.get("run", "") for step in job["steps"])
     assert "modelctl plan --all-stacks --base" in runs and "--format markdown" in runs
-    assert any("upsert-comment.sh" in step.get("run", "") for step in job["steps"])
+    assert not any("upsert-comment.sh" in step.get("run", "") for step in job["steps"]), "preview-comment.yml posts"
+    upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["with"]["name"] == "offline-plan"
     checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@"))
     assert checkout["with"]["fetch-depth"] == 0, "the base revision must be in the clone"
     assert "secrets." not in (WORKFLOWS / "preview.yml").read_text().split("credentials:")[0]
@@ -44,17 +47,19 @@ def test_preview_runs_the_offline_plan_on_pull_requests_touching_the_inputs():
 def test_pulumi_preview_runs_per_stack_only_with_credentials():
     job = load("preview.yml")["jobs"]["pulumi-preview"]
     assert job["needs"] == "credentials"
-    assert job["if"] == "needs.credentials.outputs.available == 'true'"
+    assert "needs.credentials.outputs.available == 'true'" in job["if"]
+    assert SAME_REPOSITORY in job["if"], "never for a fork's code"
     assert set(job["strategy"]["matrix"]["stack"]) == {"dev", "staging", "prod"}
     action = next(s for s in job["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
     assert action["with"]["command"] == "preview"
-    assert action["with"]["comment-on-pr"] is True
+    assert action["with"]["comment-on-summary"] is True
+    assert "comment-on-pr" not in action["with"], "no write on pull requests"
 
 
 def test_pulumi_preview_has_read_only_oidc_credentials_for_the_artifact_checks():
     workflow = load("preview.yml")
     job = workflow["jobs"]["pulumi-preview"]
-    assert job["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
     steps = job["steps"]
     login = next(
         i for i, s in enumerate(steps) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
@@ -74,11 +79,104 @@ def test_pulumi_preview_has_read_only_oidc_credentials_for_the_artifact_checks()
     assert "id-token" not in workflow["jobs"]["offline-plan"]["permissions"]
 
 
-def test_fork_comments_come_from_the_artifact_without_running_fork_code():
+def test_comments_come_from_the_artifact_without_running_pull_request_code():
     workflow = load("preview-comment.yml")
     assert workflow["on"]["workflow_run"]["workflows"] == ["preview"]
-    steps = workflow["jobs"]["comment"]["steps"]
+    job = workflow["jobs"]["comment"]
+    assert "head_repository" not in job["if"], "every pull request's plan is posted from here"
+    steps = job["steps"]
     assert not any("make" in s.get("run", "") or "modelctl" in s.get("run", "") for s in steps)
+    post = next(s for s in steps if "upsert-comment.sh" in s.get("run", ""))
+    # The artifact's number is checked against the pull request the preview run planned.
+    assert post["env"]["HEAD_SHA"] == "${{ github.event.workflow_run.head_sha }}"
+    assert '"$head" != "$HEAD_SHA"' in post["run"]
+
+
+# `if:` of a job that may hold credentials: only pull requests from this repository's branches.
+SAME_REPOSITORY = "github.event.pull_request.head.repo.full_name == github.repository"
+PULL_REQUEST_EVENTS = ("pull_request", "pull_request_target")
+READ_ONLY = ("read", "none")
+
+
+def triggers(workflow: dict) -> set[str]:
+    on = workflow["on"]
+    return {on} if isinstance(on, str) else set(on)
+
+
+def permissions_of(workflow: dict, job: dict) -> dict:
+    """A job's token permissions: its own block, else the workflow's (a job without either
+    would get the repository's default, which may be write-all)."""
+    if "permissions" in job:
+        return job["permissions"] or {}
+    assert "permissions" in workflow, "permissions must be explicit"
+    return workflow["permissions"] or {}
+
+
+def checks_out_code(job: dict) -> bool:
+    return any(step.get("uses", "").startswith("actions/checkout@") for step in job.get("steps", []))
+
+
+def test_no_workflow_uses_pull_request_target():
+    # It runs with the base repository's secrets and a write token: checking out the pull
+    # request's code there would hand both to it.
+    for path in WORKFLOWS.glob("*.yml"):
+        assert not triggers(load(path.name)) & {"pull_request_target"}, path.name
+
+
+def test_jobs_that_run_pull_request_code_are_read_only_without_secrets():
+    checked = 0
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        workflow = load(path.name)
+        if not triggers(workflow) & set(PULL_REQUEST_EVENTS):
+            continue
+        for name, job in workflow["jobs"].items():
+            where = f"{path.name}: {name}"
+            permissions = permissions_of(workflow, job)
+            writes = {scope for scope, level in permissions.items() if level not in READ_ONLY}
+            text = yaml.safe_dump(job)
+            guarded = SAME_REPOSITORY in str(job.get("if", ""))
+            if checks_out_code(job):
+                checked += 1
+                if not guarded:
+                    assert not writes, f"{where} runs pull-request code with write permissions {writes}"
+                    assert "secrets." not in text, f"{where} runs pull-request code with secrets"
+                else:
+                    # Same-repository pull requests only: OIDC to a read-only role, nothing else writes.
+                    assert writes <= {"id-token"}, f"{where}: {writes}"
+            else:
+                assert not writes, f"{where}: a pull-request workflow writes nothing"
+    assert checked >= 2, "the offline plan and pulumi preview jobs"
+
+
+def test_the_comment_job_runs_no_pull_request_code_and_may_only_comment():
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        workflow = load(path.name)
+        if "workflow_run" not in triggers(workflow):
+            continue
+        assert workflow["permissions"] == {}, f"{path.name}: nothing by default"
+        for name, job in workflow["jobs"].items():
+            permissions = permissions_of(workflow, job)
+            writes = {scope for scope, level in permissions.items() if level not in READ_ONLY}
+            assert writes <= {"pull-requests"}, f"{path.name}: {name}: {writes}"
+            for step in job["steps"]:
+                if step.get("uses", "").startswith("actions/checkout@"):
+                    # No `ref:`: the default branch, never the pull request's head.
+                    assert "ref" not in step.get("with", {}), f"{path.name}: {name}"
+                    assert "repository" not in step.get("with", {}), f"{path.name}: {name}"
+                run = step.get("run", "")
+                for runs_code in ("make", "modelctl", "pip ", "python", ".venv", "npm", "./"):
+                    assert runs_code not in run, f"{path.name}: {name} runs {runs_code!r}"
+            assert "secrets." not in yaml.safe_dump(job)
+
+
+def test_no_run_script_splices_event_values_into_its_text():
+    # `${{ github.event... }}` in `run:` is pasted into the script before the shell sees it
+    # (GitHub's "Security hardening for GitHub Actions", script injections): values go
+    # through `env:` instead.
+    for where, step in steps_of_every_workflow():
+        run = step.get("run", "")
+        for expression in re.findall(r"\$\{\{(.*?)\}\}", run):
+            assert "github.event" not in expression and "_ref" not in expression, f"{where}: {expression}"
 
 
 def fake_gh(tmp_path: Path, existing_comments: str) -> tuple[dict, Path]:

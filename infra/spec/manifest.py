@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -14,15 +16,22 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
-from infra.spec.yamlio import read_yaml
+from infra.spec.paths import OUTSIDE, is_inside
+from infra.spec.yamlio import MAX_FILE_BYTES, read_yaml
 
 MODELS_DIR = "models"
 # `.yml` files are read too, so a stray copy cannot shadow a manifest unnoticed.
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+# Bounds of what one checkout may ask us to read (a pull request from anyone is planned):
+# at most this many manifests, together at most this many bytes (each file at most
+# yamlio.MAX_FILE_BYTES). `scripts/bench_input.py` measures a project just under them.
+MAX_MANIFESTS = 500
+MAX_MANIFEST_BYTES_TOTAL = 16 * MAX_FILE_BYTES
 SCHEMA_FILE = "manifest.schema.json"
 
 # A model name is a TF-Serving model name, a URL segment and the stable name of its
@@ -79,10 +88,34 @@ class ModelCard(Frozen):
     limitations: str | None = Field(default=None, description="Known failure modes and out-of-scope uses.")
 
 
+def key_path_problem(path: str) -> str | None:
+    """Why `path` could name a key outside the prefix it is joined to, or None.
+
+    S3 keys are plain strings, but the tools that turn them into file paths are not: the
+    fetcher's `aws s3 cp --recursive` writes `<dir>/<key minus prefix>`, and a `..` segment
+    would leave the directory. So a path is relative, and no segment is empty, `.` or `..`.
+    """
+    if path.startswith("/"):
+        return "is absolute"
+    if any(segment in ("", ".", "..") for segment in path.split("/")):
+        return "contains an empty, `.` or `..` segment"
+    return None
+
+
 class Artifact(Frozen):
     path: Annotated[str, StringConstraints(pattern=ARTIFACT_PATH_PATTERN, max_length=200)] = Field(
         description="Key prefix under the stack's object-store prefix; versions live at <store>/<path>/<version>/."
     )
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _stays_under_the_prefix(cls, value: Any) -> Any:
+        # Before the pattern (which refuses these too) so the message says what is wrong.
+        if isinstance(value, str):
+            problem = key_path_problem(value)
+            if problem is not None:
+                raise ValueError(f"Got {value!r}; {problem}: it is a key prefix under the stack's objectStore.prefix")
+        return value
 
 
 class PublishedVersion(Frozen):
@@ -387,15 +420,34 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
     (a typo there would silently serve nothing).
     """
     models_dir = root / MODELS_DIR
+    if models_dir.is_symlink() and not is_inside(root, models_dir):
+        raise ConfigError([ErrorItem(f"{MODELS_DIR}/", "", OUTSIDE)])
     if not models_dir.is_dir():
         raise ConfigError([ErrorItem(f"{MODELS_DIR}/", "", "directory not found")])
     errors: list[ErrorItem] = []
     manifests: list[ModelManifest] = []
     origin: dict[str, str] = {}
     known = set(environments) if environments is not None else None
-    paths = sorted(p for p in models_dir.iterdir() if p.suffix in MANIFEST_SUFFIXES and p.is_file())
+    paths = manifest_paths(root)
+    total = 0
     for path in paths:
         display = f"{MODELS_DIR}/{path.name}"
+        if not is_inside(root, path):
+            errors.append(ErrorItem(display, "", OUTSIDE))
+            continue
+        with contextlib.suppress(OSError):  # read_yaml names the problem
+            # A file over the per-file cap gets its own error from read_yaml and is not read.
+            total += size if (size := path.stat().st_size) <= MAX_FILE_BYTES else 0
+        if total > MAX_MANIFEST_BYTES_TOTAL:
+            errors.append(
+                ErrorItem(
+                    display,
+                    "",
+                    f"the manifests up to this one hold more than {MAX_MANIFEST_BYTES_TOTAL // MAX_FILE_BYTES} MiB "
+                    "together, the limit; nothing after it was read",
+                )
+            )
+            break
         try:
             manifest = parse_manifest(read_yaml(path, display), display, path.stem)
         except ConfigError as exc:
@@ -432,6 +484,31 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
     if errors:
         raise ConfigError(errors)
     return sorted(manifests, key=lambda m: m.name)
+
+
+def manifest_paths(root: Path) -> list[Path]:
+    """Every `models/*.yaml|yml`, in name order; a ConfigError when there are more than MAX_MANIFESTS.
+
+    Counted from directory entries (not reading any), so the cap holds before any work.
+    """
+    models_dir = root / MODELS_DIR
+    paths = []
+    with os.scandir(models_dir) as entries:
+        for entry in entries:
+            if Path(entry.name).suffix in MANIFEST_SUFFIXES:
+                paths.append(models_dir / entry.name)
+                if len(paths) > MAX_MANIFESTS:
+                    raise ConfigError(
+                        [
+                            ErrorItem(
+                                f"{MODELS_DIR}/",
+                                "",
+                                f"more than {MAX_MANIFESTS} manifests, the limit (MAX_MANIFESTS in "
+                                "infra/spec/manifest.py); split the project or raise the limit",
+                            )
+                        ]
+                    )
+    return sorted(paths)
 
 
 def manifest_json_schema() -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from infra.spec.errors import ConfigError, ErrorItem
 from infra.spec.manifest import MODELS_DIR, ModelManifest, load_manifests
+from infra.spec.paths import links_outside
 from infra.spec.settings import STACKS_DIR, RouteKind, StackSettings, load_stack_settings, stack_names
 
 
@@ -57,8 +58,15 @@ def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) ->
 
 def validate_project(root: Path) -> tuple[dict[str, StackSettings], list[ErrorItem]]:
     """Validate all stacks and manifests under `root`; return the valid stacks and every error."""
-    errors: list[ErrorItem] = []
-    stacks = stack_names(root)
+    # Refused by name before anything is read: links out of the repository under models/,
+    # stacks/ and policy/ (the policy pack and its config are read by `pulumi preview`).
+    errors: list[ErrorItem] = links_outside(root)
+    if errors:
+        return {}, sorted(set(errors), key=lambda e: (e.file, e.field, e.message))
+    try:
+        stacks = stack_names(root)
+    except ConfigError as exc:
+        return {}, exc.errors
     if not stacks:
         errors.append(ErrorItem(f"{STACKS_DIR}/", "", "no stack files (Pulumi.<stack>.yaml) found"))
     settings: dict[str, StackSettings] = {}

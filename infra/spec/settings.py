@@ -22,13 +22,19 @@ from pydantic.alias_generators import to_camel
 
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
 from infra.spec.instances import INSTANCE_TYPES
-from infra.spec.manifest import QUANTITY_PATTERN
+from infra.spec.manifest import QUANTITY_PATTERN, key_path_problem
+from infra.spec.paths import OUTSIDE, is_inside
 from infra.spec.yamlio import read_yaml
 
 PROJECT = "model-serving"
 STACKS_DIR = "stacks"
 STACK_FILE_PREFIX = "Pulumi."
 STACK_FILE_SUFFIX = ".yaml"
+# Each stack is planned in full by `modelctl plan --all-stacks`: a bound on the work one
+# checkout can ask for, like MAX_MANIFESTS.
+MAX_STACKS = 50
+# Pulumi's stack names (pulumi/pkg/tokens: alphanumerics, '-', '_', '.'); never a path.
+STACK_NAME = r"(?![.]{1,2}$)[A-Za-z0-9_.-]{1,100}"
 # Keys of a stack file's `config:` that belong to Pulumi itself or to providers the program
 # may use (aws, for a managed object store); they are passed through untouched and may be
 # secrets (`secure:`), which offline runs mask.
@@ -349,6 +355,14 @@ class CaBundle(Settings):
     )
 
 
+class Integrity(StrEnum):
+    """How the artifact checks verify the objects of a served version against its checksum list."""
+
+    checksums = "checksums"  # HEAD with checksum mode: the store's SHA-256 of each object, no download
+    download = "download"  # GET and hash every object (stores without S3 additional checksums)
+    listing = "listing"  # only that the listed objects exist and nothing else: contents unverified
+
+
 class ObjectStoreSettings(Settings):
     bucket: Annotated[str, StringConstraints(pattern=BUCKET_NAME)] = Field(description="Bucket holding model versions.")
     prefix: Annotated[str, StringConstraints(pattern=KEY_PREFIX)] = Field(description="Key prefix of all models.")
@@ -391,6 +405,24 @@ class ObjectStoreSettings(Settings):
         description="A real `pulumi preview`/`up` first checks that every served version is committed "
         "and matches its digest (standard AWS credential chain, `externalEndpoint` if set).",
     )
+
+    integrity: Integrity = Field(
+        default=Integrity.checksums,
+        strict=False,
+        description="How the artifact checks verify each object of a served version against the version's "
+        "checksum list: `checksums` (HEAD requests; the store's S3 SHA-256 additional checksum, which "
+        "`modelctl publish` stores), `download` (GET and hash every object; for stores without additional "
+        "checksums), `listing` (only that exactly the listed objects exist; a warning says contents are unverified).",
+    )
+
+    @field_validator("prefix", mode="before")
+    @classmethod
+    def _prefix_is_relative(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            problem = key_path_problem(value)
+            if problem is not None:
+                raise ValueError(f"Got {value!r}; {problem}; it is a key prefix in the bucket")
+        return value
 
     def url(self, path: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}/{path}"
@@ -707,20 +739,32 @@ def stack_file(root: Path, stack: str) -> Path:
 
 
 def stack_names(root: Path) -> list[str]:
-    """Stacks that have a file under `stacks/`, in name order."""
+    """Stacks that have a file under `stacks/`, in name order; a ConfigError past MAX_STACKS."""
     directory = root / STACKS_DIR
+    if directory.is_symlink() and not is_inside(root, directory):
+        raise ConfigError([ErrorItem(f"{STACKS_DIR}/", "", OUTSIDE)])
     if not directory.is_dir():
         return []
-    return sorted(
-        p.name[len(STACK_FILE_PREFIX) : -len(STACK_FILE_SUFFIX)]
-        for p in directory.glob(f"{STACK_FILE_PREFIX}*{STACK_FILE_SUFFIX}")
-    )
+    names = []
+    for path in directory.glob(f"{STACK_FILE_PREFIX}*{STACK_FILE_SUFFIX}"):
+        names.append(path.name[len(STACK_FILE_PREFIX) : -len(STACK_FILE_SUFFIX)])
+        if len(names) > MAX_STACKS:
+            raise ConfigError([ErrorItem(f"{STACKS_DIR}/", "", f"more than {MAX_STACKS} stack files, the limit")])
+    return sorted(names)
 
 
 def read_stack_config(root: Path, stack: str) -> dict[str, Any]:
     """The `config:` mapping of a stack file, keys as written (`model-serving:namespace`)."""
+    if not re.fullmatch(STACK_NAME, stack):
+        raise ConfigError(
+            [ErrorItem(f"{STACKS_DIR}/", "", f"{stack!r} is not a stack name (letters, digits, '-', '_', '.')")]
+        )
     path = stack_file(root, stack)
     display = f"{STACKS_DIR}/{path.name}"
+    if (root / STACKS_DIR).is_symlink() and not is_inside(root, root / STACKS_DIR):
+        raise ConfigError([ErrorItem(f"{STACKS_DIR}/", "", OUTSIDE)])
+    if (path.is_symlink() or path.exists()) and not is_inside(root, path):
+        raise ConfigError([ErrorItem(display, "", OUTSIDE)])
     if not path.is_file():
         raise ConfigError(
             [ErrorItem(display, "", f"no such stack file (stacks are {', '.join(stack_names(root)) or 'none'})")]

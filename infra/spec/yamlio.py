@@ -1,7 +1,17 @@
-"""Reading one YAML document (a manifest, a stack file) with every problem as a ConfigError naming the file."""
+"""Reading one YAML document (a manifest, a stack file) with every problem as a ConfigError naming the file.
+
+Pull requests from anyone are planned, so a file here may be hostile. Reading is bounded
+whatever the content: the file's size is checked before it is read (and no more than the
+cap is ever read), and the parser's event stream is scanned before anything is built from
+it, refusing anchors and aliases, nesting deeper than `MAX_DEPTH` and more than `MAX_NODES`
+nodes. Below those caps, the cost of building and validating a document grows with its size
+(`scripts/bench_input.py` measures it; the README states the figures).
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +19,18 @@ import yaml
 
 from infra.spec.errors import ConfigError, ErrorItem
 
+# A manifest or a stack file is a few KiB; 1 MiB leaves room for years of `versions`.
+MAX_FILE_BYTES = 1024 * 1024
+# Manifests nest about 5 levels deep, stack files about 6.
+MAX_DEPTH = 64
+# Nodes (scalars, sequences, mappings) per file: a manifest has about 100, a stack file 150.
+MAX_NODES = 20_000
+
 # libyaml's parser when PyYAML was built with it (the PyPI wheels are): ~10x faster.
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_COLLECTION_START = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_COLLECTION_END = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent, yaml.AliasEvent)
 
 
 class _UniqueKeyLoader(_SafeLoader):  # type: ignore[misc, valid-type]
@@ -30,26 +50,133 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def read_yaml(path: Path, display: str) -> Any:
-    """Parse one YAML document, turning every parse problem into a ConfigError naming the file."""
+def _error(display: str, message: str) -> ConfigError:
+    return ConfigError([ErrorItem(display, "", message)])
+
+
+def read_bounded(path: Path, display: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; never reads more than `limit + 1`.
+
+    Opened without blocking (a FIFO named like a manifest would otherwise hang the reader),
+    then checked on the open descriptor, so what is checked is what is read.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ErrorItem(display, "", f"cannot read file: {exc}")]) from None
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise _error(display, f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise _error(display, "not a regular file")
+        if info.st_size > limit:
+            raise _error(display, f"file is {info.st_size} bytes; the limit is {limit} bytes ({limit // 1024} KiB)")
+        chunks = []
+        remaining = limit + 1  # the file may grow after fstat: read one byte past the cap at most
+        while remaining > 0:
+            chunk = os.read(descriptor, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        raise _error(display, f"cannot read file: {exc.strerror or exc}") from None
+    finally:
+        os.close(descriptor)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise _error(display, f"file is more than {limit} bytes ({limit // 1024} KiB), the limit")
+    return data
+
+
+def _where(mark: Any) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def check_events(text: str, display: str) -> None:
+    """Refuse anchors/aliases, nesting deeper than MAX_DEPTH and more than MAX_NODES nodes.
+
+    Runs over the parser's events (a stream: no tree is built, and it stops at the first
+    problem), before the document is composed. Aliases are why: PyYAML composes an alias as
+    the anchored node itself and constructs it as the same Python object, so ten nested
+    aliases of ten items each stand for 10^10 values, which validation (and any walk of the
+    data) visits one by one: the "billion laughs" of the issue ran for minutes and past 6 GB.
+    The CSafeLoader composes in C (PyYAML yaml/_yaml.pyx, `CParser._compose_node`), so a
+    Python `compose_node` override would never run; scanning the events works for both the C
+    and the pure-Python loader. Nothing in a manifest or stack file needs an alias.
+    """
+    depth = 0
+    nodes = 0
+    try:
+        for event in yaml.parse(text, Loader=_SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise _error(
+                    display,
+                    f"YAML alias *{event.anchor}{_where(event.start_mark)}: anchors and aliases are not "
+                    "accepted here; write the value out",
+                )
+            if not isinstance(event, _NODE_EVENTS + _COLLECTION_END):
+                continue
+            if getattr(event, "anchor", None) is not None:
+                raise _error(
+                    display,
+                    f"YAML anchor &{event.anchor}{_where(event.start_mark)}: anchors and aliases are not "
+                    "accepted here; write the value out",
+                )
+            if isinstance(event, _COLLECTION_END):
+                depth -= 1
+                continue
+            nodes += 1
+            if nodes > MAX_NODES:
+                raise _error(display, f"more than {MAX_NODES} YAML nodes{_where(event.start_mark)}; the limit")
+            if isinstance(event, _COLLECTION_START):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _error(
+                        display, f"nested more than {MAX_DEPTH} levels deep{_where(event.start_mark)}; the limit"
+                    )
+    except yaml.YAMLError:
+        return  # a syntax error: the loader reports it with its position, below
+
+
+def parse_yaml(text: str, display: str) -> Any:
+    """Parse one YAML document within the bounds, every problem a ConfigError naming the file."""
+    if len(text) > MAX_FILE_BYTES:
+        raise _error(display, f"document is more than {MAX_FILE_BYTES} characters, the limit")
+    check_events(text, display)
     try:
         documents = list(yaml.load_all(text, Loader=_UniqueKeyLoader))
     except yaml.reader.ReaderError as exc:
         message = f"invalid YAML at character {exc.position + 1}: unacceptable character {exc.character!r}"
-        raise ConfigError([ErrorItem(display, "", message)]) from None
+        raise _error(display, message) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise ConfigError([ErrorItem(display, "", f"invalid YAML{where}: {problem}")]) from None
+        raise _error(display, f"invalid YAML{_where(mark)}: {problem}") from None
     except RecursionError:
-        raise ConfigError([ErrorItem(display, "", "invalid YAML: nesting too deep")]) from None
+        # Not reached within MAX_DEPTH; kept so that no nesting can end in a traceback.
+        raise _error(display, "invalid YAML: nesting too deep") from None
+    except ValueError as exc:
+        # Python refuses int() of more than 4300 digits (sys.int_info.default_max_str_digits,
+        # CVE-2020-10735); PyYAML's int constructor passes that ValueError through.
+        if "digits" in str(exc):
+            raise _error(display, "an integer with more than 4300 digits; write a smaller number") from None
+        raise _error(display, f"invalid YAML value: {exc}") from None
     if len(documents) > 1:
-        raise ConfigError([ErrorItem(display, "", f"expected one YAML document, found {len(documents)}")])
+        raise _error(display, f"expected one YAML document, found {len(documents)}")
     if not documents or documents[0] is None:
-        raise ConfigError([ErrorItem(display, "", "file is empty; expected a mapping of manifest fields")])
+        raise _error(display, "file is empty; expected a mapping of manifest fields")
     return documents[0]
+
+
+def read_text(path: Path, display: str) -> str:
+    """The UTF-8 text of a file of at most MAX_FILE_BYTES, as a ConfigError naming the file otherwise."""
+    data = read_bounded(path, display)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _error(display, f"cannot read file: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_yaml(path: Path, display: str) -> Any:
+    """Read (at most MAX_FILE_BYTES) and parse one YAML document; every problem a ConfigError naming the file."""
+    return parse_yaml(read_text(path, display), display)

@@ -12,6 +12,7 @@ from pathlib import Path
 from infra.platform.object_store import StoreError
 from infra.spec.errors import ConfigError, ErrorItem
 from scripts.modelctl.promote import PromotionError
+from scripts.modelctl.render import RenderError
 from scripts.modelctl.report import DIFF_BUDGET
 from scripts.modelctl.snapshot import RevisionError
 from scripts.training.recipes import RecipeError
@@ -134,7 +135,11 @@ def check_artifacts(root: Path, stacks: Sequence[str]) -> list[ErrorItem]:
     problems = []
     for stack in stacks:
         settings = load_stack_settings(root, stack)
-        problems += verify_served_versions(served_in(manifests, settings.environment), settings.object_store)
+        problems += verify_served_versions(
+            served_in(manifests, settings.environment),
+            settings.object_store,
+            warn=lambda message, stack=stack: print(f"warning: stack {stack}: {message}", file=sys.stderr),
+        )
     return problems
 
 
@@ -410,7 +415,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _print_errors(exc.errors)
         return EXIT_ERROR
-    except (RevisionError, StoreError, PromotionError, SavedModelError, RecipeError, TrainingError) as exc:
+    except (
+        RevisionError,
+        StoreError,
+        PromotionError,
+        SavedModelError,
+        RecipeError,
+        TrainingError,
+        RenderError,
+    ) as exc:
         print(f"modelctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:

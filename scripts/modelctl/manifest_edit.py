@@ -18,6 +18,8 @@ from ruamel.yaml.comments import CommentedMap
 
 from infra.spec.errors import ConfigError
 from infra.spec.manifest import MODELS_DIR, ModelManifest, parse_manifest, read_yaml
+from infra.spec.paths import require_inside
+from infra.spec.yamlio import check_events, parse_yaml, read_text
 
 
 def _yaml() -> YAML:
@@ -33,6 +35,7 @@ def manifest_path(root: Path, model: str) -> Path:
     if not path.is_file():
         known = sorted(p.stem for p in (root / MODELS_DIR).glob("*.yaml"))
         raise ConfigError.single(f"{MODELS_DIR}/{model}.yaml", "", f"no such model (models are {', '.join(known)})")
+    require_inside(root, path, f"{MODELS_DIR}/{path.name}")
     return path
 
 
@@ -47,15 +50,14 @@ def edit(root: Path, model: str, change: Callable[[CommentedMap], None]) -> Mode
     path = manifest_path(root, model)
     display = f"{MODELS_DIR}/{path.name}"
     yaml = _yaml()
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, display)
+    check_events(text, display)  # the same bounds as every other read, before ruamel builds anything
     document = yaml.load(text)
     change(document)
     buffer = io.StringIO()
     yaml.dump(document, buffer)
     new_text = buffer.getvalue()
-    import yaml as pyyaml
-
-    manifest = parse_manifest(pyyaml.safe_load(new_text), display, model)
+    manifest = parse_manifest(parse_yaml(new_text, display), display, model)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:

@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from infra.platform.object_store import check_version, s3_client, version_prefix
 from infra.spec.errors import ConfigError
 from infra.spec.manifest import DEFAULT_CANARY_WEIGHT, LABEL_CANARY, LABEL_STABLE, MODELS_DIR, Goal, ModelManifest
 from infra.spec.project import validate_project
 from infra.spec.settings import StackSettings
+from infra.spec.yamlio import parse_yaml
 from scripts.modelctl import manifest_edit
 
 # Metric differences below this are float noise (0.972 - 0.967 is not exactly 0.005).
@@ -79,7 +78,9 @@ def require_committed(manifest: ModelManifest, version: int, stacks: list[StackS
     for stack in stacks:
         store = stack.object_store
         prefix = version_prefix(store.prefix, manifest.artifact.path, version)
-        problem = check_version(client or s3_client(store), store.bucket, prefix, manifest.versions[version].digest)
+        problem = check_version(
+            client or s3_client(store), store.bucket, prefix, manifest.versions[version].digest, store.integrity
+        )
         if problem is not None:
             raise PromotionError(
                 f"{manifest.name} version {version} is not usable in stack {stack.stack}: "
@@ -172,9 +173,10 @@ def stable_history(root: Path, model: str, environment: str) -> list[int]:
         if shown.returncode != 0:
             continue
         try:
-            document = yaml.safe_load(shown.stdout) or {}
+            # History is input too: the same bounds as the working tree's manifests.
+            document = parse_yaml(shown.stdout, path)
             stable = document["environments"][environment]["stable"]
-        except (yaml.YAMLError, KeyError, TypeError):
+        except (ConfigError, KeyError, TypeError):
             continue
         if isinstance(stable, int):
             history.append(stable)

@@ -3,8 +3,14 @@
 Protocol, per version prefix `s3://<bucket>/<prefix>/<path>/<version>/`:
 1. `_CLAIM` is written with `If-None-Match: *` (S3 conditional writes): one publisher per
    version, ever; a committed version keeps its claim, so it can never be claimed again.
-2. The files go up through boto3's transfer manager (parallel, multipart for large files).
-3. The listing is compared with the local files (names and sizes).
+   The claim is then written a second time, again with `If-None-Match: *`: a store that
+   honours the header answers 412, one that ignores it (and would let two publishers commit
+   one version) accepts it, and the publish stops there.
+2. The files go up through boto3's transfer manager (parallel across files), each with S3's
+   SHA-256 additional checksum and in one request, so the store keeps each file's SHA-256.
+3. The listing is compared with the local files (names and sizes), and, when the stack's
+   `objectStore.integrity` is `checksums`, the SHA-256 the store keeps for each file with
+   the file's own.
 4. `CHECKSUMS.sha256` (the digest is its SHA-256), then `_COMMITTED`, again `If-None-Match: *`.
 A failure before 4 removes what this publish wrote, claim included; if even that fails
 (the store went away), a later `--takeover` replaces the stale claim (`If-Match` on its ETag).
@@ -30,15 +36,26 @@ from infra.platform.object_store import (
     describe,
     digest_of,
     error_code,
+    list_version,
     s3_client,
+    stored_sha256,
     version_prefix,
 )
 from infra.spec.manifest import ModelManifest
-from infra.spec.settings import ObjectStoreSettings
+from infra.spec.settings import Integrity, ObjectStoreSettings
 
+# 412 when the object exists; 409 when a concurrent conditional write to the key won
+# (S3 API reference, PutObject, If-None-Match).
 PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 TRANSFER_CONCURRENCY = 8
-MULTIPART_THRESHOLD = 8 * 1024 * 1024
+# Every file goes up in one PutObject, up to S3's single-PUT limit of 5 GiB (S3 User Guide,
+# "Uploading objects"): then the store keeps the file's own SHA-256 (`ChecksumAlgorithm:
+# SHA256`). A multipart upload's SHA-256 is a checksum of its parts' checksums (COMPOSITE;
+# S3 User Guide, "Checking object integrity"; S3's FULL_OBJECT type exists only for the CRC
+# algorithms), which the plan-time check cannot compare with the checksum list. Larger files
+# go up in parts and need `objectStore.integrity: download`.
+MULTIPART_THRESHOLD = 5 * 1024**3
+CHECKSUM_ALGORITHM = "SHA256"
 
 
 @dataclass(frozen=True)
@@ -58,6 +75,9 @@ def local_files(directory: Path) -> dict[str, Path]:
             raise StoreError(f"{path}: symbolic links are not published")
         if path.is_file():
             relative = path.relative_to(directory).as_posix()
+            if any(c in relative for c in "\n\r\\"):
+                # sha256sum escapes such names with a backslash; the checksum list must stay plain.
+                raise StoreError(f"{path}: a newline or backslash in a file name cannot be published")
             if relative in METADATA_FILES:
                 raise StoreError(f"{path}: {relative} is a reserved name in the object store")
             files[relative] = path
@@ -105,8 +125,11 @@ class Publisher:
             raise StoreError(f"{self.url(prefix)} is already committed; versions are immutable, publish a new one")
         claim_etag = self._claim(prefix, takeover)
         try:
+            self._require_conditional_writes(prefix + CLAIM_FILE)
             total = self._upload(files, prefix, progress)
             self._verify_listing(files, prefix)
+            if self.store.integrity is Integrity.checksums:
+                self._verify_checksums(files, checksums, prefix)
             self._put(prefix + CHECKSUMS_FILE, checksums, exclusive=True)
             marker = {
                 "model": self.manifest.name,
@@ -152,7 +175,7 @@ class Publisher:
     def _put(self, key: str, body: bytes, exclusive: bool = False, if_match: str | None = None) -> str:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        extra: dict[str, str] = {}
+        extra: dict[str, str] = {"ChecksumAlgorithm": CHECKSUM_ALGORITHM}
         if exclusive:
             extra["IfNoneMatch"] = "*"
         if if_match:
@@ -166,10 +189,50 @@ class Publisher:
         except BotoCoreError as exc:
             raise StoreError(f"{self.url(key)}: cannot reach the object store: {describe(exc)}") from None
 
+    def _require_conditional_writes(self, claim_key: str) -> None:
+        """Write our own claim again with `If-None-Match: *`: it exists, so the store must refuse.
+
+        S3 answers 412 Precondition Failed when an object with the key exists (S3 User Guide,
+        "How to prevent object overwrites with conditional writes"). A store, gateway or proxy
+        that drops or ignores the header lets the write through; then two concurrent publishes
+        of one version would both "win" the claim, so nothing is published. The probe rewrites
+        the claim with the same body, so accepting it changes nothing.
+        """
+        try:
+            self._put(claim_key, self._claim_body, exclusive=True)
+        except _ConflictError:
+            return
+        raise StoreError(
+            f"{self.url(claim_key)}: the store ignored `If-None-Match: *`: a second conditional write of the "
+            "claim succeeded instead of failing with 412 Precondition Failed, so two publishers could commit "
+            "the same version; refusing to publish. Use a store (and any proxy in front of it) that supports "
+            "S3 conditional writes"
+        )
+
+    def _verify_checksums(self, files: dict[str, Path], checksums: bytes, prefix: str) -> None:
+        """Each uploaded file's SHA-256, as the store keeps it, against the local file's."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        lines = checksums.decode().splitlines()
+        expected = {path: hexdigest for hexdigest, path in (line.split("  ", 1) for line in lines)}
+        for relative in files:
+            key = prefix + relative
+            try:
+                actual = stored_sha256(self.client, self.store.bucket, key)
+            except (ClientError, BotoCoreError) as exc:
+                raise StoreError(f"{self.url(key)}: cannot read its checksum: {describe(exc)}") from None
+            if actual.unverifiable:
+                raise StoreError(f"{self.url(key)}: {actual.unverifiable}")
+            if actual.hexdigest != expected[relative]:
+                raise StoreError(
+                    f"{self.url(key)}: the store's SHA-256 is {actual.hexdigest}, the file's {expected[relative]}"
+                )
+
     def _claim(self, prefix: str, takeover: bool) -> str:
         claim = json.dumps(
             {"publisher": self.publisher_id, "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         ).encode()
+        self._claim_body = claim
         key = prefix + CLAIM_FILE
         try:
             return self._put(key, claim, exclusive=True)
@@ -209,7 +272,13 @@ class Publisher:
         try:
             with create_transfer_manager(self.client, config) as manager:
                 futures = {
-                    relative: manager.upload(str(path), self.store.bucket, prefix + relative, subscribers=[subscriber])
+                    relative: manager.upload(
+                        str(path),
+                        self.store.bucket,
+                        prefix + relative,
+                        extra_args={"ChecksumAlgorithm": CHECKSUM_ALGORITHM},
+                        subscribers=[subscriber],
+                    )
                     for relative, path in files.items()
                 }
                 for relative, future in futures.items():
@@ -226,14 +295,10 @@ class Publisher:
     def _listing(self, prefix: str) -> dict[str, int]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        sizes = {}
         try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.store.bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    sizes[item["Key"][len(prefix) :]] = item["Size"]
+            return list_version(self.client, self.store.bucket, prefix)
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"{self.url(prefix)}: cannot list: {describe(exc)}") from None
-        return sizes
 
     def _verify_listing(self, files: dict[str, Path], prefix: str) -> None:
         listed = self._listing(prefix)

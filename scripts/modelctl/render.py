@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -9,6 +10,13 @@ import yaml
 from infra.offline import DeclaredResource, OfflineRun
 
 INDEX_FILE = ".modelctl-render"
+# One path segment, never `.`/`..`, no separator: Kubernetes object names (DNS-1123
+# subdomains) and component names (model names, `platform`) all are.
+SAFE_SEGMENT = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+class RenderError(ValueError):
+    """An object's name would not make a file name inside the render directory."""
 
 
 class _BlockStyleDumper(yaml.SafeDumper):
@@ -47,6 +55,20 @@ def group_of(resource: DeclaredResource, by_urn: dict[str, DeclaredResource]) ->
     return parent.name if parent is not None else ""
 
 
+def _file_name(group: str, kind: str, name: object) -> Path:
+    """`<group>/<kind>-<name>.yaml`, refusing any part that is not one plain path segment.
+
+    The names come from what a pull request declares (manifests, stack settings), so they are
+    checked here, where they become file names, whatever validated them upstream.
+    """
+    for part, value in (("component", group), ("kind", kind.lower()), ("name", name)):
+        if part == "component" and value == "":
+            continue
+        if not isinstance(value, str) or not SAFE_SEGMENT.match(value) or value in (".", ".."):
+            raise RenderError(f"refusing to render an object whose {part} {value!r} is not a plain file name")
+    return Path(group) / f"{kind.lower()}-{name}.yaml"
+
+
 def render(run: OfflineRun, directory: Path) -> list[Path]:
     """Write every Kubernetes object of `run` under `directory/<component>/`; return the files.
 
@@ -62,10 +84,13 @@ def render(run: OfflineRun, directory: Path) -> list[Path]:
                 stale.unlink()
     written = []
     by_urn = run.by_urn()
+    root = directory.resolve()
     for resource in run.kubernetes_objects():
         obj = resource.object
-        name = obj["metadata"]["name"]
-        path = directory / group_of(resource, by_urn) / f"{obj['kind'].lower()}-{name}.yaml"
+        path = directory / _file_name(group_of(resource, by_urn), obj["kind"], obj["metadata"]["name"])
+        # Belt and braces: the names are validated, and the file must still land in the directory.
+        if not path.parent.resolve().is_relative_to(root):
+            raise RenderError(f"{path}: outside the render directory {directory}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(dump_yaml(obj), encoding="utf-8")
         written.append(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -101,12 +102,26 @@ def _known_fields(record: dict) -> dict:
     return {k: record[k] for k in fields}
 
 
+def resolve_commit(repo: Path, ref: str) -> str:
+    """The commit `ref` names in `repo`, as 40 hex digits; a RevisionError otherwise.
+
+    `ref` is passed to git as an argument, so a value starting with `-` would be read as an
+    option (`--output=<file>` makes `git diff` write a file): it is refused, and git is told
+    where its options end (`--end-of-options`, git 2.24+, Documentation/gitcli.txt). Every
+    later git call gets the resolved hash, never the text that was given.
+    """
+    if not ref or ref.startswith("-") or any(c in ref for c in "\0\n\r"):
+        raise RevisionError(f"base {ref!r}: not a git revision (a revision never starts with '-')")
+    commit = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if commit is None or not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit):
+        raise RevisionError(f"base {ref}: not a commit in {repo}")
+    return commit
+
+
 def of_revision(repo: Path, ref: str, stacks: Sequence[str]) -> Snapshot:
     """Run the program of revision `ref` of the git repository at `repo` (a temporary worktree)."""
     label = f"base {ref}"
-    commit = _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-    if commit is None:
-        raise RevisionError(f"{label}: not a commit in {repo}")
+    commit = resolve_commit(repo, ref)
     prefix = _git(repo, "rev-parse", "--show-prefix") or ""
     with tempfile.TemporaryDirectory(prefix="modelctl-base-") as scratch:
         worktree = Path(scratch) / "tree"
@@ -127,7 +142,7 @@ def of_revision(repo: Path, ref: str, stacks: Sequence[str]) -> Snapshot:
 
 def changed_files(repo: Path, ref: str) -> set[str]:
     """Paths (relative to `repo`) that differ between `ref` and the working tree, untracked included."""
-    changed = _git(repo, "diff", "--name-only", "--relative", ref, "--") or ""
+    changed = _git(repo, "diff", "--name-only", "--relative", resolve_commit(repo, ref), "--") or ""
     untracked = _git(repo, "ls-files", "--others", "--exclude-standard") or ""
     return {line for line in (changed + "\n" + untracked).splitlines() if line}
 
