@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY_VENV := .venv-policy
 POLICY_STAMP := $(POLICY_VENV)/.installed
 
-.PHONY: install demo test test-fast lint shellcheck-installed schema policy-config codeowners bench bench-input clean
+.PHONY: install demo e2e test test-fast lint shellcheck-installed schema policy-config codeowners bench bench-input clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/modelctl validate
 	$(BIN)/python -m scripts.demo
+
+# The project on a real cluster (kind): needs Docker, kind, kubectl and the Pulumi CLI; see the
+# README, "See it serve". Logs in build/e2e/; the cluster is deleted at the end, also on failure.
+e2e: $(STAMP)
+	bash scripts/e2e/e2e.sh
 
 test: $(STAMP) $(POLICY_STAMP) shellcheck-installed
 	$(BIN)/python -m pytest

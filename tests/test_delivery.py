@@ -30,6 +30,10 @@ def monitored(stack: str) -> bool:
     return load_stack_settings(ROOT, stack).monitoring.prometheus_operator
 
 
+def with_dashboards(stack: str) -> bool:
+    return load_stack_settings(ROOT, stack).monitoring.grafana_dashboards
+
+
 @pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if monitored(s)])
 def test_service_monitor_scrapes_the_models_services(runs, model, stack):
     monitor = extras(runs[stack], model)["monitor"].object["spec"]
@@ -65,7 +69,7 @@ def test_promql_check_refuses_a_broken_expression():
         promql_parser.parse("sum(rate(x[5m]) >")
 
 
-@pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if monitored(s)])
+@pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if with_dashboards(s)])
 def test_dashboard_loads_and_its_queries_parse(runs, model, stack):
     config_map = extras(runs[stack], model)["dashboard"].object
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -201,7 +205,8 @@ def substitute_flagger_variables(query: str) -> str:
 @pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if monitored(s)])
 def test_slo_queries_measure_prediction_calls_only(runs, model, stack):
     queries = slo_queries(runs[stack], model)
-    expected = 2 + 5 + (2 if stack in FLAGGER_STACKS else 0)  # alerts, dashboard targets, templates
+    # alerts, dashboard targets, templates
+    expected = 2 + (5 if with_dashboards(stack) else 0) + (2 if stack in FLAGGER_STACKS else 0)
     assert len(queries) == expected, sorted(queries)
     for query in queries.values():
         assert_measures_prediction_calls_only(query)
@@ -276,6 +281,9 @@ def test_error_ratio_alert_and_panel_ignore_probes(runs, stack):
     ratio = expr.rsplit(" > ", 1)[0]
     data = [({**labels, "namespace": settings.namespace}, rate) for labels, rate in canary_traffic(probes=0.6)]
     assert value(evaluate(ratio, data)) == pytest.approx(0.1)
+    if not with_dashboards(stack):
+        assert "dashboard" not in extras(runs[stack], "iris")
+        return
     (text,) = extras(runs[stack], "iris")["dashboard"].object["data"].values()
     panel = next(p for p in json.loads(text)["panels"] if p["title"] == "Error ratio")
     by_version = [({**labels, "version": "2"}, rate) for labels, rate in data]

@@ -134,7 +134,11 @@ def test_without_an_autoscaler_a_pool_never_grows(project):
 
 @pytest.mark.parametrize("stack", [s for s in STACKS if s != "eks"])
 def test_existing_clusters_have_no_known_pools_unless_the_stack_lists_them(stack):
-    assert node_pools(load_stack_settings(ROOT, stack)) == []
+    settings = load_stack_settings(ROOT, stack)
+    pools = node_pools(settings)
+    assert [p.name for p in pools] == [p.name for p in settings.cluster.node_pools]
+    for pool, listed in zip(pools, settings.cluster.node_pools, strict=True):
+        assert pool.desired == listed.count and pool.autoscaled is False
 
 
 def test_existing_cluster_pools_from_the_stack(project):

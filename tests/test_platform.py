@@ -417,3 +417,47 @@ def test_the_cluster_autoscaler_is_switched_by_the_stack(project):
     )
     with pytest.raises(ConfigError, match=r"config.model-serving:addons.clusterAutoscaler: only for cluster.mode: eks"):
         load_stack_settings(project, "prod")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_stacks_add_on_values_merge_over_the_charts_defaults(runs, stack):
+    settings = load_stack_settings(ROOT, stack)
+    releases = {r.name.removeprefix("platform-"): r.inputs for r in platform_children(runs[stack], RELEASE)}
+    for chart in (addons.ENVOY_GATEWAY, addons.METRICS_SERVER, addons.KUBE_PROMETHEUS_STACK, addons.FLAGGER):
+        if chart.name in releases:
+            expected = addons.merged_values(chart.values, settings.addons.values.get(chart.name, {}))
+            assert releases[chart.name].get("values", {}) == expected
+
+
+def test_kind_clusters_metrics_server_skips_kubelet_certificate_checks(runs):
+    # kind's kubelets serve self-signed certificates (see stacks/Pulumi.kind.yaml).
+    for stack in ("kind", "kind-flagger"):
+        release = next(r for r in platform_children(runs[stack], RELEASE) if r.name == "platform-metrics-server")
+        assert release.inputs["values"]["args"] == ["--kubelet-insecure-tls"]
+    prometheus = next(r for r in platform_children(runs["kind-flagger"], RELEASE) if "prometheus" in r.name)
+    grafana = prometheus.inputs["values"]["grafana"]
+    assert grafana["enabled"] is False and grafana["sidecar"]["dashboards"]["enabled"] is True, "merged, not replaced"
+
+
+def test_merged_values_merge_maps_and_replace_lists():
+    defaults = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    assert addons.merged_values(defaults, {"a": {"c": [3]}, "e": {"f": 1}}) == {
+        "a": {"b": 1, "c": [3]},
+        "d": 1,
+        "e": {"f": 1},
+    }
+    assert defaults == {"a": {"b": 1, "c": [1, 2]}, "d": 1}, "the chart's defaults stay as they are"
+
+
+def test_add_on_values_name_an_installed_add_on(project):
+    from infra.spec.errors import ConfigError
+
+    def values(document, extra):
+        document["config"]["model-serving:addons"]["values"] = extra
+
+    edit_yaml(project / "stacks" / "Pulumi.kind.yaml", lambda d: values(d, {"flagger": {"x": 1}}))
+    with pytest.raises(ConfigError, match=r"addons.values.flagger: this add-on is not installed by the stack"):
+        load_stack_settings(project, "kind")
+    edit_yaml(project / "stacks" / "Pulumi.kind.yaml", lambda d: values(d, {"cert-manager": {"x": 1}}))
+    with pytest.raises(ConfigError, match=r"addons.values.cert-manager: unknown add-on; values apply to envoy-gateway"):
+        load_stack_settings(project, "kind")

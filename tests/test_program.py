@@ -198,7 +198,9 @@ def test_route_sends_the_model_path_to_the_rest_port(runs, model, stack):
     _, settings = served(model, stack)
     if settings.flagger:
         service = extras(runs[stack], model)["rollout"].object["spec"]["service"]
-        assert service["match"] == [{"uri": {"prefix": f"/v1/models/{model}"}}]
+        assert service["match"] == [{"uri": {"prefix": f"/v1/models/{model}"}}] + [
+            {"uri": {"exact": f"/v1/models/{model}:{verb}"}} for verb in ("predict", "classify", "regress")
+        ]
         assert service["hosts"] == [settings.routing.host] and service["port"] == 8501
         assert service["gatewayRefs"][0]["name"] == settings.routing.gateway.name
         assert HTTP_ROUTE not in kids
@@ -212,7 +214,15 @@ def test_route_sends_the_model_path_to_the_rest_port(runs, model, stack):
         assert parent["name"] == settings.routing.gateway.name
         assert parent.get("namespace") == settings.routing.gateway.namespace
         (rule,) = route["spec"]["rules"]
-        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": f"/v1/models/{model}"}}]
+        assert rule["matches"][0] == {"path": {"type": "PathPrefix", "value": f"/v1/models/{model}"}}
+        for path in SERVED_PATHS:
+            assert any(
+                path_matched(m["path"]["type"], m["path"]["value"], path.format(model=model)) for m in rule["matches"]
+            )
+        for path in OTHER_MODELS_PATHS:
+            assert not any(
+                path_matched(m["path"]["type"], m["path"]["value"], path.format(model=model)) for m in rule["matches"]
+            )
         served_model, _ = served(model, stack)
         if served_model.has_canary:
             canary = children(runs[stack], model, "canary")[SERVICE].object
@@ -229,11 +239,40 @@ def test_route_sends_the_model_path_to_the_rest_port(runs, model, stack):
         assert ingress["spec"]["ingressClassName"] == settings.routing.ingress_class_name
         (rule,) = ingress["spec"]["rules"]
         assert rule["host"] == settings.routing.host
-        (path,) = rule["http"]["paths"]
-        assert path["path"] == f"/v1/models/{model}" and path["pathType"] == "Prefix"
-        backend = path["backend"]["service"]
-        assert backend["name"] == service["metadata"]["name"]
-        assert backend["port"] == {"name": http_port["name"]}
+        paths = rule["http"]["paths"]
+        assert paths[0]["path"] == f"/v1/models/{model}" and paths[0]["pathType"] == "Prefix"
+        for path in SERVED_PATHS:
+            assert any(path_matched(p["pathType"], p["path"], path.format(model=model)) for p in paths)
+        for path in OTHER_MODELS_PATHS:
+            assert not any(path_matched(p["pathType"], p["path"], path.format(model=model)) for p in paths)
+        for path in paths:
+            backend = path["backend"]["service"]
+            assert backend["name"] == service["metadata"]["name"]
+            assert backend["port"] == {"name": http_port["name"]}
+
+
+# What clients call on a model (TF-Serving g3doc/api_rest.md), and what belongs to another model.
+SERVED_PATHS = (
+    "/v1/models/{model}",
+    "/v1/models/{model}/metadata",
+    "/v1/models/{model}:predict",
+    "/v1/models/{model}:classify",
+    "/v1/models/{model}:regress",
+    "/v1/models/{model}/versions/3:predict",
+    "/v1/models/{model}/labels/stable:predict",
+)
+OTHER_MODELS_PATHS = ("/v1/models/{model}2", "/v1/models/{model}2:predict", "/v1/models/{model}-x/metadata")
+
+
+def path_matched(match_type: str, value: str, path: str) -> bool:
+    """Gateway API and Ingress path matching: Exact, or a prefix of whole `/`-separated elements
+    ("the paths `/abc`, `/abc/`, and `/abc/def` would all match the prefix `/abc`, but the path
+    `/abcd` would not", gateway-api v1.6.1 httproutes.yaml; Ingress `Prefix` likewise)."""
+    if match_type == "Exact":
+        return path == value
+    assert match_type in ("PathPrefix", "Prefix"), match_type
+    prefix = value.rstrip("/").split("/")
+    return path.rstrip("/").split("/")[: len(prefix)] == prefix
 
 
 @pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)

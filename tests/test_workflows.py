@@ -357,7 +357,13 @@ def test_actionlint_reports_a_node20_action_and_a_shellcheck_finding(tmp_path):
 
 def test_shellcheck_finds_nothing_in_any_shell_script():
     scripts = shell_scripts()
-    expected = {".ci/run", ".github/scripts/upsert-comment.sh", "infra/model/fetch_models.sh"}
+    expected = {
+        ".ci/run",
+        ".github/scripts/upsert-comment.sh",
+        ".github/scripts/drift-issue.sh",
+        "infra/model/fetch_models.sh",
+        "scripts/e2e/e2e.sh",
+    }
     assert expected <= {str(path) for path in scripts}
     result = subprocess.run(
         [require_shellcheck(), *map(str, scripts)], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -395,3 +401,159 @@ def test_codeowners_makes_each_manifests_owner_its_reviewer():
     assert committed == codeowners(manifests), "run `make codeowners`"
     for manifest in manifests:
         assert f"/models/{manifest.name}.yaml {manifest.owner}\n" in committed
+
+
+def test_e2e_runs_make_e2e_on_pull_requests_touching_what_it_deploys_and_nightly():
+    workflow = load("e2e.yml")
+    paths = set(workflow["on"]["pull_request"]["paths"])
+    assert {"infra/**", "stacks/**", "models/**", "scripts/**", "policy/**"} <= paths
+    (cron,) = workflow["on"]["schedule"]
+    assert len(cron["cron"].split()) == 5 and cron["cron"].split()[2:] == ["*", "*", "*"], "daily"
+    (job,) = workflow["jobs"].values()
+    steps = job["steps"]
+    e2e = next(i for i, s in enumerate(steps) if s.get("run", "").strip() == "make e2e")
+    # The tools before the run, pinned: kind and kubectl checksummed, the Pulumi CLI by version.
+    tools = next(i for i, s in enumerate(steps) if "kind-linux-amd64" in s.get("run", ""))
+    assert "sha256sum --check" in steps[tools]["run"] and steps[tools]["run"].count("sha256sum --check") == 2
+    pulumi = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("pulumi/actions@"))
+    assert "command" not in steps[pulumi]["with"], "install only: the script runs pulumi"
+    assert steps[pulumi]["with"]["pulumi-version"] == "${{ env.PULUMI_VERSION }}"
+    assert tools < e2e and pulumi < e2e
+    env = workflow["env"]
+    assert re.fullmatch(r"v[0-9]+\.[0-9]+\.[0-9]+", env["KIND_VERSION"])
+    assert re.fullmatch(r"v[0-9]+\.[0-9]+\.[0-9]+", env["KUBECTL_VERSION"])
+    requirements = (ROOT / "requirements.txt").read_text()
+    assert f"pulumi=={env['PULUMI_VERSION']}\n" in requirements, "the CLI of the SDK the program uses"
+    # The logs, whatever the outcome.
+    upload = next(s for s in steps[e2e:] if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["if"] == "always()" and upload["with"]["path"] == "build/e2e/"
+
+
+def test_e2e_runs_pull_request_code_with_a_read_only_token_and_no_secrets():
+    workflow = load("e2e.yml")
+    assert workflow["permissions"] == {"contents": "read"}
+    for job in workflow["jobs"].values():
+        assert job.get("permissions", {"contents": "read"}) == {"contents": "read"}
+        assert "environment" not in job
+    text = (WORKFLOWS / "e2e.yml").read_text()
+    assert "secrets." not in text and "id-token" not in text
+    assert "pull_request_target" not in workflow["on"]
+
+
+def test_drift_previews_every_deployed_stack_nightly_with_the_deploy_credentials():
+    workflow = load("drift.yml")
+    assert set(workflow["on"]) == {"schedule", "workflow_dispatch"}, "never a pull request's code"
+    assert workflow["permissions"] == {"contents": "read"}
+    job = workflow["jobs"]["preview"]
+    assert set(job["strategy"]["matrix"]["stack"]) == {"dev", "staging", "prod", "eks"}
+    assert job["strategy"]["fail-fast"] is False
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    steps = job["steps"]
+    login = next(
+        i for i, s in enumerate(steps) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
+    )
+    assert steps[login]["with"]["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
+    kubeconfig = next(i for i, s in enumerate(steps) if "KUBECONFIG_DATA" in s.get("env", {}))
+    preview = next(i for i, s in enumerate(steps) if "pulumi preview" in s.get("run", ""))
+    assert login < preview and kubeconfig < preview
+    command = steps[preview]["run"]
+    assert "--expect-no-changes" in command and "--refresh" in command
+    assert steps[preview]["env"]["PULUMI_ACCESS_TOKEN"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
+    # Drift and a failed preview are told apart by the CLI's own message for --expect-no-changes.
+    assert "no changes were expected" in command and "echo error" in command
+    upload = next(s for s in steps[preview:] if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["if"] == "always()"
+
+
+def test_only_the_drift_report_may_write_issues():
+    workflow = load("drift.yml")
+    report = workflow["jobs"]["report"]
+    assert report["needs"] == "preview" and report["if"] == "always()"
+    assert report["permissions"] == {"contents": "read", "issues": "write"}
+    assert any("drift-issue.sh" in s.get("run", "") for s in report["steps"])
+    for path in WORKFLOWS.glob("*.yml"):
+        for name, job in load(path.name)["jobs"].items():
+            if (path.name, name) != ("drift.yml", "report"):
+                assert "issues" not in job.get("permissions", {}), f"{path.name}: {name}"
+        assert "issues" not in (load(path.name).get("permissions") or {}), path.name
+
+
+DRIFT_ISSUE = ROOT / ".github" / "scripts" / "drift-issue.sh"
+
+
+def drift_report(tmp_path, statuses: dict[str, str], open_issue: str):
+    """drift-issue.sh for acme/models with these per-stack results, against the fake `gh`."""
+    results = tmp_path / "drift"
+    results.mkdir()
+    for stack, status in statuses.items():
+        (results / f"{stack}.status").write_text(status + "\n")
+        (results / f"{stack}.txt").write_text(f"Previewing update ({stack})\n  ~ kubernetes:apps/v1:Deployment iris\n")
+    env, log = fake_gh(tmp_path, open_issue)
+    result = subprocess.run(
+        ["bash", str(DRIFT_ISSUE), "acme/models", str(results), "https://github.com/acme/models/actions/runs/9"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result, log.read_text().splitlines() if log.exists() else []
+
+
+def test_drift_opens_one_labelled_issue_with_the_diff(tmp_path):
+    result, calls = drift_report(tmp_path, {"dev": "clean", "prod": "drifted", "eks": "clean"}, "")
+    assert result.returncode == 0, result.stderr
+    assert calls[0].startswith("issue list --repo acme/models --label drift --state open")
+    assert any(c.startswith("label create drift --repo acme/models") and "--force" in c for c in calls)
+    (create,) = [c for c in calls if c.startswith("issue create")]
+    assert "--label drift" in create and "--title Drift: deployed stacks differ" in create
+
+
+def test_drift_updates_the_open_issue_instead_of_opening_another(tmp_path):
+    result, calls = drift_report(tmp_path, {"staging": "drifted", "prod": "clean"}, "17")
+    assert result.returncode == 0, result.stderr
+    assert any(c.startswith("issue edit 17 --repo acme/models --body-file") for c in calls)
+    assert any(c.startswith("issue comment 17") and "staging" in c for c in calls)
+    assert not any(c.startswith("issue create") for c in calls)
+
+
+def test_the_drift_issue_body_names_each_stack_and_shows_the_drifted_preview(tmp_path):
+    (tmp_path / "bin").mkdir()
+    # A gh that keeps the body it is given.
+    (tmp_path / "bin" / "gh").write_text(
+        '#!/bin/sh\ncase "$*" in *--body-file*) eval "last=\\${$#}"; cp "$last" "$FAKE_BODY" ;; esac\n'
+    )
+    (tmp_path / "bin" / "gh").chmod(0o755)
+    results = tmp_path / "drift"
+    results.mkdir()
+    for stack, status in {"dev": "drifted", "prod": "clean", "eks": "error"}.items():
+        (results / f"{stack}.status").write_text(status)
+        (results / f"{stack}.txt").write_text(f"{stack} preview output\n")
+    body = tmp_path / "body.md"
+    env = os.environ | {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "FAKE_BODY": str(body)}
+    result = subprocess.run(
+        ["bash", str(DRIFT_ISSUE), "acme/models", str(results), "RUN"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    text = body.read_text()
+    assert text.startswith("<!-- drift-report -->\n")
+    assert "| dev | **drifted** |" in text and "| prod | no drift |" in text and "| eks | preview failed" in text
+    assert "dev preview output" in text and "prod preview output" not in text
+
+
+def test_drift_closes_the_issue_once_every_stack_is_clean(tmp_path):
+    result, calls = drift_report(tmp_path, {"dev": "clean", "staging": "clean", "prod": "clean", "eks": "clean"}, "17")
+    assert result.returncode == 0, result.stderr
+    (close,) = [c for c in calls if c.startswith("issue close")]
+    assert close.startswith("issue close 17 --repo acme/models --comment No drift in")
+
+
+def test_a_failed_preview_neither_closes_nor_opens_the_issue(tmp_path):
+    result, calls = drift_report(tmp_path, {"dev": "clean", "prod": "error"}, "17")
+    assert result.returncode == 0, result.stderr
+    assert [c.split()[1] for c in calls] == ["list"]
+
+
+def test_no_results_at_all_is_an_error(tmp_path):
+    result, calls = drift_report(tmp_path, {}, "17")
+    assert result.returncode == 1 and "no results" in result.stderr
+    assert calls == [], "nothing is closed for want of results"

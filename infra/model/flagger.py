@@ -15,7 +15,7 @@ import pulumi_kubernetes as k8s
 
 from infra.model import tfserving
 from infra.model.observability import latency_quantile, success_ratio
-from infra.model.routing import route_path
+from infra.model.routing import route_path, verb_paths
 from infra.model.workload import model_selector
 from infra.platform.network import platform_labels
 from infra.spec.manifest import ServedModel
@@ -107,7 +107,11 @@ def canary(
                 "portDiscovery": True,
                 "hosts": [settings.routing.host],
                 "gatewayRefs": [gateway_ref],
-                "match": [{"uri": {"prefix": route_path(model.name)}}],
+                # Flagger turns `uri.prefix` into a PathPrefix match and `uri.exact` into an Exact
+                # one (fluxcd/flagger@v1.44.0 pkg/router/gateway_api.go:L630-L645); the verbs on
+                # the default version need their own (infra/model/routing.py, REST_VERBS).
+                "match": [{"uri": {"prefix": route_path(model.name)}}]
+                + [{"uri": {"exact": path}} for path in verb_paths(model.name)],
                 # The primary and canary Services carry the model label, so the ServiceMonitor
                 # scrapes each pod once; the apex Service (which selects the primary's pods
                 # too) does not, or every series would be counted twice.

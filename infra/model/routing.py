@@ -13,9 +13,32 @@ from infra.platform.network import GATEWAY_API_GROUP, GATEWAY_API_VERSION
 from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
 from infra.spec.settings import RouteKind, StackSettings
 
+# TF-Serving's REST calls on a model: `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:<verb>`
+# (tensorflow/serving tensorflow_serving/g3doc/api_rest.md, "Classify and Regress API" and
+# "Predict API"). A prefix match works element by element: PathPrefix "matches full path elements
+# ... the paths `/abc`, `/abc/`, and `/abc/def` would all match the prefix `/abc`, but the path
+# `/abcd` would not" (Gateway API v1.6.1 HTTPRoute CRD, tests/schemas/gateway-api-v1.6.1/
+# httproutes.yaml:L2661-L2665), and Envoy Gateway programs it as Envoy's
+# `path_separated_prefix` (envoyproxy/gateway@v1.9.0 internal/xds/translator/route.go:L266-L278);
+# an Ingress `Prefix` path is split by "/" the same way. So `/v1/models/iris:predict`, whose last
+# element is `iris:predict`, needs a match of its own, or the proxy answers 404.
+REST_VERBS = ("predict", "classify", "regress")
+
 
 def route_path(model_name: str) -> str:
     return f"/v1/models/{model_name}"
+
+
+def verb_paths(model_name: str) -> list[str]:
+    """The exact paths of the calls on the model's default version (`/v1/models/<name>:predict`, ...)."""
+    return [f"{route_path(model_name)}:{verb}" for verb in REST_VERBS]
+
+
+def path_matches(model_name: str) -> list[dict[str, Any]]:
+    """HTTPRoute matches: the model's path and everything under it, and its verbs on the default version."""
+    return [{"path": {"type": "PathPrefix", "value": route_path(model_name)}}] + [
+        {"path": {"type": "Exact", "value": path}} for path in verb_paths(model_name)
+    ]
 
 
 def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
@@ -41,7 +64,7 @@ def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.In
             "rules": [
                 {
                     # PathPrefix matches whole path elements: /v1/models/iris is not /v1/models/iris2.
-                    "matches": [{"path": {"type": "PathPrefix", "value": route_path(model.name)}}],
+                    "matches": path_matches(model.name),
                     "backendRefs": backend_refs(model),
                 }
             ],
@@ -67,6 +90,11 @@ def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input
     tls = None
     if routing.tls_secret_name:
         tls = [k8s.networking.v1.IngressTLSArgs(hosts=[routing.host], secret_name=routing.tls_secret_name)]
+    backend = k8s.networking.v1.IngressBackendArgs(
+        service=k8s.networking.v1.IngressServiceBackendArgs(
+            name=model.name, port=k8s.networking.v1.ServiceBackendPortArgs(name="http")
+        )
+    )
     return {
         "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
         "spec": k8s.networking.v1.IngressSpecArgs(
@@ -76,17 +104,13 @@ def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input
                 k8s.networking.v1.IngressRuleArgs(
                     host=routing.host,
                     http=k8s.networking.v1.HTTPIngressRuleValueArgs(
+                        # Prefix is element-wise here too ("/foo/bar matches /foo/bar/baz, but does
+                        # not match /foo/barbaz", kubernetes/website content/en/docs/concepts/
+                        # services-networking/ingress.md, "Examples"): the verbs get Exact paths.
                         paths=[
-                            k8s.networking.v1.HTTPIngressPathArgs(
-                                path=route_path(model.name),
-                                path_type="Prefix",
-                                backend=k8s.networking.v1.IngressBackendArgs(
-                                    service=k8s.networking.v1.IngressServiceBackendArgs(
-                                        name=model.name,
-                                        port=k8s.networking.v1.ServiceBackendPortArgs(name="http"),
-                                    )
-                                ),
-                            )
+                            k8s.networking.v1.HTTPIngressPathArgs(path=path, path_type=path_type, backend=backend)
+                            for path, path_type in [(route_path(model.name), "Prefix")]
+                            + [(verb_path, "Exact") for verb_path in verb_paths(model.name)]
                         ]
                     ),
                 )

@@ -87,6 +87,18 @@ NVIDIA_DEVICE_PLUGIN = Chart(
 )
 
 
+def merged_values(defaults: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A stack's values over an add-on's defaults, as Helm merges a values file over the chart's:
+    maps merge key by key, anything else (lists included) is replaced."""
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merged_values(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def cluster_autoscaler_values(cluster_name: Any, region: str, role_arn: Any, image_tag: str) -> dict[str, Any]:
     """Values of the Cluster Autoscaler release on EKS (kubernetes/autoscaler@cluster-autoscaler-
     chart-9.59.0 cluster-autoscaler/charts/cluster-autoscaler/README.md:L85-L98 and L346-L358):

@@ -191,6 +191,7 @@ class Platform(pulumi.ComponentResource):
         for enabled, chart, values in charts:
             if not enabled:
                 continue
+            values = addons.merged_values(values, wanted.values.get(chart.name, {}))
             repository = k8s.helm.v3.RepositoryOptsArgs(repo=chart.repository) if chart.repository else None
             releases[chart.name] = k8s.helm.v3.Release(
                 f"{name}-{chart.name}",

@@ -247,6 +247,30 @@ class AddonSettings(Settings):
         description="Cluster Autoscaler with its own IAM role, scaling the EKS managed node groups between "
         "minSize and maxSize (cluster.mode: eks only).",
     )
+    values: dict[Annotated[str, StringConstraints(pattern=DNS_LABEL)], dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Helm values merged over an add-on's defaults, keyed by release name (envoy-gateway, "
+        "metrics-server, kube-prometheus-stack, flagger), for what one cluster needs: e.g. metrics-server's "
+        "`args: [--kubelet-insecure-tls]` on kind, whose kubelets serve self-signed certificates.",
+    )
+
+    @model_validator(mode="after")
+    def _values_of_installed_releases(self) -> AddonSettings:
+        installed = {
+            "envoy-gateway": self.envoy_gateway,
+            "metrics-server": self.metrics_server,
+            "kube-prometheus-stack": self.kube_prometheus_stack,
+            "flagger": self.flagger,
+        }
+        problems = []
+        for release in self.values:
+            if release not in installed:
+                problems.append((f"values.{release}", f"unknown add-on; values apply to {', '.join(installed)}"))
+            elif not installed[release]:
+                problems.append((f"values.{release}", "this add-on is not installed by the stack; drop its values"))
+        if problems:
+            raise FieldProblemsError(problems)
+        return self
 
 
 # Cluster Autoscaler image per Kubernetes minor: "We recommend using Cluster Autoscaler with the
