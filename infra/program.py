@@ -13,7 +13,14 @@ from infra.spec.errors import ConfigError
 from infra.spec.manifest import load_manifests, served_in
 from infra.spec.paths import links_outside
 from infra.spec.project import stack_errors
-from infra.spec.settings import PROJECT, STRING_KEYS, StackSettings, settings_from_config, stack_file, stack_names
+from infra.spec.settings import (
+    PROJECT,
+    STRING_KEYS,
+    StackSettings,
+    settings_from_config,
+    stack_environments,
+    stack_file,
+)
 
 BOOTSTRAP_NOTICE = (
     "bootstrap: stack {stack} declares the platform only (cluster, add-ons, bucket, IAM) and no models, "
@@ -46,7 +53,8 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
     outside = links_outside(root)
     if outside:
         raise ConfigError(outside)
-    manifests = load_manifests(root, environments=stack_names(root) or None)
+    # Every stack's environment, not only this stack's: the same rule `modelctl validate` applies.
+    manifests = load_manifests(root, environments=stack_environments(root) or None)
     problems = stack_errors(settings, manifests)
     if problems:
         raise ConfigError(problems)

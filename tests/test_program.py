@@ -403,3 +403,14 @@ def test_a_model_not_served_in_an_environment_declares_nothing_there(project):
     assert prod.find(MODEL_TYPE, "taxi-fare")
     assert set(prod.outputs["models"]) == {"taxi-fare"}
     assert run_stack(project, "dev").find(MODEL_TYPE, "iris")
+
+
+def test_manifest_environments_are_checked_against_every_stacks_environment(project):
+    """A stack serves `model-serving:environment`, not its name: with the `prod` stack file gone,
+    `prod` is still served by the eks stack, so every stack's program accepts the manifests
+    (it used to check stack names and refuse them)."""
+    from infra.offline import run_stack
+
+    (project / "stacks" / "Pulumi.prod.yaml").unlink()
+    assert run_stack(project, "eks").find(MODEL_TYPE, "iris")
+    assert run_stack(project, "dev").find(MODEL_TYPE, "iris")

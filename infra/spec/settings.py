@@ -834,6 +834,20 @@ def _is_secure(value: Any) -> bool:
     return False
 
 
+def stack_environments(root: Path) -> set[str]:
+    """The environments the stacks under `root` serve (`model-serving:environment`, default the
+    stack's name): what a manifest's `environments.<env>` may name. A stack file that cannot be
+    read counts as its name, so one broken file does not fail every manifest too."""
+    environments = set()
+    for stack in stack_names(root):
+        try:
+            value = read_stack_config(root, stack).get(f"{PROJECT}:environment")
+        except ConfigError:
+            value = None
+        environments.add(value if isinstance(value, str) and value else stack)
+    return environments
+
+
 def load_stack_settings(root: Path, stack: str) -> StackSettings:
     """Read and validate `stacks/Pulumi.<stack>.yaml`."""
     config = read_stack_config(root, stack)
