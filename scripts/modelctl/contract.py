@@ -353,19 +353,23 @@ def example_request_errors(manifest: ModelManifest) -> list[ErrorItem]:
     if body is None:
         return []
     served = sorted({v for env in manifest.environments.values() for v in env.labels().values()})
-    errors = []
+    found: dict[tuple[str, str], list[int]] = {}
     for version in served:
         contract = manifest.versions[version].contract
-        if contract is None:
-            continue
-        for path, problem in check_request(contract, manifest.serving.signature, body):
-            errors.append(
-                ErrorItem(
-                    f"{MODELS_DIR}/{manifest.name}.yaml",
-                    "serving.example_request" + (f".{path}" if path and not path.startswith("[") else path),
-                    f"{problem} (contract of version {version}, which an environment serves)",
-                )
+        if contract is not None:
+            for problem in check_request(contract, manifest.serving.signature, body):
+                found.setdefault(problem, []).append(version)
+    errors = []
+    for (path, problem), versions in found.items():
+        field = "serving.example_request" + (f".{path}" if path and not path.startswith("[") else path)
+        which = ", ".join(str(v) for v in versions)
+        errors.append(
+            ErrorItem(
+                f"{MODELS_DIR}/{manifest.name}.yaml",
+                field,
+                f"{problem} (the contract of served version{'s' if len(versions) > 1 else ''} {which})",
             )
+        )
     return errors
 
 
