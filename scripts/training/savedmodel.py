@@ -142,7 +142,10 @@ def predict(signature: Any, request: Mapping[str, Any], contract: Contract | Non
     if contract is None:
         contract = Contract.model_validate(
             {
-                "inputs": {n: {"dtype": s.dtype.name, "shape": s.shape.as_list()} for n, s in keyword_specs.items()},
+                "inputs": {
+                    n: {"dtype": s.dtype.name, "shape": [-1 if d is None else d for d in s.shape.as_list()]}
+                    for n, s in keyword_specs.items()
+                },
                 "outputs": {"_": {"dtype": "float32", "shape": None}},
             }
         )
