@@ -7,7 +7,7 @@ from pathlib import Path
 import pulumi
 
 from infra.model.component import ModelDeployment
-from infra.model.routing import rest_url
+from infra.model.routing import grpc_target, rest_url
 from infra.platform.component import Platform
 from infra.spec.errors import ConfigError
 from infra.spec.manifest import load_manifests, served_in
@@ -78,6 +78,8 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
     for model in served:
         ModelDeployment(model.name, model, settings, platform, opts=pulumi.ResourceOptions(providers=providers))
         exported[model.name] = {"url": rest_url(model.name, settings), "versions": dict(model.version_labels)}
+        if model.serves_grpc:
+            exported[model.name]["grpc"] = grpc_target(model.name, settings)
     pulumi.export("namespace", platform.namespace_name)
     pulumi.export("models", exported)
 

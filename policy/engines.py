@@ -17,6 +17,7 @@ SERVICE = "kubernetes:core/v1:Service"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 CANARY = "kubernetes:flagger.app/v1beta1:Canary"
 HTTP_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
+GRPC_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:GRPCRoute"
 POD_OWNERS = (DEPLOYMENT, "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
 MODEL_LABEL = "model-serving.dev/model"
 GPU_RESOURCE = "nvidia.com/gpu"

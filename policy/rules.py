@@ -16,6 +16,7 @@ from typing import Any
 
 from policy.engines import (
     DEPLOYMENT,
+    GRPC_ROUTE,
     HTTP_ROUTE,
     SERVICE,
     FlaggerOutcome,
@@ -162,7 +163,7 @@ def restricted_pod_security(resource: Resource, settings: PolicySettings) -> lis
 
 
 def canary_weight(resource: Resource, settings: PolicySettings) -> list[str]:
-    if resource.type != HTTP_ROUTE:
+    if resource.type not in (HTTP_ROUTE, GRPC_ROUTE):
         return []
     problems = []
     for rule in resource.props.get("spec", {}).get("rules") or []:
@@ -198,7 +199,7 @@ def routes_on_stack_host(resource: Resource, settings: PolicySettings) -> list[s
         return []
     spec = resource.props.get("spec") or {}
     hosts: list[str] = []
-    if resource.type == "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute":
+    if resource.type in (HTTP_ROUTE, GRPC_ROUTE):
         hosts = list(spec.get("hostnames") or ["*"])
     elif resource.type == "kubernetes:networking.k8s.io/v1:Ingress":
         hosts = [rule.get("host", "*") for rule in spec.get("rules") or []]
@@ -206,8 +207,12 @@ def routes_on_stack_host(resource: Resource, settings: PolicySettings) -> list[s
         hosts = [listener.get("hostname", "*") for listener in spec.get("listeners") or []]
     elif resource.type == "kubernetes:flagger.app/v1beta1:Canary":
         hosts = list((spec.get("service") or {}).get("hosts") or [])
+    # gRPC has one name per model under `grpc.<host>` (infra/model/routing.py grpc_route says why).
+    grpc_domain = f".grpc.{settings.host}"
     return [
-        f"routes host {host!r}; this stack serves only {settings.host!r}" for host in hosts if host != settings.host
+        f"routes host {host!r}; this stack serves only {settings.host!r} (and <model>{grpc_domain} for gRPC)"
+        for host in hosts
+        if host != settings.host and not (host.endswith(grpc_domain) and "." not in host[: -len(grpc_domain)])
     ]
 
 
@@ -365,7 +370,7 @@ def _references(resource: Resource) -> Iterable[tuple[str, str, str, str]]:
                     ref.get("namespace", namespace),
                     ref.get("name", ""),
                 )
-    elif resource.kind == "HTTPRoute":
+    elif resource.kind in ("HTTPRoute", "GRPCRoute"):
         for ref in spec.get("parentRefs") or []:
             yield "spec.parentRefs", ref.get("kind", "Gateway"), ref.get("namespace", namespace), ref.get("name", "")
         for rule in spec.get("rules") or []:
@@ -410,12 +415,21 @@ def _references(resource: Resource) -> Iterable[tuple[str, str, str, str]]:
 def _port_problems(resource: Resource, index: _Index) -> Iterable[str]:
     """Ports and listeners that references name: a route's backend port, a ServiceMonitor's
     endpoint port, an HTTPRoute's sectionName."""
-    if resource.kind == "HTTPRoute":
+    if resource.kind in ("HTTPRoute", "GRPCRoute"):
         for ref in resource.spec.get("parentRefs") or []:
             gateway = index.get("Gateway", ref.get("namespace", resource.namespace), ref.get("name", ""))
-            listeners = [listener.get("name") for listener in (gateway.spec.get("listeners") if gateway else []) or []]
+            listeners = {
+                listener.get("name"): listener for listener in (gateway.spec if gateway else {}).get("listeners") or []
+            }
             if gateway is not None and ref.get("sectionName") and ref["sectionName"] not in listeners:
-                yield f"spec.parentRefs names listener {ref['sectionName']!r}; {gateway.describe()} has {listeners}"
+                names = list(listeners)
+                yield f"spec.parentRefs names listener {ref['sectionName']!r}; {gateway.describe()} has {names}"
+                continue
+            listener = listeners.get(ref.get("sectionName"))
+            allowed = [k.get("kind") for k in ((listener or {}).get("allowedRoutes") or {}).get("kinds") or []]
+            if gateway is not None and allowed and resource.kind not in allowed:
+                # The Gateway refuses the attachment (Route condition Accepted=False, NotAllowedByListeners).
+                yield f"spec.parentRefs: listener {ref['sectionName']!r} of {gateway.describe()} admits only {allowed}"
         for rule in resource.spec.get("rules") or []:
             for ref in rule.get("backendRefs") or []:
                 service = index.get("Service", ref.get("namespace", resource.namespace), ref["name"])

@@ -1,9 +1,10 @@
 """`make demo`: the whole lifecycle on embedded defaults, leaving the working tree as it was.
 
 On a throwaway git copy of the project: start an S3 server on loopback, train two versions
-of the iris model, publish both to the local stack's store, promote the better (and watch
-the gate refuse the other), show the local stack's plan with its version-bump diff, render
-its YAML to build/local/, stop the server.
+of the iris model, publish both to the local stack's store (each with its recorded contract
+and TF-Serving warmup requests), show the published version's contract as an OpenAPI
+document, promote the better (and watch the gate refuse the other), show the local stack's
+plan with its version-bump and contract diff, render its YAML to build/local/, stop the server.
 """
 
 from __future__ import annotations
@@ -111,6 +112,19 @@ def run_story(project: Path, trained: Path) -> None:
     print("$ git diff models/ (what the pull request would contain)")
     print(subprocess.run(["git", "-C", str(project), "diff", "--", "models"], capture_output=True, text=True).stdout)
 
+    step(f"The contract of version {second}: its OpenAPI 3.1 document (TF-Serving's REST API)")
+    document_path = trained / f"{MODEL}-{second}.openapi.json"
+    modelctl(project, "contract", MODEL, "--version", str(second), "--output", str(document_path))
+    document = json.loads(document_path.read_text())
+    print(f"{document['info']['title']}, version {document['info']['version']}; paths:")
+    for path, operations in document["paths"].items():
+        print(f"  {', '.join(method.upper() for method in operations):<5} {path}")
+    instance = document["components"]["schemas"]["RowPredictRequest"]["properties"]["instances"]["items"]
+    print("one instance of a row request (`instances`):")
+    print(json.dumps(instance, indent=2))
+    warmup = trained / MODEL / str(second) / "assets.extra" / "tf_serving_warmup_requests"
+    print(f"warmup requests published with it: {warmup.relative_to(trained)} ({warmup.stat().st_size} bytes)")
+
     better, worse = (second, first) if metrics[second] >= metrics[first] else (first, second)
     step(f"Promote the better version ({better}) in {STACK}")
     modelctl(project, "promote", MODEL, "--env", STACK, "--version", str(better))
@@ -119,7 +133,7 @@ def run_story(project: Path, trained: Path) -> None:
     if refused.returncode != 1:
         raise SystemExit("demo: the promotion gate should have refused the worse version")
 
-    step(f"Plan of the {STACK} stack: the version bump against the last commit")
+    step(f"Plan of the {STACK} stack: the version bump and its contract diff against the last commit")
     modelctl(project, "plan", "--stack", STACK, "--base", "HEAD")
     modelctl(project, "plan", "--stack", STACK, "--base", "HEAD", "--format", "markdown")
 

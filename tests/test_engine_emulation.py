@@ -240,10 +240,17 @@ def test_an_undeclared_prerequisite_must_be_listed_as_external(runs):
     problems = references_resolve(declared(runs, "prod"), without_tls)
     assert [m for _, m in problems] == [
         "Gateway models/models: listeners.https.tls names Secret models/models-example-com-tls, which the stack "
-        "neither declares nor lists as external"
+        "neither declares nor lists as external",
+        "Gateway models/models: listeners.grpc.tls names Secret models/grpc-models-example-com-tls, which the stack "
+        "neither declares nor lists as external",
     ]
     listed = dataclasses.replace(
-        without_tls, external=(*without_tls.external, ExternalObject("Secret", "models-example-com-tls", "models"))
+        without_tls,
+        external=(
+            *without_tls.external,
+            ExternalObject("Secret", "models-example-com-tls", "models"),
+            ExternalObject("Secret", "grpc-models-example-com-tls", "models"),
+        ),
     )
     assert references_resolve(declared(runs, "prod"), listed) == []
 

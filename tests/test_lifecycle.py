@@ -132,8 +132,8 @@ def test_training_exports_a_savedmodel_that_serves_through_its_signature(trained
     assert request["signature_name"] == "serving_default"
     assert set(request["instances"][0]) == set(savedmodel.input_names(signature))
     prediction = savedmodel.predict(signature, request)
-    assert [name.decode() for name in prediction["class"]] == ["setosa", "virginica"]
-    assert all(abs(sum(p) - 1) < 1e-5 for p in prediction["probabilities"])
+    assert prediction["species"] == ["setosa", "virginica"]
+    assert all(abs(sum(p) - 1) < 1e-5 for p in prediction["scores"])
 
 
 def test_training_refuses_to_overwrite_a_version(trained, capsys):
@@ -167,11 +167,25 @@ def test_publish_uploads_commits_and_records_a_minimal_manifest_diff(trained, re
     for relative in listed:
         assert (trained / "1" / relative).read_bytes() == objects[relative]
     diff = changed_lines(before, (repo / "models" / "iris.yaml").read_text())
+    # The version, and its contract one tensor a line, so the pull request shows the interface.
     assert diff == [
         "+  4:",
         f"+    digest: {digest}",
         f"+    metrics: {{accuracy: {manifest.versions[4].metrics['accuracy']}}}",
+        "+    contract:",
+        "+      inputs:",
+        "+        petal_length: {dtype: float32, shape: [-1]}",
+        "+        petal_width: {dtype: float32, shape: [-1]}",
+        "+        sepal_length: {dtype: float32, shape: [-1]}",
+        "+        sepal_width: {dtype: float32, shape: [-1]}",
+        "+      outputs:",
+        "+        classes: {dtype: string, shape: [-1, 3]}",
+        "+        scores: {dtype: float32, shape: [-1, 3]}",
+        "+        species: {dtype: string, shape: [-1]}",
     ]
+    assert manifest.versions[4].contract == manifest.versions[3].contract
+    # TF-Serving's warmup requests were written into the SavedModel and published with it.
+    assert "assets.extra/tf_serving_warmup_requests" in objects
     # The version verifies against the store.
     edit_yaml(repo / "models" / "iris.yaml", lambda d: d["environments"]["prod"].update({"stable": 4}))
     capsys.readouterr()

@@ -22,6 +22,7 @@ HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 PDB = "kubernetes:policy/v1:PodDisruptionBudget"
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 HTTP_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
+GRPC_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:GRPCRoute"
 INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
 GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
 NAMESPACE = "kubernetes:core/v1:Namespace"
@@ -73,7 +74,7 @@ def pod_spec(run: OfflineRun, model: str, track: str = "stable") -> dict:
 @pytest.mark.parametrize(("model", "stack"), MODEL_X_STACK)
 def test_model_declares_its_resources_under_its_component(runs, model, stack):
     run = runs[stack]
-    _, settings = served(model, stack)
+    served_model, settings = served(model, stack)
     component = run.find(MODEL_TYPE, model)
     stack_urn = run.find(PLATFORM_TYPE, "platform").parent
     assert component.parent == stack_urn
@@ -85,7 +86,9 @@ def test_model_declares_its_resources_under_its_component(runs, model, stack):
         expected = (WORKLOAD_TYPES - {SERVICE}) | {SERVICE_ACCOUNT, NETWORK_POLICY}
     else:
         expected = WORKLOAD_TYPES | {SERVICE_ACCOUNT, NETWORK_POLICY, route}
-    assert set(children(run, model)) == expected | cloud
+    # A model that lists grpc gets its GRPCRoute, on Flagger stacks too.
+    grpc = {GRPC_ROUTE} if served_model.serves_grpc else set()
+    assert set(children(run, model)) == expected | cloud | grpc
     canary = children(run, model, "canary")
     assert set(canary) == (WORKLOAD_TYPES if "canary" in tracks(model, stack) else set())
     for track in tracks(model, stack):
@@ -375,10 +378,31 @@ def test_platform_declares_namespace_default_deny_and_gateway(runs, stack):
     wants_gateway = settings.routing.gateway is not None and settings.routing.gateway.create
     assert len(gateways) == (1 if wants_gateway else 0)
     if gateways:
-        (listener,) = gateways[0]["spec"]["listeners"]
+        listener, *grpc = gateways[0]["spec"]["listeners"]
         assert listener["hostname"] == settings.routing.host
         assert listener["protocol"] == "HTTPS" and listener["port"] == 443
         assert listener["tls"]["certificateRefs"] == [{"kind": "Secret", "name": settings.routing.tls_secret_name}]
+        # gRPC: one wildcard HTTPS listener (HTTP/2 by ALPN) for <model>.grpc.<host>, GRPCRoutes only.
+        assert grpc == (
+            [
+                {
+                    "name": settings.routing.grpc.listener,
+                    "protocol": "HTTPS",
+                    "port": 443,
+                    "hostname": f"*.grpc.{settings.routing.host}",
+                    "tls": {
+                        "mode": "Terminate",
+                        "certificateRefs": [{"kind": "Secret", "name": settings.routing.grpc.tls_secret_name}],
+                    },
+                    "allowedRoutes": {
+                        "namespaces": {"from": "Same"},
+                        "kinds": [{"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}],
+                    },
+                }
+            ]
+            if settings.routing.grpc
+            else []
+        )
 
 
 @pytest.mark.parametrize("stack", STACKS)

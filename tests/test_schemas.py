@@ -129,7 +129,15 @@ def test_custom_resources_pass_their_crd_schemas(runs):
             {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}, KUBERNETES_VERSIONS[0], strict=True
         )
         kinds.add(obj["kind"])
-    assert kinds == {"HTTPRoute", "Gateway", "ServiceMonitor", "PrometheusRule", "Canary", "MetricTemplate"}
+    assert kinds == {
+        "HTTPRoute",
+        "GRPCRoute",
+        "Gateway",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "Canary",
+        "MetricTemplate",
+    }
 
 
 def test_the_crd_check_refuses_a_misspelt_field(runs):

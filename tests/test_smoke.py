@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from scripts.modelctl.cli import main
-from tests.conftest import edit_yaml
+from tests.conftest import MANIFESTS, edit_yaml
+from tests.fake_grpc import FakeGrpcServer, FakePredictionService
 from tests.fake_kubernetes import FakeKubernetes, canary, deployment
 
 
@@ -80,34 +81,66 @@ def tf_serving():
         server.server_close()
 
 
-def test_smoke_passes_when_every_model_answers(tf_serving, capsys):
+@pytest.fixture
+def grpc_server():
+    """A PredictionService on loopback for the models that expose gRPC (iris); `failing` refuses."""
+    servers = []
+
+    def start(failing: frozenset[str] = frozenset()) -> FakeGrpcServer:
+        server = FakeGrpcServer(FakePredictionService({m.name: m for m in MANIFESTS}, failing))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def grpc_options(server: FakeGrpcServer) -> list[str]:
+    return ["--grpc-target", server.target, "--grpc-plaintext"]
+
+
+def test_smoke_passes_when_every_model_answers(tf_serving, grpc_server, capsys):
+    grpc = grpc_server()
     server = tf_serving(
         {
             "iris": {"versions": {3: "AVAILABLE", 2: "AVAILABLE"}, "predict": "ok"},
             "taxi-fare": {"versions": {2: "AVAILABLE"}, "predict": "ok"},
         }
     )
-    assert main(["smoke", "--stack", "prod", "--base-url", server.url, "--no-wait"]) == 0
+    assert main(["smoke", "--stack", "prod", "--base-url", server.url, "--no-wait", *grpc_options(grpc)]) == 0
     out = capsys.readouterr().out
-    assert "2 models at" in out and "4 checks passed, 0 failed" in out
+    assert "2 models at" in out and "5 checks passed, 0 failed" in out
     posted = [body for method, path, body in server.requests if method == "POST"]
     # The predict body is the manifest's example request.
-    assert {"instances": [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]} in posted
+    example = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    assert {"instances": [example]} in posted
+    # iris serves gRPC too: one Predict with the same example as a PredictRequest (taxi-fare does not).
+    assert f"ok   iris: grpc predict: version 3: outputs classes, scores, species at {grpc.target}" in out
+    (request,) = grpc.service.requests
+    assert request.model_spec.name == "iris" and request.model_spec.signature_name == "serving_default"
+    import tensorflow as tf
+
+    sent = {name: tf.make_ndarray(t).tolist() for name, t in request.inputs.items()}
+    assert sent.keys() == example.keys()
+    assert all(sent[name] == pytest.approx([value]) for name, value in example.items())
 
 
-def test_smoke_fails_on_a_failing_model(tf_serving, capsys):
+def test_smoke_fails_on_a_failing_model(tf_serving, grpc_server, capsys):
+    grpc = grpc_server(failing=frozenset({"iris"}))
     server = tf_serving(
         {
             "iris": {"versions": {2: "AVAILABLE"}, "predict": "error"},
             "taxi-fare": {"versions": {2: "LOADING"}, "predict": "garbage"},
         }
     )
-    assert main(["smoke", "--stack", "prod", "--base-url", server.url, "--no-wait"]) == 1
+    assert main(["smoke", "--stack", "prod", "--base-url", server.url, "--no-wait", *grpc_options(grpc)]) == 1
     out = capsys.readouterr().out
     assert "FAIL iris: predict: POST" in out and "answered 500" in out
+    assert f"FAIL iris: grpc predict: Predict at {grpc.target} failed: INVALID_ARGUMENT: input size" in out
     assert "FAIL taxi-fare: status: versions not available: {2: 'LOADING'}" in out
     assert "FAIL taxi-fare: predict" in out
-    assert "1 checks passed, 3 failed" in out
+    assert "1 checks passed, 4 failed" in out
 
 
 def test_smoke_fails_on_an_unknown_model_and_an_unreachable_server(tf_serving, capsys, project):
@@ -172,8 +205,9 @@ def smoke_prod(server_url: str, *options: str) -> int:
     return main(["smoke", "--stack", "prod", "--base-url", server_url, "--poll-interval", "0.01", *options])
 
 
-def test_smoke_waits_for_flaggers_promotion_then_smokes(tf_serving, cluster, capsys):
+def test_smoke_waits_for_flaggers_promotion_then_smokes(tf_serving, grpc_server, cluster, capsys):
     models = tf_serving(HEALTHY)
+    grpc = grpc_server()
     kubernetes = cluster(
         {
             # Flagger has not noticed `pulumi up` yet, then analyses, then promotes.
@@ -186,14 +220,14 @@ def test_smoke_waits_for_flaggers_promotion_then_smokes(tf_serving, cluster, cap
             "taxi-fare": [rollout("taxi-fare", "Initialized", "hash-new")],  # its first deployment
         }
     )
-    assert smoke_prod(models.url) == 0
+    assert smoke_prod(models.url, *grpc_options(grpc)) == 0
     out = capsys.readouterr().out
     assert "rollout iris: waiting (phase Succeeded; waiting for the primary to serve this revision)" in out
     assert (
         "rollout iris: promoted (phase Succeeded;" in out and "rollout taxi-fare: promoted (phase Initialized;" in out
     )
     # The smoke test ran after both verdicts.
-    assert out.index("rollout iris: promoted") < out.index("4 checks passed, 0 failed")
+    assert out.index("rollout iris: promoted") < out.index("5 checks passed, 0 failed")
     assert kubernetes.steps["iris"] == 3
 
 
@@ -232,8 +266,9 @@ def test_an_unreachable_cluster_is_one_line(tf_serving, monkeypatch, tmp_path, c
     assert line.startswith("modelctl smoke: cannot use the kubeconfig (context 'prod-eu-west-1'): ")
 
 
-def test_no_wait_and_bad_durations(tf_serving, capsys):
-    assert main(["smoke", "--stack", "prod", "--base-url", tf_serving(HEALTHY).url, "--no-wait"]) == 0
+def test_no_wait_and_bad_durations(tf_serving, grpc_server, capsys):
+    url, options = tf_serving(HEALTHY).url, grpc_options(grpc_server())
+    assert main(["smoke", "--stack", "prod", "--base-url", url, "--no-wait", *options]) == 0
     with pytest.raises(SystemExit) as exit_:
         main(["smoke", "--stack", "prod", "--rollout-timeout", "-1"])
     assert exit_.value.code == 1

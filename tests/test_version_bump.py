@@ -67,8 +67,8 @@ def test_removing_the_canary_deletes_only_its_resources(project, runs):
     deleted = {s.name for s in plan.steps if s.op is Op.delete}
     assert deleted == {f"iris-canary-{kind}" for kind in ("config", "deployment", "service", "hpa", "pdb")}
     changed = {s.name: s.op for s in plan.changes if s.op is not Op.delete}
-    # The route goes back to one backend; nothing else of the model or of any other changes.
-    assert changed == {"iris-route": Op.update}
+    # The routes (REST and gRPC) go back to one backend; nothing else of the model or of any other changes.
+    assert changed == {"iris-route": Op.update, "iris-grpc-route": Op.update}
 
 
 def test_promoting_the_canary_moves_it_to_stable_and_removes_its_workload(project, runs):
@@ -87,4 +87,5 @@ def test_promoting_the_canary_moves_it_to_stable_and_removes_its_workload(projec
         "iris-config": Op.replace,
         "iris-deployment": Op.update,
         "iris-route": Op.update,
+        "iris-grpc-route": Op.update,
     }

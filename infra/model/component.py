@@ -52,12 +52,21 @@ class ModelDeployment(pulumi.ComponentResource):
             f"{name}-netpol", **workload.network_policy(model, settings, namespace), opts=child
         )
         self._monitoring(name, model, settings)
+        gateway = getattr(platform, "gateway", None)
+        if model.serves_grpc:
+            # Flagger generates the apex Service this route targets on Flagger stacks; it declares
+            # no GRPCRoute, so this one is ours there too.
+            k8s.apiextensions.CustomResource(
+                f"{name}-grpc-route",
+                **routing.grpc_route(model, settings, namespace, flagger=settings.flagger),
+                opts=self._opts("envoy-gateway", *(s for s in services if s is not None), gateway),
+            )
         if settings.flagger:
             # Flagger owns the apex Service and the HTTPRoute (both named after the model).
             self.register_outputs({"versions": dict(model.version_labels)})
             return
         if model.serving.ingress:
-            route_opts = self._opts("envoy-gateway", *services, getattr(platform, "gateway", None))
+            route_opts = self._opts("envoy-gateway", *services, gateway)
             if settings.routing.kind is RouteKind.gateway:
                 k8s.apiextensions.CustomResource(
                     f"{name}-route", **routing.http_route(model, settings, namespace), opts=route_opts

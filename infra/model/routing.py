@@ -1,4 +1,4 @@
-"""Pure builders of a model's route on the stack's host: Gateway API HTTPRoute or Ingress."""
+"""Pure builders of a model's routes on the stack's host: Gateway API HTTPRoute or Ingress, and GRPCRoute."""
 
 from __future__ import annotations
 
@@ -41,19 +41,30 @@ def path_matches(model_name: str) -> list[dict[str, Any]]:
     ]
 
 
-def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
-    """Gateway API HTTPRoute kwargs (CustomResource): /v1/models/<name> on the host to the REST port."""
-    # A canary splits the route by weight between the stable and the canary Service.
+# TF-Serving's gRPC services (tensorflow_serving/apis/prediction_service.proto, model_service.proto).
+GRPC_SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+
+def _parent(settings: StackSettings, listener: str) -> dict[str, Any]:
     gateway = settings.routing.gateway
     assert gateway is not None  # settings validation: kind gateway has gateway settings
     parent: dict[str, Any] = {
         "group": GATEWAY_API_GROUP,
         "kind": "Gateway",
         "name": gateway.name,
-        "sectionName": gateway.listener,
+        "sectionName": listener,
     }
     if gateway.namespace:
         parent["namespace"] = gateway.namespace
+    return parent
+
+
+def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
+    """Gateway API HTTPRoute kwargs (CustomResource): /v1/models/<name> on the host to the REST port."""
+    # A canary splits the route by weight between the stable and the canary Service.
+    gateway = settings.routing.gateway
+    assert gateway is not None  # settings validation: kind gateway has gateway settings
+    parent = _parent(settings, gateway.listener)
     return {
         "api_version": GATEWAY_API_VERSION,
         "kind": "HTTPRoute",
@@ -72,15 +83,54 @@ def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.In
     }
 
 
-def backend_refs(model: ServedModel) -> list[dict[str, Any]]:
+def grpc_route(
+    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], flagger: bool = False
+) -> dict[str, Any]:
+    """Gateway API GRPCRoute kwargs: TF-Serving's gRPC services on `<model>.grpc.<host>` to the gRPC port.
+
+    A route cannot pick the model by method: every model's PredictionService has the same
+    methods (`/tensorflow.serving.PredictionService/Predict`, ...), and the model's name travels
+    inside the protobuf body (`model_spec.name`), which no Gateway API match reads (GRPCRoute
+    matches the service, method and headers only). So each model gets its own host name, the
+    `:authority` a client dials, like a virtual host; one wildcard listener and certificate
+    (`*.grpc.<host>`) cover them all.
+
+    On a Flagger stack the backend is the apex Service `<model>` that Flagger generates; it
+    carries the gRPC port because the Canary sets `portDiscovery` (infra/model/flagger.py).
+    gRPC then reaches the primary only; Flagger shifts the REST route's weights during an
+    analysis, not this route's.
+    """
+    routing = settings.routing
+    assert routing.grpc is not None  # project validation: a gRPC model needs routing.grpc
+    backends = (
+        [{"name": model.name, "port": tfserving.GRPC_PORT}] if flagger else backend_refs(model, tfserving.GRPC_PORT)
+    )
+    return {
+        "api_version": GATEWAY_API_VERSION,
+        "kind": "GRPCRoute",
+        "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
+        "spec": {
+            "parentRefs": [_parent(settings, routing.grpc.listener)],
+            "hostnames": [routing.grpc_host(model.name)],
+            "rules": [
+                {
+                    "matches": [{"method": {"type": "Exact", "service": service}} for service in GRPC_SERVICES],
+                    "backendRefs": backends,
+                }
+            ],
+        },
+    }
+
+
+def backend_refs(model: ServedModel, port: int = tfserving.REST_PORT) -> list[dict[str, Any]]:
     stable = Workload.of(model, LABEL_STABLE)
     if not model.has_canary:
-        return [{"name": stable.instance, "port": tfserving.REST_PORT}]
+        return [{"name": stable.instance, "port": port}]
     canary = Workload.of(model, LABEL_CANARY)
     weight = model.canary_weight or 0
     return [
-        {"name": stable.instance, "port": tfserving.REST_PORT, "weight": 100 - weight},
-        {"name": canary.instance, "port": tfserving.REST_PORT, "weight": weight},
+        {"name": stable.instance, "port": port, "weight": 100 - weight},
+        {"name": canary.instance, "port": port, "weight": weight},
     ]
 
 
@@ -117,6 +167,13 @@ def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input
             ],
         ),
     }
+
+
+def grpc_target(model_name: str, settings: StackSettings) -> str | None:
+    """`host:port` a gRPC client dials for the model (TLS), or None without routing.grpc."""
+    if settings.routing.grpc is None:
+        return None
+    return f"{settings.routing.grpc_host(model_name)}:443"
 
 
 def rest_url(model_name: str, settings: StackSettings) -> str:

@@ -471,8 +471,10 @@ def network_policy(model: ServedModel, settings: StackSettings, namespace: pulum
             from_=[k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=k8s.meta.v1.LabelSelectorArgs())],
             ports=serving_ports,
         ),
+        # The route's proxies: REST, and gRPC where a GRPCRoute sends it.
         k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-            from_=[_namespace_peer(settings.routing.controller_namespace)], ports=[_tcp(tfserving.REST_PORT)]
+            from_=[_namespace_peer(settings.routing.controller_namespace)],
+            ports=serving_ports if model.serves_grpc else [_tcp(tfserving.REST_PORT)],
         ),
     ]
     if settings.monitoring.prometheus_namespace:

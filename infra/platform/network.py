@@ -81,7 +81,8 @@ def gateway_class(settings: StackSettings) -> dict[str, Any]:
 
 
 def gateway(settings: StackSettings, namespace_name: pulumi.Input[str]) -> dict[str, Any]:
-    """Gateway kwargs: one HTTPS listener for the stack's host, routes from this namespace only."""
+    """Gateway kwargs: one HTTPS listener for the stack's host (and one for its gRPC names), routes
+    from this namespace only."""
     routing = settings.routing
     assert routing.gateway is not None and routing.tls_secret_name is not None
     return {
@@ -103,7 +104,37 @@ def gateway(settings: StackSettings, namespace_name: pulumi.Input[str]) -> dict[
                         "certificateRefs": [{"kind": "Secret", "name": routing.tls_secret_name}],
                     },
                     "allowedRoutes": {"namespaces": {"from": "Same"}},
-                }
+                },
+                *grpc_listeners(settings),
             ],
         },
     }
+
+
+def grpc_listeners(settings: StackSettings) -> list[dict[str, Any]]:
+    """The listener for `*.grpc.<host>`, where each gRPC model has its own name (routing.grpc_host).
+
+    HTTPS like the REST listener: gRPC needs HTTP/2, which clients negotiate by ALPN during the
+    TLS handshake, and implementations supporting GRPCRoute on HTTPS listeners must accept that
+    (Gateway API v1.6.1 GRPCRoute CRD description). Only GRPCRoutes attach to it.
+    """
+    routing = settings.routing
+    if routing.grpc is None:
+        return []
+    assert routing.grpc.tls_secret_name is not None  # settings validation: a declared Gateway needs it
+    return [
+        {
+            "name": routing.grpc.listener,
+            "protocol": "HTTPS",
+            "port": 443,
+            "hostname": f"*.{routing.grpc_domain}",
+            "tls": {
+                "mode": "Terminate",
+                "certificateRefs": [{"kind": "Secret", "name": routing.grpc.tls_secret_name}],
+            },
+            "allowedRoutes": {
+                "namespaces": {"from": "Same"},
+                "kinds": [{"group": GATEWAY_API_GROUP, "kind": "GRPCRoute"}],
+            },
+        }
+    ]

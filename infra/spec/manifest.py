@@ -118,10 +118,82 @@ class Artifact(Frozen):
         return value
 
 
+class DType(StrEnum):
+    """TensorFlow dtypes a TF-Serving REST request can carry (g3doc/api_rest.md, "JSON mapping")."""
+
+    bool = "bool"
+    string = "string"
+    int8 = "int8"
+    uint8 = "uint8"
+    int16 = "int16"
+    uint16 = "uint16"
+    int32 = "int32"
+    uint32 = "uint32"
+    int64 = "int64"
+    uint64 = "uint64"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Protocol(StrEnum):
+    """APIs of TF-Serving a model exposes through the stack's routes."""
+
+    rest = "rest"
+    grpc = "grpc"
+
+
+class TensorContract(Frozen):
+    """One input or output tensor of the serving signature, as its SignatureDef declares it."""
+
+    # Enums take their YAML string value; global strict mode would demand an enum instance.
+    dtype: DType = Field(strict=False, description="TensorFlow dtype (float32, int64, string, ...).")
+    shape: list[Annotated[int, Field(ge=-1, strict=True)]] | None = Field(
+        description="Dimensions; -1 is any size (the first is the batch). null: unknown rank."
+    )
+    default: Any = Field(
+        default=None,
+        description="Inputs only: the value TF-Serving feeds when a request omits the input (SignatureDef "
+        "`defaults`); an input with a default is optional.",
+    )
+
+
+TensorName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-/]+$", max_length=200)]
+
+
+class Contract(Frozen):
+    """The serving signature of a version: what a client sends and gets back."""
+
+    inputs: dict[TensorName, TensorContract] = Field(min_length=1, description="Input tensors by name.")
+    outputs: dict[TensorName, TensorContract] = Field(min_length=1, description="Output tensors by name.")
+
+    @model_validator(mode="after")
+    def _outputs_have_no_default(self) -> Contract:
+        for name, tensor in self.outputs.items():
+            if tensor.default is not None:
+                raise FieldProblemsError([(f"outputs.{name}.default", "outputs have no default; drop it")])
+        return self
+
+    def required_inputs(self) -> list[str]:
+        return [name for name, tensor in self.inputs.items() if tensor.default is None]
+
+
 class PublishedVersion(Frozen):
     digest: Digest = Field(description="sha256 of the version's checksum list in the object store ('sha256:<64 hex>').")
     metrics: dict[NonEmpty, float] = Field(
         default_factory=dict, description="Evaluation metrics on the held-out split, by name."
+    )
+    contract: Contract | None = Field(
+        default=None,
+        description="The serving signature (`serving.signature`) of this version: every input and output "
+        "with dtype and shape, recorded by `modelctl publish`. Plans compare it when a served version moves.",
+    )
+    breaking_change_acknowledged: NonEmpty | None = Field(
+        default=None,
+        description="Why this version may break clients of the versions it replaces. A production stack "
+        "serves a version whose contract is incompatible with the one it replaces only with this set "
+        "(rule contract-compatibility); the plan shows the reason.",
     )
 
 
@@ -196,6 +268,12 @@ class Serving(Frozen):
     batching: Batching | None = Field(default=None, description="Server-side batching; off when absent.")
     autoscaling: Autoscaling
     ingress: bool = Field(default=True, description="Expose /v1/models/<name> on the stack's host.")
+    # Enums take their YAML string value (as `goal` does).
+    protocols: list[Annotated[Protocol, Field(strict=False)]] = Field(
+        default_factory=lambda: [Protocol.rest],
+        description="APIs exposed through the stack's routes: `rest` always (probes, smoke, Flagger's route); "
+        "`grpc` adds TF-Serving's PredictionService on `<model>.grpc.<host>` (a GRPCRoute).",
+    )
     slo: Slo = Field(default_factory=Slo, description="Objectives for alerts and metric-gated rollouts.")
     rollout: Rollout | None = Field(default=None, description="Metric-gated rollout settings (stacks with Flagger).")
     example_request: dict[str, Any] | None = Field(
@@ -205,6 +283,7 @@ class Serving(Frozen):
 
     @model_validator(mode="after")
     def _example_shape(self) -> Serving:
+        _check_protocols(self.protocols, "protocols")
         body = self.example_request
         if body is not None:
             rows = body.get("instances", body.get("inputs"))
@@ -216,6 +295,15 @@ class Serving(Frozen):
                     [(f"example_request.{unknown[0]}", "not a field of a TF-Serving predict body")]
                 )
         return self
+
+
+def _check_protocols(protocols: list[Protocol], field: str) -> None:
+    if Protocol.rest not in protocols:
+        raise FieldProblemsError(
+            [(field, "must list `rest`: probes, `modelctl smoke` and Flagger's analysis use it; add `grpc` beside it")]
+        )
+    if len(set(protocols)) != len(protocols):
+        raise FieldProblemsError([(field, "lists a protocol twice")])
 
 
 class Promotion(Frozen):
@@ -256,9 +344,15 @@ class EnvironmentServing(Frozen):
     autoscaling: AutoscalingOverride | None = Field(default=None, description="Per-environment autoscaling overrides.")
     batching: Batching | None = Field(default=None, description="Per-environment batching (replaces the default).")
     ingress: bool | None = Field(default=None, description="Per-environment override of serving.ingress.")
+    # Enums take their YAML string value (as `goal` does).
+    protocols: list[Annotated[Protocol, Field(strict=False)]] | None = Field(
+        default=None, description="Per-environment override of serving.protocols (e.g. `[rest]` on an Ingress stack)."
+    )
 
     @model_validator(mode="after")
     def _labels_unique(self) -> EnvironmentServing:
+        if self.protocols is not None:
+            _check_protocols(self.protocols, "protocols")
         if self.canary is not None and self.canary.version == self.stable:
             raise FieldProblemsError(
                 [("canary.version", f"Got {self.canary.version}, the stable version too; a canary serves another")]
@@ -342,6 +436,7 @@ class ModelManifest(Frozen):
                 "autoscaling": autoscaling,
                 "batching": served.batching if served.batching is not None else self.serving.batching,
                 "ingress": served.ingress if served.ingress is not None else self.serving.ingress,
+                "protocols": served.protocols if served.protocols is not None else self.serving.protocols,
             }
         )
 
@@ -363,6 +458,11 @@ class ServedModel:
     @property
     def has_canary(self) -> bool:
         return LABEL_CANARY in self.version_labels
+
+    @property
+    def serves_grpc(self) -> bool:
+        """TF-Serving's gRPC API is exposed through the stack's routes (not only in the namespace)."""
+        return self.serving.ingress and Protocol.grpc in self.serving.protocols
 
     def track(self, label: str) -> ServedModel:
         """The part of this model one workload serves: only the version under `label`."""

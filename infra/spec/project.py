@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from infra.spec.errors import ConfigError, ErrorItem
-from infra.spec.manifest import MODELS_DIR, ModelManifest, load_manifests
+from infra.spec.manifest import MODELS_DIR, ModelManifest, Protocol, load_manifests
 from infra.spec.paths import links_outside
 from infra.spec.settings import STACKS_DIR, RouteKind, StackSettings, load_stack_settings, stack_names
 
@@ -32,6 +32,27 @@ def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) ->
             elif settings.images.serving_gpu is None:
                 errors.append(
                     ErrorItem(file, "serving.resources.gpu", f"stack {settings.stack} names no images.servingGpu")
+                )
+        serving = manifest.serving_for(settings.environment)
+        if serving.ingress and Protocol.grpc in serving.protocols:
+            field = f"environments.{settings.environment}.protocols" if served.protocols else "serving.protocols"
+            if settings.routing.kind is RouteKind.ingress:
+                errors.append(
+                    ErrorItem(
+                        f"{MODELS_DIR}/{manifest.name}.yaml",
+                        field,
+                        f"lists grpc, but stack {settings.stack} routes by Ingress, which has no portable gRPC "
+                        f"routing; set environments.{settings.environment}.protocols: [rest]",
+                    )
+                )
+            elif settings.routing.grpc is None:
+                errors.append(
+                    ErrorItem(
+                        f"{MODELS_DIR}/{manifest.name}.yaml",
+                        field,
+                        f"lists grpc, but stack {settings.stack} has no routing.grpc (the Gateway listener for "
+                        f"*.grpc.{settings.routing.host}); add it to stacks/Pulumi.{settings.stack}.yaml",
+                    )
                 )
         if served.canary is None:
             continue

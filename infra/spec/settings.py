@@ -302,6 +302,19 @@ class GatewaySettings(Settings):
         return self
 
 
+class GrpcRoutingSettings(Settings):
+    """Where models that list `grpc` in serving.protocols take gRPC calls: `<model>.grpc.<host>`."""
+
+    listener: DnsLabel = Field(
+        default="grpc",
+        description="Gateway listener (sectionName) the GRPCRoutes attach to; on a declared Gateway, an "
+        "HTTPS listener for `*.grpc.<host>` (on an existing one, a listener for those names).",
+    )
+    tls_secret_name: DnsLabel | None = Field(
+        default=None, description="Secret with a certificate for `*.grpc.<host>`, for a declared Gateway."
+    )
+
+
 class RoutingSettings(Settings):
     kind: RouteKind = Field(default=RouteKind.gateway, strict=False, description="gateway (HTTPRoute) or ingress.")
     host: Hostname = Field(description="Host name models are served on.")
@@ -311,10 +324,31 @@ class RoutingSettings(Settings):
     controller_namespace: DnsLabel = Field(
         description="Namespace of the Gateway/Ingress controller's proxies, allowed through the NetworkPolicy."
     )
+    grpc: GrpcRoutingSettings | None = Field(
+        default=None,
+        description="gRPC for the models that ask for it (serving.protocols), one host name per model: "
+        "`<model>.grpc.<host>` (Gateway API GRPCRoute; kind gateway only).",
+    )
+
+    def grpc_host(self, model: str) -> str:
+        """Each model's PredictionService has the same methods and carries the model's name inside the
+        request body, so a route can only tell models apart by host name."""
+        return f"{model}.{self.grpc_domain}"
+
+    @property
+    def grpc_domain(self) -> str:
+        return f"grpc.{self.host}"
 
     @model_validator(mode="after")
     def _kind_fields(self) -> RoutingSettings:
         problems = []
+        if self.grpc is not None:
+            if self.kind is not RouteKind.gateway:
+                problems.append(("grpc", "needs routing.kind: gateway (a GRPCRoute); an Ingress has no portable gRPC"))
+            elif self.gateway is not None and self.gateway.create and self.grpc.tls_secret_name is None:
+                problems.append(
+                    ("grpc.tlsSecretName", f"required: the declared Gateway terminates TLS for *.grpc.{self.host}")
+                )
         if self.kind is RouteKind.gateway:
             if self.gateway is None:
                 problems.append(("gateway", "required when kind is gateway"))

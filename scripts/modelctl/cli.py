@@ -40,9 +40,14 @@ def _print_errors(errors: Sequence[ErrorItem]) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from infra.spec.manifest import load_manifests
     from infra.spec.project import validate_project
+    from scripts.modelctl.contract import example_request_errors
 
     settings, errors = validate_project(args.root)
+    if not errors:
+        # Each example request against the recorded contract of every version it is sent to.
+        errors = [e for m in load_manifests(args.root) for e in example_request_errors(m)]
     if errors:
         _print_errors(errors)
         return EXIT_ERROR
@@ -83,6 +88,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     # real `pulumi up` or the engines behind it would refuse or get wrong.
     if not apply_policies(args.root, report.head_runs, show_advisory=args.policy):
         return EXIT_ERROR
+    if not check_contracts(report.contracts):
+        return EXIT_ERROR
     if args.check_artifacts:
         problems = check_artifacts(args.root, stacks)
         if problems:
@@ -116,6 +123,52 @@ def apply_policies(root: Path, runs: dict, show_advisory: bool = False) -> bool:
                 print(f"policy: stack {stack}: {violation}", file=sys.stderr)
             passed = passed and violation.enforcement != MANDATORY
     return passed
+
+
+def check_contracts(reviews: dict) -> bool:
+    """The rule contract-compatibility over the plan's contract reviews (scripts/modelctl/contract.py
+    says why it cannot run in the Pulumi policy pack); False when a production stack would serve
+    an unacknowledged breaking change."""
+    passed = True
+    for stack, found in reviews.items():
+        for review in found:
+            if review.refused:
+                print(f"policy: stack {stack}: {review.violation()}", file=sys.stderr)
+                passed = False
+    return passed
+
+
+def cmd_contract(args: argparse.Namespace) -> int:
+    from infra.spec.manifest import load_manifests
+    from infra.spec.settings import RouteKind, load_stack_settings, stack_names
+    from scripts.modelctl import manifest_edit
+    from scripts.modelctl.contract import openapi_document
+
+    manifest = manifest_edit.load(args.root, args.model)
+    version = args.version if args.version is not None else max(manifest.versions)
+    if version not in manifest.versions:
+        published = ", ".join(str(v) for v in sorted(manifest.versions))
+        raise ConfigError.single(
+            f"models/{args.model}.yaml", "versions", f"--version {version} is not published; published: {published}"
+        )
+    load_manifests(args.root)  # the whole project must be valid, as for every other command
+    servers = []
+    for stack in stack_names(args.root):
+        settings = load_stack_settings(args.root, stack)
+        served = manifest.environments.get(settings.environment)
+        if served is None or not manifest.serving_for(settings.environment).ingress:
+            continue
+        routing = settings.routing
+        scheme = "https" if routing.tls_secret_name or routing.kind is RouteKind.gateway else "http"
+        labels = ", ".join(f"{label} {v}" for label, v in sorted(served.labels().items()))
+        servers.append((f"{scheme}://{routing.host}", f"stack {stack} ({labels})"))
+    text = json.dumps(openapi_document(manifest, version, servers), indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote the OpenAPI document of {args.model} version {version} to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
 
 
 def cmd_policy_config(args: argparse.Namespace) -> int:
@@ -188,16 +241,22 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
+    from infra.model.routing import grpc_target
     from infra.spec.manifest import load_manifests, served_in
     from infra.spec.settings import load_stack_settings
-    from scripts.modelctl.smoke import smoke_model
+    from scripts.modelctl.smoke import grpc_predict, smoke_model
 
     settings = load_stack_settings(args.root, args.stack)
     base_url = args.base_url or f"https://{settings.routing.host}"
     models = served_in(load_manifests(args.root), settings.environment)
     if settings.flagger and not args.no_wait and not _await_flagger(args, settings, [m.name for m in models]):
         return EXIT_ERROR
-    checks = [check for model in models for check in smoke_model(model, base_url, args.timeout)]
+    checks = []
+    for model in models:
+        checks += smoke_model(model, base_url, args.timeout)
+        if model.serves_grpc:
+            target = args.grpc_target or grpc_target(model.name, settings)
+            checks.append(grpc_predict(model, target, args.timeout, plaintext=args.grpc_plaintext))
     for check in checks:
         print(check)
     failed = [c for c in checks if not c.ok]
@@ -325,6 +384,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.set_defaults(func=cmd_plan)
 
+    contract = commands.add_parser(
+        "contract",
+        help="print the OpenAPI 3.1 document of a model version's TF-Serving REST API",
+        description=(
+            "Print the OpenAPI 3.1 document of one version's TF-Serving REST API: predict by version\n"
+            "and by label, status and metadata, with request and response schemas (row `instances`\n"
+            "and columnar `inputs` forms) from the contract `modelctl publish` recorded."
+        ),
+        epilog=(
+            "exit codes:\n"
+            "  0  printed\n"
+            "  1  no such model or version, no contract recorded for it, or an invalid project\n"
+            "\n"
+            "example:\n"
+            "  modelctl contract iris --version 3 > iris-3.openapi.json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    contract.add_argument("model")
+    contract.add_argument("--version", type=_positive, help="default: the newest published")
+    contract.add_argument("--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
+    contract.set_defaults(func=cmd_contract)
+
     policy = commands.add_parser("policy-config", help="print a stack's --policy-pack-config JSON")
     policy.add_argument("--stack", required=True)
     policy.set_defaults(func=cmd_policy_config)
@@ -360,7 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
         "smoke",
         help="call every model's REST status and one predict (after Flagger's verdict on Flagger stacks)",
         description=(
-            "Call every model's REST status and one predict with its example request. On a stack with\n"
+            "Call every model's REST status and one predict with its example request, and one gRPC\n"
+            "Predict for models that expose gRPC (serving.protocols). On a stack with\n"
             "progressive delivery (Flagger), first wait until Flagger has promoted each model's new\n"
             "revision, reading the cluster of the stack's kubernetes.context (or KUBECONFIG)."
         ),
@@ -378,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--stack", required=True)
     smoke.add_argument("--base-url", help="default: https://<the stack's host>")
     smoke.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    smoke.add_argument(
+        "--grpc-target",
+        metavar="HOST:PORT",
+        help="where gRPC calls go (default: <model>.grpc.<the stack's host>:443, over TLS)",
+    )
+    smoke.add_argument("--grpc-plaintext", action="store_true", help="gRPC without TLS (a port-forward, a test)")
     smoke.add_argument(
         "--rollout-timeout",
         type=_seconds,

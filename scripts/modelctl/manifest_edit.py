@@ -6,6 +6,7 @@ an edit never leaves an invalid or half-written manifest behind.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import tempfile
@@ -75,14 +76,26 @@ def _flow_map(values: dict[str, Any]) -> CommentedMap:
     return mapping
 
 
-def add_version(document: CommentedMap, version: int, digest: str, metrics: dict[str, float]) -> None:
-    """Append `versions.<version>` in the style of the entries already there."""
+def add_version(
+    document: CommentedMap,
+    version: int,
+    digest: str,
+    metrics: dict[str, float],
+    contract: dict[str, dict[str, dict[str, Any]]] | None = None,
+) -> None:
+    """Append `versions.<version>` in the style of the entries already there; the contract as
+    one line per tensor, so a pull request shows each input and output."""
     versions = document["versions"]
     if version in versions:
         raise ValueError(f"version {version} is already in the manifest; published versions are immutable")
     entry = CommentedMap()
     entry["digest"] = digest
     entry["metrics"] = _flow_map(dict(sorted(metrics.items())))
+    if contract is not None:
+        entry["contract"] = CommentedMap(
+            (part, CommentedMap((name, _flow_map(copy.deepcopy(t))) for name, t in contract[part].items()))
+            for part in ("inputs", "outputs")
+        )
     versions[version] = entry
 
 

@@ -41,7 +41,7 @@ from infra.platform.object_store import (
     stored_sha256,
     version_prefix,
 )
-from infra.spec.manifest import ModelManifest
+from infra.spec.manifest import Contract, ModelManifest
 from infra.spec.settings import Integrity, ObjectStoreSettings
 
 # 412 when the object exists; 409 when a concurrent conditional write to the key won
@@ -372,10 +372,10 @@ def publish_model(
     progress: bool = True,
     client: Any | None = None,
 ) -> Published:
-    """Check the SavedModel, publish it to the stack's store, then record it in the manifest."""
+    """Check the SavedModel, record its contract, write its warmup requests, publish it to the
+    stack's store, then record it (digest, metrics, contract) in the manifest."""
     from infra.spec.settings import load_stack_settings
     from scripts.modelctl import manifest_edit
-    from scripts.training.savedmodel import load_signature
 
     manifest = manifest_edit.load(root, model)
     settings = load_stack_settings(root, stack)
@@ -390,9 +390,61 @@ def publish_model(
             f"the next is {max(manifest.versions) + 1}"
         )
     metrics = read_metrics(directory)
-    load_signature(directory, manifest.serving.signature)  # refuses a model without the signature
+    contract = prepare_savedmodel(manifest, directory)
     published = Publisher(settings.object_store, manifest, client).publish(directory, number, takeover, progress)
     manifest_edit.edit(
-        root, model, lambda document: manifest_edit.add_version(document, number, published.digest, metrics)
+        root,
+        model,
+        lambda document: manifest_edit.add_version(
+            document, number, published.digest, metrics, contract.model_dump(mode="json", exclude_none=True)
+        ),
     )
     return published
+
+
+def prepare_savedmodel(manifest: ModelManifest, directory: Path) -> Contract:
+    """Before anything is uploaded: the SavedModel has the manifest's signature, its contract is
+    read, the example request satisfies it and runs through it, and TF-Serving's warmup file is
+    written into it (so it is checksummed and published with the version).
+
+    The warmup requests run while TF-Serving loads the version, before it is AVAILABLE
+    (saved_model_bundle_source_adapter.cc calls RunSavedModelWarmup inside the load), so the
+    readiness probe, which asks for the version's metadata, passes only once the version is
+    warm; and a request that fails there fails the load, hence it is run here first.
+    """
+    from scripts.modelctl.contract import check_request
+    from scripts.training.savedmodel import (
+        SavedModelError,
+        load_signature,
+        predict,
+        read_contract,
+        warmup_requests,
+        write_warmup,
+    )
+
+    signature_name = manifest.serving.signature
+    signature = load_signature(directory, signature_name)  # refuses a model without the signature
+    contract = read_contract(directory, signature_name)
+    example = manifest.serving.example_request
+    if example is None:
+        print(
+            f"warning: models/{manifest.name}.yaml has no serving.example_request: no warmup requests are "
+            "written, so the first requests of a new pod pay TensorFlow's lazy initialisation",
+            file=sys.stderr,
+        )
+        return contract
+    problems = check_request(contract, signature_name, example)
+    if problems:
+        listed = "; ".join(f"{path or 'body'}: {problem}" for path, problem in problems)
+        raise SavedModelError(
+            f"models/{manifest.name}.yaml: serving.example_request does not fit the contract of {directory}: {listed}"
+        )
+    try:
+        predict(signature, example, contract)
+    except Exception as exc:  # TensorFlow raises many types; the graph's own checks among them
+        raise SavedModelError(
+            f"models/{manifest.name}.yaml: serving.example_request fails in {directory} "
+            f"({' '.join(str(exc).split())[:300]}); TF-Serving would fail to load the version while warming up"
+        ) from None
+    write_warmup(directory, warmup_requests(manifest.name, signature_name, contract, [example]))
+    return contract

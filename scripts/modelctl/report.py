@@ -11,7 +11,7 @@ from typing import Any
 from infra.offline import DeclaredResource, OfflineRun, mask_secrets
 from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
 from infra.spec.settings import read_stack_config
-from scripts.modelctl import snapshot
+from scripts.modelctl import contract, snapshot
 from scripts.modelctl.plan import Capacity, Op, StackPlan, Step, capacity, plan_stack
 from scripts.modelctl.render import dump_yaml
 
@@ -35,6 +35,8 @@ class PlanReport:
     head_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
     config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stack, secrets masked
     head_runs: dict[str, OfflineRun] = field(default_factory=dict)
+    # Per stack, the served versions that move and what that does to the clients (contract.py).
+    contracts: dict[str, list[contract.ContractReview]] = field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:
@@ -71,6 +73,7 @@ def build_report(root: Path, stacks: Sequence[str], base_ref: str | None) -> Pla
         head_capacity={stack: capacity(run) for stack, run in head.runs.items()},
         config={stack: mask_secrets(read_stack_config(root, stack)) for stack in stacks},
         head_runs=head.runs,
+        contracts=contract.stack_reviews(root, stacks, base_ref),
     )
 
 
@@ -117,6 +120,7 @@ def render_text(report: PlanReport) -> str:
             lines.append(f"  blast radius: {', '.join(models) if models else 'no model'}{platform}")
         for row in _capacity_rows(report, plan.stack):
             lines.append("  capacity " + " | ".join(row))
+        lines += contract.text_lines(report.contracts.get(plan.stack, []))
     for model in report.untouched_but_affected():
         lines.append(f"warning: {model} changes although its manifest is untouched")
     return "\n".join(lines) + "\n"
@@ -240,6 +244,7 @@ def render_markdown(report: PlanReport, diff_budget: int = DIFF_BUDGET) -> str:
                 name = "**total**" if model == "total" else _code(model)
                 out.append(f"| {name} | {replicas} | {cpu} | {memory} |")
             out.append("")
+        out += contract.markdown_lines(report.contracts.get(plan.stack, []))
         for component in _components_in_order(plan):
             title = "platform" if component == "platform" else "stack" if component == "" else "model"
             changes = [s for s in plan.changes if s.component == component]
@@ -332,18 +337,24 @@ def step_json(step: Step) -> dict[str, Any]:
     return document
 
 
-def stack_json(plan: StackPlan, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def stack_json(
+    plan: StackPlan, config: Mapping[str, Any] | None = None, contracts: Sequence[contract.ContractReview] = ()
+) -> dict[str, Any]:
     document: dict[str, Any] = {"stack": plan.stack}
     if config:
         document["config"] = dict(config)
     document["steps"] = [step_json(s) for s in plan.steps]
     document["changeSummary"] = plan.summary()
+    if contracts:
+        document["contractChanges"] = [review.as_json() for review in contracts]
     return document
 
 
 def render_json(report: PlanReport) -> dict[str, Any]:
     """One stack: the `pulumi preview --json` shape; several: `{"stacks": {name: that shape}}`."""
-    documents = {p.stack: stack_json(p, report.config.get(p.stack)) for p in report.plans}
+    documents = {
+        p.stack: stack_json(p, report.config.get(p.stack), report.contracts.get(p.stack, ())) for p in report.plans
+    }
     if len(documents) == 1:
         return next(iter(documents.values()))
     return {"stacks": documents}

@@ -1,8 +1,11 @@
-"""`modelctl smoke`: after a deployment, every model of the stack answers its REST status and one predict.
+"""`modelctl smoke`: after a deployment, every model of the stack answers its REST status and one
+predict, and, for models that expose gRPC, one gRPC `Predict`.
 
 TF-Serving REST API (g3doc/api_rest.md): `GET /v1/models/<name>` returns
 `{"model_version_status": [{"version", "state", "status"}]}`; `POST /v1/models/<name>:predict`
-takes the manifest's `serving.example_request` and returns `{"predictions": ...}`.
+takes the manifest's `serving.example_request` and returns `{"predictions": ...}`. gRPC:
+`tensorflow.serving.PredictionService/Predict` (apis/prediction_service.proto) with the same
+example as a `PredictRequest`, through tensorflow-serving-api's stubs.
 """
 
 from __future__ import annotations
@@ -49,6 +52,40 @@ def _request(url: str, body: dict[str, Any] | None, timeout: float) -> tuple[int
         return 0, str(getattr(exc, "reason", exc))
     except ValueError as exc:
         return -1, f"not JSON: {exc}"
+
+
+def grpc_predict(model: ServedModel, target: str, timeout: float = 10.0, plaintext: bool = False) -> Check:
+    """One `Predict` call with the example request at `target` (`host:port`; TLS unless `plaintext`)."""
+    example = model.serving.example_request
+    contract = model.manifest.versions[model.version_labels["stable"]].contract
+    if example is None or contract is None:
+        missing = "serving.example_request" if example is None else "a recorded contract of the stable version"
+        return Check(model.name, "grpc predict", True, f"skipped: the manifest has no {missing}")
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from scripts.training.savedmodel import predict_request  # imports TensorFlow (tensor protos)
+
+    request = predict_request(model.name, model.serving.signature, contract, example)
+    channel = (
+        grpc.insecure_channel(target) if plaintext else grpc.secure_channel(target, grpc.ssl_channel_credentials())
+    )
+    try:
+        with channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        detail = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc)
+        return Check(model.name, "grpc predict", False, f"Predict at {target} failed: {detail[:200]}")
+    missing = sorted(set(contract.outputs) - set(response.outputs))
+    if missing:
+        return Check(model.name, "grpc predict", False, f"Predict at {target} lacks outputs {', '.join(missing)}")
+    version = response.model_spec.version.value
+    return Check(
+        model.name,
+        "grpc predict",
+        True,
+        f"version {version}: outputs {', '.join(sorted(response.outputs))} at {target}",
+    )
 
 
 def smoke_model(model: ServedModel, base_url: str, timeout: float = 10.0) -> list[Check]:
