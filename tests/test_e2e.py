@@ -473,7 +473,7 @@ def test_serve_sets_the_stable_version_of_the_environment(tmp_path):
     project = copy_project(tmp_path / "project")
     assert main(["--root", str(project), "serve", "iris", "--env", "kind", "--version", "2"]) == 0
     manifest = yaml.safe_load((project / "models" / "iris.yaml").read_text())
-    assert manifest["environments"]["kind"] == {"stable": 2}
+    assert manifest["environments"]["kind"]["stable"] == 2
 
 
 @pytest.mark.slow
@@ -490,7 +490,7 @@ def test_the_broken_model_loads_and_fails_every_prediction(tmp_path):
     trained = train(manifest, recipe_for("iris"), 1, tmp_path / "trained")
     row = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
     good = load_signature(trained.path, "serving_default")
-    assert predict(good, rest_request("serving_default", good, [row]))["class"]
+    assert predict(good, rest_request("serving_default", good, [row]))["species"]
 
     broken_path = tmp_path / "trained" / "iris" / "2"
     break_model(trained.path, broken_path, "serving_default")

@@ -285,8 +285,10 @@ def test_a_store_that_ignores_conditional_writes_is_refused_before_publishing(
 
 
 def test_publish_from_the_command_line_refuses_it_with_one_line(project, savedmodel, store, proxy, monkeypatch, capsys):
-    # The command checks the SavedModel's signature with TensorFlow first; not the point here.
-    monkeypatch.setattr("scripts.training.savedmodel.load_signature", lambda *_args: None)
+    # The command reads the SavedModel's contract and writes its warmup with TensorFlow first;
+    # not the point here: the fake SavedModel stands for version 3's export.
+    contract = manifest_edit.load(project, "iris").versions[3].contract
+    monkeypatch.setattr("scripts.modelctl.publish.prepare_savedmodel", lambda *_args: contract)
     proxy.strip_request_headers = {"if-none-match"}
     set_store(project, endpoint=proxy.endpoint)
     code = main(["--root", str(project), "publish", "iris", str(savedmodel), "--stack", "prod", "--quiet"])
