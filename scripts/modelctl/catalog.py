@@ -188,7 +188,7 @@ def metric_chart(model: ShelfModel, metric: str, chart_id: str) -> str:
     """An SVG line chart of `metric` over the versions that report it: one circle per version,
     with a title and description for screen readers (the versions table holds the same numbers)."""
     points = [(v, p.metrics[metric]) for v, p in sorted(model.manifest.versions.items()) if metric in p.metrics]
-    width, height, left, right, top, bottom = 640, 260, 64, 24, 20, 48
+    width, height, left, right, top, bottom = 480, 250, 64, 20, 20, 50
     low, high = min(value for _, value in points), max(value for _, value in points)
     if high == low:  # one version, or all equal: a band around the value keeps the point inside
         low, high = low - (abs(low) * 0.05 or 0.5), high + (abs(high) * 0.05 or 0.5)
@@ -433,7 +433,8 @@ h2 { margin-top: 2rem; border-bottom: 1px solid var(--line); padding-bottom: .25
 .filter input { width: 100%; max-width: 28rem; font: inherit; padding: .5rem; border: 1px solid var(--muted);
   border-radius: 4px; }
 #filter-count { color: var(--muted); margin: .25rem 0; }
-.table-wrap { overflow-x: auto; margin: 1rem 0; }
+/* relative: the visually hidden spans in its cells would otherwise overflow the page, not the box */
+.table-wrap { overflow-x: auto; margin: 1rem 0; position: relative; }
 table { border-collapse: collapse; width: 100%; }
 caption { text-align: left; font-weight: 600; padding: .25rem 0; }
 th, td { text-align: left; vertical-align: top; padding: .4rem .6rem; border-bottom: 1px solid var(--line); }
@@ -450,7 +451,8 @@ svg.chart .axis { stroke: var(--fg); stroke-width: 1; }
 svg.chart .grid { stroke: var(--line); stroke-width: 1; }
 svg.chart .line { fill: none; stroke: var(--accent); stroke-width: 2; }
 svg.chart .point { fill: var(--accent); stroke: #fff; stroke-width: 1.5; }
-svg.chart text { fill: var(--fg); font-size: 13px; }
+svg.chart text { fill: var(--fg); font-size: 15px; }
+#models th a { white-space: nowrap; }
 .visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0);
   white-space: nowrap; }
 @media (max-width: 40rem) {
