@@ -377,3 +377,13 @@ def test_status_without_live_shows_owner_versions_metrics_and_environments(capsy
 def test_status_refuses_bad_input_with_one_error(args, message, capsys):
     assert main(args) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command, example", [("status", "modelctl status --stack prod --live"), ("catalog", "modelctl catalog --out")]
+)
+def test_help_says_exit_codes_and_an_example(command, example, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "exit codes:\n  0  " in out and example in out
