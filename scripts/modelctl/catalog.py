@@ -160,7 +160,7 @@ def index_page(shelf: Shelf) -> str:
             f'<tr data-search="{e(search)}">'
             f'<th scope="row"><a href="{MODELS}/{_safe_name(model.name)}.html">{e(model.name)}</a></th>'
             f"<td>{e(manifest.owner)}</td>"
-            f"<td>{e(manifest.description)}</td>"
+            f'<td class="description">{e(manifest.description)}</td>'
             f"<td>{_serves(model)}</td>"
             f"<td>{len(manifest.versions)}</td></tr>"
         )
@@ -460,6 +460,8 @@ svg.chart text { fill: var(--fg); font-size: 15px; }
   dl.card dd { margin-bottom: .5rem; }
   h1 { font-size: 1.5rem; }
   th, td { padding: .3rem .4rem; }
+  /* Squeezed into a phone's width the description wraps a word a line: the box scrolls instead. */
+  #models td.description { min-width: 14rem; }
 }
 """
 
