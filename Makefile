@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 POLICY_VENV := .venv-policy
 POLICY_STAMP := $(POLICY_VENV)/.installed
 
-.PHONY: install demo e2e test test-fast lint shellcheck-installed schema policy-config codeowners bench bench-input clean
+.PHONY: install demo e2e test test-fast lint shellcheck-installed chromium-installed schema policy-config codeowners bench bench-input clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ shellcheck-installed:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; \
 	} || { echo "could not install shellcheck: run 'apt-get install shellcheck' as root" >&2; exit 1; }
 
+# The catalog's browser tests (tests/test_catalog_browser.py) drive Debian's Chromium through its
+# chromedriver with Selenium; both are Debian packages, installed the same way as shellcheck.
+chromium-installed:
+	@{ test -x /usr/bin/chromium && test -x /usr/bin/chromedriver; } || { \
+	  echo "chromium or chromedriver is missing: installing Debian's packages"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	} || { echo "could not install chromium: run 'apt-get install chromium chromium-driver' as root" >&2; exit 1; }
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -42,10 +50,10 @@ demo: $(STAMP)
 e2e: $(STAMP)
 	bash scripts/e2e/e2e.sh
 
-test: $(STAMP) $(POLICY_STAMP) shellcheck-installed
+test: $(STAMP) $(POLICY_STAMP) shellcheck-installed chromium-installed
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) $(POLICY_STAMP) shellcheck-installed
+test-fast: $(STAMP) $(POLICY_STAMP) shellcheck-installed chromium-installed
 	$(BIN)/python -m pytest -m "not slow"
 
 # actionlint checks every workflow under .github/workflows (and their `run:` blocks with

@@ -4,7 +4,8 @@ On a throwaway git copy of the project: start an S3 server on loopback, train tw
 of the iris model, publish both to the local stack's store (each with its recorded contract
 and TF-Serving warmup requests), show the published version's contract as an OpenAPI
 document, promote the better (and watch the gate refuse the other), show the local stack's
-plan with its version-bump and contract diff, render its YAML to build/local/, stop the server.
+plan with its version-bump and contract diff, render its YAML to build/local/, write the model
+catalog to build/catalog/, stop the server.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ PROJECT_FILES = ("infra", "scripts", "models", "stacks", "Pulumi.yaml", "__main_
 MODEL = "iris"
 STACK = "local"
 RENDER_DIR = ROOT / "build" / "local"
+CATALOG_DIR = ROOT / "build" / "catalog"
 
 
 def step(title: str) -> None:
@@ -139,6 +141,10 @@ def run_story(project: Path, trained: Path) -> None:
 
     step(f"Render the {STACK} stack's YAML to {RENDER_DIR.relative_to(ROOT)}/")
     modelctl(project, "plan", "--stack", STACK, "--render", str(RENDER_DIR))
+
+    step(f"The model catalog of this copy, to {CATALOG_DIR.relative_to(ROOT)}/")
+    modelctl(project, "catalog", "--out", str(CATALOG_DIR))
+    print(f"open {CATALOG_DIR / 'index.html'} in a browser (a static site: no server needed)")
 
 
 if __name__ == "__main__":

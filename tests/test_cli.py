@@ -103,6 +103,7 @@ def test_tensorflow_is_imported_only_by_the_commands_that_need_it():
         "from scripts.modelctl.cli import main\n"
         "assert main(['--root', sys.argv[1], 'validate']) == 0\n"
         "assert main(['--root', sys.argv[1], 'plan', '--stack', 'dev']) == 0\n"
+        "assert main(['--root', sys.argv[1], 'status']) == 0\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT)

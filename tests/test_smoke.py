@@ -281,3 +281,109 @@ def test_smoke_help_says_exit_codes_and_an_example(capsys):
     out = capsys.readouterr().out
     assert "exit codes:\n  0  every check passed" in out and "example:\n  modelctl smoke --stack prod" in out
     assert "--rollout-timeout SECONDS" in out and "--no-wait" in out
+
+
+# `modelctl status --live`: what TF-Serving reports against what the manifests declare (prod:
+# iris stable 2, taxi-fare stable 2; dev: iris stable 3 + canary 2).
+
+
+def status(*args: str) -> list[str]:
+    return ["status", *args, "--live", "--format", "json"]
+
+
+def live_of(capsys) -> dict:
+    document = json.loads(capsys.readouterr().out)
+    return {model["name"]: model["live"] for model in document["models"]}
+
+
+def test_status_live_matches_when_the_declared_versions_are_loaded(tf_serving, capsys):
+    server = tf_serving({"iris": {"versions": {2: "AVAILABLE"}}, "taxi-fare": {"versions": {2: "AVAILABLE"}}})
+    assert main(status("--stack", "prod", "--base-url", server.url)) == 0
+    live = live_of(capsys)
+    assert live["iris"] == {
+        "url": f"{server.url}/v1/models/iris",
+        "reachable": True,
+        "loaded": [{"version": 2, "state": "AVAILABLE"}],
+        "matches": True,
+        "differences": [],
+        "notes": [],
+    }
+    assert live["taxi-fare"]["matches"]
+    assert [path for _, path, _ in server.requests] == ["/v1/models/iris", "/v1/models/taxi-fare"]
+
+
+def test_status_live_flags_a_missing_version(tf_serving, capsys):
+    server = tf_serving({"iris": {"versions": {}}, "taxi-fare": {"versions": {2: "LOADING"}}})
+    assert main(status("--stack", "prod", "--base-url", server.url)) == 1
+    live = live_of(capsys)
+    assert live["iris"]["differences"] == ["version 2 (stable) is declared but not loaded"]
+    assert live["taxi-fare"]["differences"] == ["version 2 (stable) is LOADING, not AVAILABLE"]
+
+
+def test_status_live_flags_an_extra_version(tf_serving, capsys):
+    server = tf_serving(
+        {"iris": {"versions": {2: "AVAILABLE", 3: "AVAILABLE"}}, "taxi-fare": {"versions": {2: "AVAILABLE"}}}
+    )
+    assert main(["status", "--stack", "prod", "--live", "--base-url", server.url]) == 1
+    out = capsys.readouterr().out
+    assert "DIFFERENCE: version 3 is loaded (AVAILABLE) but not declared" in out
+    assert "1 differ from the manifests: iris" in out
+
+
+def test_status_live_flags_an_unreachable_model(tf_serving, capsys):
+    server = tf_serving({"iris": {"versions": {2: "AVAILABLE"}}})  # taxi-fare: TF-Serving's 404
+    assert main(status("--stack", "prod", "--base-url", server.url)) == 1
+    live = live_of(capsys)
+    assert live["iris"]["matches"]
+    assert not live["taxi-fare"]["reachable"] and live["taxi-fare"]["loaded"] is None
+    assert "answered 404" in live["taxi-fare"]["differences"][0]
+    # Nothing listens: every model is unreachable, one line each.
+    server.shutdown()
+    server.server_close()
+    assert main(status("--stack", "prod", "--base-url", server.url, "--timeout", "2")) == 1
+    assert all(not entry["reachable"] for entry in live_of(capsys).values())
+
+
+def test_status_live_notes_the_other_workload_of_a_canary(tf_serving, capsys):
+    # dev serves iris 3 with a canary 2: one request reaches one of the two workloads.
+    server = tf_serving({"iris": {"versions": {3: "AVAILABLE"}}, "taxi-fare": {"versions": {2: "AVAILABLE"}}})
+    assert main(status("--stack", "dev", "--base-url", server.url)) == 0
+    live = live_of(capsys)
+    assert live["iris"]["matches"] and "version 2 (canary) not seen" in live["iris"]["notes"][0]
+
+
+def test_status_without_live_shows_owner_versions_metrics_and_environments(capsys):
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "iris · ml-platform@example.com" in out
+    assert "  dev          dev                 3       2       10%" in out
+    assert main(["status", "--stack", "prod", "--format", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    iris = next(m for m in document["models"] if m["name"] == "iris")
+    assert iris["environments"] == [
+        {"environment": "prod", "stacks": ["prod"], "stable": 2, "canary": None, "weight": None}
+    ]
+    assert iris["versions"][0]["metrics"] == {"accuracy": 0.833}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["status", "--live"], "--live needs a --stack"),
+        (["status", "--stack", "prod", "--base-url", "http://127.0.0.1:1"], "--base-url goes with --live"),
+        (["status", "--stack", "nope"], "nope"),
+    ],
+)
+def test_status_refuses_bad_input_with_one_error(args, message, capsys):
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command, example", [("status", "modelctl status --stack prod --live"), ("catalog", "modelctl catalog --out")]
+)
+def test_help_says_exit_codes_and_an_example(command, example, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "exit codes:\n  0  " in out and example in out

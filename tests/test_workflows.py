@@ -269,7 +269,10 @@ def test_every_job_of_every_workflow_has_steps_or_calls_a_workflow():
 # node20, which GitHub removed from its runners in September 2026 (runs.using in action.yml:
 # actions/checkout@v5 L116, actions/setup-python@v6 L44, actions/upload-artifact@v6 L68 (v5 is
 # still node20), actions/download-artifact@v7 L42 (v6 is still node20),
-# aws-actions/configure-aws-credentials@v6 L4, pulumi/actions@v7 L143, actions/github-script@v8 L39).
+# aws-actions/configure-aws-credentials@v6 L4, pulumi/actions@v7 L143, actions/github-script@v8 L39,
+# actions/deploy-pages@v5 L5, actions/configure-pages@v6 (v6.0.0: "upgrade to node 24", its #186;
+# v5's L5 is node20), actions/upload-pages-artifact@v5 (composite; L84 runs upload-artifact@v7.0.0,
+# v4 ran upload-artifact@v4.6.2)).
 FIRST_NODE24_MAJOR = {
     "actions/checkout": 5,
     "actions/setup-python": 6,
@@ -278,6 +281,9 @@ FIRST_NODE24_MAJOR = {
     "aws-actions/configure-aws-credentials": 6,
     "pulumi/actions": 7,
     "actions/github-script": 8,
+    "actions/configure-pages": 6,
+    "actions/upload-pages-artifact": 5,
+    "actions/deploy-pages": 5,
 }
 
 
@@ -557,3 +563,18 @@ def test_no_results_at_all_is_an_error(tmp_path):
     result, calls = drift_report(tmp_path, {}, "17")
     assert result.returncode == 1 and "no results" in result.stderr
     assert calls == [], "nothing is closed for want of results"
+
+
+def test_the_catalog_is_published_to_pages_by_a_job_that_alone_may_write_pages():
+    workflow = load("catalog.yml")
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    assert workflow["permissions"] == {"contents": "read"}
+    build, deploy = workflow["jobs"]["build"], workflow["jobs"]["deploy"]
+    assert build["permissions"] == {"contents": "read"}
+    assert deploy["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+    assert deploy["needs"] == "build" and deploy["environment"]["name"] == "github-pages"
+    runs = "\n".join(step.get("run", "") for step in build["steps"])
+    assert "modelctl catalog --out build/catalog" in runs
+    upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
+    assert upload["with"]["path"] == "build/catalog/"
+    assert any(s.get("uses", "").startswith("actions/deploy-pages@") for s in deploy["steps"])

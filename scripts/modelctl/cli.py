@@ -11,6 +11,7 @@ from pathlib import Path
 
 from infra.platform.object_store import StoreError
 from infra.spec.errors import ConfigError, ErrorItem
+from scripts.modelctl.catalog import CatalogError
 from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.render import RenderError
 from scripts.modelctl.report import DIFF_BUDGET
@@ -140,9 +141,10 @@ def check_contracts(reviews: dict) -> bool:
 
 def cmd_contract(args: argparse.Namespace) -> int:
     from infra.spec.manifest import load_manifests
-    from infra.spec.settings import RouteKind, load_stack_settings, stack_names
+    from infra.spec.settings import load_stack_settings, stack_names
     from scripts.modelctl import manifest_edit
     from scripts.modelctl.contract import openapi_document
+    from scripts.modelctl.shelf import stack_servers
 
     manifest = manifest_edit.load(args.root, args.model)
     version = args.version if args.version is not None else max(manifest.versions)
@@ -152,16 +154,8 @@ def cmd_contract(args: argparse.Namespace) -> int:
             f"models/{args.model}.yaml", "versions", f"--version {version} is not published; published: {published}"
         )
     load_manifests(args.root)  # the whole project must be valid, as for every other command
-    servers = []
-    for stack in stack_names(args.root):
-        settings = load_stack_settings(args.root, stack)
-        served = manifest.environments.get(settings.environment)
-        if served is None or not manifest.serving_for(settings.environment).ingress:
-            continue
-        routing = settings.routing
-        scheme = "https" if routing.tls_secret_name or routing.kind is RouteKind.gateway else "http"
-        labels = ", ".join(f"{label} {v}" for label, v in sorted(served.labels().items()))
-        servers.append((f"{scheme}://{routing.host}", f"stack {stack} ({labels})"))
+    stacks = {stack: load_stack_settings(args.root, stack) for stack in stack_names(args.root)}
+    servers = stack_servers(manifest, stacks)
     text = json.dumps(openapi_document(manifest, version, servers), indent=2) + "\n"
     if args.output:
         args.output.write_text(text, encoding="utf-8")
@@ -262,6 +256,43 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     failed = [c for c in checks if not c.ok]
     print(f"{len(models)} models at {base_url}: {len(checks) - len(failed)} checks passed, {len(failed)} failed")
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from infra.spec.manifest import served_in
+    from scripts.modelctl.shelf import StatusReport, live_status, load_shelf, render_json, render_text
+
+    if (args.live or args.base_url) and not args.stack:
+        print("modelctl status: --live needs a --stack (whose host to ask)", file=sys.stderr)
+        return EXIT_ERROR
+    if args.base_url and not args.live:
+        print("modelctl status: --base-url goes with --live", file=sys.stderr)
+        return EXIT_ERROR
+    shelf = load_shelf(args.root, args.stack)
+    report = StatusReport(shelf, args.stack)
+    if args.live:
+        settings = shelf.stacks[args.stack]
+        # As `modelctl smoke`: through the stack's route, over TLS unless --base-url says otherwise.
+        base_url = args.base_url or f"https://{settings.routing.host}"
+        served = served_in((m.manifest for m in shelf.models), settings.environment)
+        found = live_status(served, base_url, args.timeout)
+        report = StatusReport(shelf, args.stack, base_url, {status.model: status for status in found})
+    if args.format == "json":
+        print(json.dumps(render_json(report), indent=2))
+    else:
+        sys.stdout.write(render_text(report))
+    return EXIT_ERROR if report.differs else EXIT_OK
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from scripts.modelctl.catalog import CatalogOptions, write_catalog
+
+    options = CatalogOptions(grafana_url=args.grafana_url, repo_url=args.repo_url, stack=args.stack, branch=args.branch)
+    site = write_catalog(args.root, args.out, options)
+    print(f"wrote the catalog of {site.models} model(s) to {args.out}/ (open {args.out / 'index.html'})")
+    for note in site.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _await_flagger(args: argparse.Namespace, settings, models: list[str]) -> bool:
@@ -484,6 +515,71 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--no-wait", action="store_true", help="Flagger stacks: smoke at once, without waiting")
     smoke.set_defaults(func=cmd_smoke)
 
+    status = commands.add_parser(
+        "status",
+        help="what serves where: per model its owner, versions, metrics and each environment's labels",
+        description=(
+            "Show, per model, its owner, its published versions with their metrics, and per\n"
+            "environment the stable version, the canary and its weight. With --stack, only that\n"
+            "stack's environment. With --live, also ask each model's TF-Serving status endpoint\n"
+            "(GET /v1/models/<name>) through the stack's host, as `modelctl smoke` does, show the\n"
+            "versions loaded and their state, and flag every difference from the manifest: a\n"
+            "declared version not loaded or not AVAILABLE, a loaded version not declared, a model\n"
+            "that does not answer. (With a canary, one request reaches one of the two workloads\n"
+            "behind the weighted route: the other's version is noted, not flagged.)"
+        ),
+        epilog=(
+            "exit codes:\n"
+            "  0  shown; with --live, every model's loaded versions match the manifest\n"
+            "  1  with --live, a difference or an unreachable model; or bad input\n"
+            "\n"
+            "examples:\n"
+            "  modelctl status\n"
+            "  modelctl status --stack prod --live --format json"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--stack", help="only this stack's environment (needed by --live)")
+    status.add_argument("--live", action="store_true", help="ask TF-Serving which versions it has loaded")
+    status.add_argument("--base-url", help="with --live: where to ask (default: https://<the stack's host>)")
+    status.add_argument("--timeout", type=_seconds, default=10.0, help="seconds per request (default 10)")
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.set_defaults(func=cmd_status)
+
+    catalog = commands.add_parser(
+        "catalog",
+        help="write the model catalog: a static web site of every model",
+        description=(
+            "Write a static site (no server, no external assets) to DIR: an index of every model\n"
+            "with a filter by name and owner, and per model its card, owner, versions and metrics\n"
+            "(a chart over versions), what each environment serves, its contract (OpenAPI documents,\n"
+            "inputs and outputs, an example curl on a stack's host) and links to its Grafana\n"
+            "dashboard and to its manifest's history. DIR is replaced as a whole; it must be new,\n"
+            "empty, or a catalog this command wrote."
+        ),
+        epilog=(
+            "exit codes:\n"
+            "  0  written\n"
+            "  1  DIR is a file or another directory with content, a bad URL, or an invalid project\n"
+            "\n"
+            "example:\n"
+            "  modelctl catalog --out build/catalog --grafana-url https://grafana.example.com"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    catalog.add_argument("--out", type=Path, required=True, metavar="DIR")
+    catalog.add_argument(
+        "--stack", help="the stack whose host the example curl calls (default: a production stack serving the model)"
+    )
+    catalog.add_argument("--grafana-url", metavar="URL", help="Grafana's base URL; without it, dashboards are named")
+    catalog.add_argument(
+        "--repo-url",
+        metavar="URL",
+        help="the repository's web URL for manifest history (default: origin, when it is on GitHub)",
+    )
+    catalog.add_argument("--branch", default="main", help="the branch whose history is linked (default main)")
+    catalog.set_defaults(func=cmd_catalog)
+
     owners = commands.add_parser("codeowners", help="print .github/CODEOWNERS from the manifests' owners")
     owners.set_defaults(func=cmd_codeowners)
 
@@ -512,6 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RecipeError,
         TrainingError,
         RenderError,
+        CatalogError,
     ) as exc:
         print(f"modelctl: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -88,19 +88,32 @@ def grpc_predict(model: ServedModel, target: str, timeout: float = 10.0, plainte
     )
 
 
-def smoke_model(model: ServedModel, base_url: str, timeout: float = 10.0) -> list[Check]:
-    url = base_url.rstrip("/") + route_path(model.name)
-    checks = []
+def status_url(base_url: str, model_name: str) -> str:
+    return base_url.rstrip("/") + route_path(model_name)
+
+
+def model_status(url: str, timeout: float = 10.0) -> tuple[dict[int, str] | None, str]:
+    """`GET /v1/models/<name>`: the loaded versions and their states, or None and why not
+    (unreachable, an HTTP error such as TF-Serving's 404 for a model it does not know, not JSON)."""
     status, body = _request(url, None, timeout)
-    expected = set(model.served_versions)
     if status != 200 or not isinstance(body, dict):
-        checks.append(Check(model.name, "status", False, f"GET {url} answered {status}: {str(body)[:200]}"))
+        return None, f"GET {url} answered {status}: {str(body)[:200]}"
+    states: dict[int, str] = {}
+    for entry in body.get("model_version_status") or []:
+        # TF-Serving writes the version as a string (an int64 in JSON, g3doc/api_rest.md).
+        if isinstance(entry, dict) and str(entry.get("version", "")).isdigit():
+            states[int(entry["version"])] = str(entry.get("state"))
+    return states, ""
+
+
+def smoke_model(model: ServedModel, base_url: str, timeout: float = 10.0) -> list[Check]:
+    url = status_url(base_url, model.name)
+    checks = []
+    states, problem = model_status(url, timeout)
+    expected = set(model.served_versions)
+    if states is None:
+        checks.append(Check(model.name, "status", False, problem))
     else:
-        states = {
-            int(entry.get("version", 0)): entry.get("state")
-            for entry in body.get("model_version_status", [])
-            if isinstance(entry, dict)
-        }
         # A canary's versions may be served by another workload behind the same route.
         unavailable = {v: states.get(v) for v in expected if states.get(v) not in (AVAILABLE, None)}
         available = [v for v in expected if states.get(v) == AVAILABLE]
