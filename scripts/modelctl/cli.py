@@ -15,6 +15,7 @@ from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.render import RenderError
 from scripts.modelctl.report import DIFF_BUDGET
 from scripts.modelctl.snapshot import RevisionError
+from scripts.training.data_source import DataError
 from scripts.training.recipes import RecipeError
 from scripts.training.savedmodel import SavedModelError
 from scripts.training.train import TrainingError
@@ -198,18 +199,53 @@ def check_artifacts(root: Path, stacks: Sequence[str]) -> list[ErrorItem]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from scripts.modelctl import manifest_edit
-    from scripts.training.recipes import recipe_for
-    from scripts.training.train import train
+    from scripts.training.data_source import read_training_data
+    from scripts.training.recipes import entrypoint_file, recipe_of
 
     manifest = manifest_edit.load(args.root, args.model)
-    recipe = recipe_for(args.model)
-    trained = train(manifest, recipe, args.version, args.out)
+    entrypoint_file(args.root, manifest)  # refuses a model without a training section, before TensorFlow
+    require_training_tools("train")
+    from scripts.training.train import train
+
+    recipe = recipe_of(args.root, manifest, {"seed": args.version})
+    data = read_training_data(args.root, manifest, _store_client(args.root, args.stack) if args.stack else None)
+    trained = train(manifest, recipe, args.version, args.out, data=data)
     metrics = ", ".join(f"{k} {v:g}" for k, v in sorted(trained.metrics.items()))
     print(f"trained {args.model} version {args.version}: {metrics} (held-out split) -> {trained.path}")
     return EXIT_OK
 
 
+def _store_client(root: Path, stack: str):
+    """A factory of the S3 client of `stack`'s object store (data sources live there)."""
+    from infra.platform.object_store import s3_client
+    from infra.spec.settings import load_stack_settings
+
+    store = load_stack_settings(root, stack).object_store
+    return lambda: s3_client(store)
+
+
+# The requirement file that installs TensorFlow and the training tools (the Pulumi program's
+# requirements.txt does not: `pulumi install` builds it for every preview and up).
+TRAINING_REQUIREMENTS = "requirements-training.txt"
+
+
+def require_training_tools(command: str) -> None:
+    """Fail with the file to install when TensorFlow is missing, before any work."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MissingToolsError(
+            f"`modelctl {command}` needs TensorFlow, which is not installed: "
+            f"pip install -r {TRAINING_REQUIREMENTS} (or `make install`)"
+        )
+
+
+class MissingToolsError(Exception):
+    """A command needs packages that are not installed; the message names the requirement file."""
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
+    require_training_tools("publish")
     from scripts.modelctl.publish import publish_model
 
     published = publish_model(
@@ -411,10 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--stack", required=True)
     policy.set_defaults(func=cmd_policy_config)
 
-    train = commands.add_parser("train", help="train an example model and export a SavedModel")
+    train = commands.add_parser(
+        "train", help="train a model by its manifest's training entrypoint and export a SavedModel"
+    )
     train.add_argument("model")
     train.add_argument("--version", type=_positive, required=True)
     train.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes DIR/<model>/<version>/")
+    train.add_argument("--stack", help="whose object store holds training.data when it is an s3:// prefix")
     train.set_defaults(func=cmd_train)
 
     publish = commands.add_parser("publish", help="publish a SavedModel as an immutable version")
@@ -512,6 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         RecipeError,
         TrainingError,
         RenderError,
+        DataError,
+        MissingToolsError,
     ) as exc:
         print(f"modelctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
