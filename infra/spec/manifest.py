@@ -506,7 +506,9 @@ class ModelManifest(Frozen):
     card: ModelCard
     artifact: Artifact
     versions: dict[VersionNumber, PublishedVersion] = Field(
-        description="Published versions, append-only and immutable.", min_length=1
+        default_factory=dict,
+        description="Published versions, append-only and immutable; a new model starts with none (`{}`) and "
+        "`modelctl publish` or `retrain` adds the first.",
     )
     serving: Serving
     promotion: Promotion

@@ -14,6 +14,7 @@ from infra.spec.errors import ConfigError, ErrorItem
 from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.render import RenderError
 from scripts.modelctl.report import DIFF_BUDGET
+from scripts.modelctl.retrain import RetrainError
 from scripts.modelctl.snapshot import RevisionError
 from scripts.training.data_source import DataError
 from scripts.training.recipes import RecipeError
@@ -258,6 +259,29 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    require_training_tools("retrain")
+    from scripts.modelctl.retrain import EXIT_NO_WINNER, REPORT_MARKDOWN, retrain, train_only
+
+    if args.candidate_index is not None:
+        outcome = train_only(args.root, args.model, args.env, args.candidate_index, args.work_dir or Path("build"))
+        print(f"candidate {outcome.name}: {outcome.error or outcome.metrics}")
+        return EXIT_ERROR if outcome.error else EXIT_OK
+    report = retrain(
+        args.root,
+        args.model,
+        args.env,
+        candidates=args.candidates,
+        jobs=args.jobs,
+        work_dir=args.work_dir,
+        report_dir=args.report_dir,
+        trained=args.trained,
+    )
+    report_dir = args.report_dir or args.work_dir or args.root / "build" / "retrain" / args.model
+    sys.stdout.write(f"{(report_dir / REPORT_MARKDOWN).read_text()}\nreport: {report_dir}/\n")
+    return EXIT_OK if report.promoted else EXIT_NO_WINNER
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from scripts.modelctl.promote import promote
 
@@ -357,6 +381,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: versions start at 1")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
     return value
 
 
@@ -465,6 +499,43 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--quiet", action="store_true", help="no progress bar")
     publish.set_defaults(func=cmd_publish)
 
+    retrain = commands.add_parser(
+        "retrain",
+        help="train candidates on the newest data; publish and promote one only if it beats the champion",
+        description=(
+            "Train the candidates of the manifest's training.candidates in parallel on the newest data,\n"
+            "measure each and the environment's champion (downloaded from the store) on the frozen\n"
+            "evaluation set, apply the promotion rule, and publish and promote a winner that loads and\n"
+            "answers the example request. Writes report.json, report.md (and pr-body.md on a promotion)."
+        ),
+        epilog=(
+            "exit codes:\n"
+            "  0  a winner was published and promoted (the manifest changed)\n"
+            "  1  bad input or an error (nothing promoted)\n"
+            "  3  no winner: nothing was published; the report says why\n"
+            "\n"
+            "example:\n"
+            "  modelctl retrain taxi-fare --env staging --candidates 4 --jobs 2"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    retrain.add_argument("model")
+    retrain.add_argument("--env", required=True, help="environment whose champion to beat and whose store to use")
+    retrain.add_argument("--candidates", type=_count, help="train the first N of the candidate space (default: all)")
+    retrain.add_argument("--jobs", type=_count, default=1, help="parallel training processes (default 1)")
+    retrain.add_argument("--work-dir", type=Path, metavar="DIR", help="default: build/retrain/<model>")
+    retrain.add_argument("--report-dir", type=Path, metavar="DIR", help="default: the work directory")
+    retrain.add_argument(
+        "--candidate-index",
+        type=_count,
+        metavar="K",
+        help="train only candidate K into --work-dir and stop (a CI matrix job's share)",
+    )
+    retrain.add_argument(
+        "--trained", type=Path, metavar="DIR", help="evaluate candidates trained by --candidate-index jobs under DIR"
+    )
+    retrain.set_defaults(func=cmd_retrain)
+
     promote = commands.add_parser("promote", help="serve a version if it beats the champion")
     promote.add_argument("model")
     promote.add_argument("--env", required=True, help="environment (a stack's `environment`)")
@@ -553,6 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RenderError,
         DataError,
         MissingToolsError,
+        RetrainError,
     ) as exc:
         print(f"modelctl: {exc}", file=sys.stderr)
         return EXIT_ERROR
