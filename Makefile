@@ -10,7 +10,7 @@ POLICY_STAMP := $(POLICY_VENV)/.installed
 
 .PHONY: install demo e2e test test-fast lint shellcheck-installed chromium-installed schema policy-config codeowners bench bench-input clean
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-training.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .

@@ -578,3 +578,25 @@ def test_the_catalog_is_published_to_pages_by_a_job_that_alone_may_write_pages()
     upload = next(s for s in build["steps"] if s.get("uses", "").startswith("actions/upload-pages-artifact@"))
     assert upload["with"]["path"] == "build/catalog/"
     assert any(s.get("uses", "").startswith("actions/deploy-pages@") for s in deploy["steps"])
+
+
+def test_retrain_runs_on_the_manifests_schedule_one_candidate_per_runner():
+    from infra.spec.manifest import load_manifests
+
+    workflow = load("retrain.yml")
+    taxi = next(m for m in load_manifests(ROOT) if m.name == "taxi-fare")
+    triggers = workflow.get("on") or workflow[True]  # PyYAML reads the key `on` as True
+    assert [entry["cron"] for entry in triggers["schedule"]] == [taxi.training.schedule]
+    assert "workflow_dispatch" in triggers
+    jobs = workflow["jobs"]
+    assert jobs["candidate"]["strategy"]["matrix"]["index"] == list(
+        range(1, len(taxi.training.candidates.expand()) + 1)
+    )
+    assert workflow["permissions"] == {}
+    assert jobs["candidate"]["permissions"] == {"contents": "read", "id-token": "write"}
+    writers = [
+        name
+        for name, job in jobs.items()
+        if "write" in (job["permissions"].get("contents"), job["permissions"].get("pull-requests"))
+    ]
+    assert writers == ["publish"], "only the final job writes contents and pull requests"

@@ -313,6 +313,138 @@ class Promotion(Frozen):
     min_delta: float = Field(default=0.0, ge=0, description="Smallest improvement that counts as better.")
 
 
+# The training contract (`training:`): what `modelctl train`/`retrain` need to train a model.
+# A Python reference inside the repository, `package.module:function`: dotted identifiers only,
+# so it cannot name a path outside the root (`..`, `/`); the file is resolved and checked to lie
+# under the root (symbolic links included) only by the commands that import it.
+ENTRYPOINT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+OBJECT_STORE_SCHEME = "s3://"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+# GitHub's cron syntax is POSIX cron's five fields (docs.github.com, "Events that trigger
+# workflows", schedule); no seconds, no `@daily` macros.
+CRON_PATTERN = r"^\S+ \S+ \S+ \S+ \S+$"
+# A retrain trains every candidate of the space; bounded so a manifest cannot ask for hours.
+MAX_CANDIDATES = 32
+ParameterValue = Annotated[int, Field(strict=True)] | float | str | bool | list[int]
+
+
+def data_location_problem(value: str, prefix: bool) -> str | None:
+    """Why `value` is neither a repository path nor an `s3://bucket/...` location, or None."""
+    if value.startswith(OBJECT_STORE_SCHEME):
+        bucket, _, key = value[len(OBJECT_STORE_SCHEME) :].partition("/")
+        if not bucket or not key:
+            return "an object-store location is s3://<bucket>/<key>"
+        if prefix and not key.endswith("/"):
+            return "an object-store data source is a prefix of dated partitions: end it with `/`"
+        if not prefix and key.endswith("/"):
+            return "names a prefix; the evaluation set is one object"
+        problem = key_path_problem(key.rstrip("/"))
+        return f"its key {problem}" if problem else None
+    if "://" in value:
+        return "only repository paths and s3:// locations are read"
+    problem = key_path_problem(value.rstrip("/"))
+    return f"a repository path that {problem}" if problem else None
+
+
+class EvaluationSet(Frozen):
+    """The frozen evaluation set: every candidate and the champion are measured on it."""
+
+    path: NonEmpty = Field(
+        description="A CSV with the features and the label: a path under the repository root, or an object "
+        "`s3://<bucket>/<key>` in the store of the environment retrained."
+    )
+    sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] = Field(
+        description="SHA-256 (hex) of the file's bytes; a file with another digest is refused, so the set "
+        "cannot drift between runs (a new set is a reviewed manifest change)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        problem = data_location_problem(value, prefix=False)
+        if problem:
+            raise ValueError(f"Got {value!r}; {problem}")
+        return value
+
+
+class CandidateSpace(Frozen):
+    """The candidates a retrain trains: every seed with every combination of the parameters."""
+
+    seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
+        min_length=1, description="Random seeds; each is a candidate per parameter combination."
+    )
+    parameters: dict[Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")], list[ParameterValue]] = Field(
+        default_factory=dict,
+        description="Hyperparameter name -> values to try (e.g. learning_rate: [0.01, 0.003]); passed to the "
+        "entrypoint, and `epochs`, `learning_rate`, `batch_size`, `hidden_units` override the recipe's.",
+    )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> CandidateSpace:
+        problems = [(f"parameters.{n}", "lists no values") for n, values in self.parameters.items() if not values]
+        if len(set(self.seeds)) != len(self.seeds):
+            problems.append(("seeds", "lists a seed twice"))
+        if not problems and len(self.expand()) > MAX_CANDIDATES:
+            problems.append(("", f"{len(self.expand())} candidates; at most {MAX_CANDIDATES} (MAX_CANDIDATES)"))
+        if problems:
+            raise FieldProblemsError(problems)
+        return self
+
+    def expand(self) -> list[dict[str, Any]]:
+        """Every candidate's parameters, `seed` included, in a stable order (seeds outermost)."""
+        import itertools
+
+        names = sorted(self.parameters)
+        combinations = list(itertools.product(*(self.parameters[n] for n in names)))
+        return [
+            {"seed": seed, **dict(zip(names, values, strict=True))} for seed in self.seeds for values in combinations
+        ]
+
+
+class PromoteAs(StrEnum):
+    """The label a retrained winner gets in the environment."""
+
+    stable = "stable"
+    canary = "canary"
+
+
+class Training(Frozen):
+    """How `modelctl train` and `modelctl retrain` train this model (README, "Continuous training")."""
+
+    entrypoint: Annotated[str, StringConstraints(pattern=ENTRYPOINT_PATTERN, max_length=200)] = Field(
+        description="`package.module:function` in the repository: called with the candidate's parameters, "
+        "returns the model's Recipe (scripts/training/recipes.py). Imported only by train and retrain."
+    )
+    data: NonEmpty = Field(
+        description="Training data: a CSV path under the repository root, or an object-store prefix of dated "
+        "partitions `s3://<bucket>/<prefix>/` holding `dt=YYYY-MM-DD/*.csv`; the newest partition is read."
+    )
+    evaluation: EvaluationSet = Field(description="The frozen evaluation set, with its SHA-256.")
+    candidates: CandidateSpace = Field(description="Seeds and hyperparameters: the candidates of a retrain.")
+    promote_as: PromoteAs = Field(
+        default=PromoteAs.stable,
+        strict=False,
+        description="How a winner is served: `stable`, or `canary` beside the stable version (on a Flagger "
+        "stack retrain promotes to stable and Flagger runs the canary).",
+    )
+    canary_weight: int = Field(
+        default=DEFAULT_CANARY_WEIGHT, ge=1, le=99, strict=True, description="With promote_as canary: its share, %."
+    )
+    schedule: Annotated[str, StringConstraints(pattern=CRON_PATTERN)] | None = Field(
+        default=None,
+        description="Cron (UTC) of scheduled retraining; .github/workflows/retrain.yml mirrors it (a test "
+        "checks they agree).",
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _data_location(cls, value: str) -> str:
+        problem = data_location_problem(value, prefix=value.startswith(OBJECT_STORE_SCHEME))
+        if problem:
+            raise ValueError(f"Got {value!r}; {problem}")
+        return value
+
+
 class ResourcesOverride(Frozen):
     gpu: int | None = Field(default=None, ge=1, le=8, strict=True)
     cpu: Quantity | None = None
@@ -374,12 +506,17 @@ class ModelManifest(Frozen):
     card: ModelCard
     artifact: Artifact
     versions: dict[VersionNumber, PublishedVersion] = Field(
-        description="Published versions, append-only and immutable.", min_length=1
+        default_factory=dict,
+        description="Published versions, append-only and immutable; a new model starts with none (`{}`) and "
+        "`modelctl publish` or `retrain` adds the first.",
     )
     serving: Serving
     promotion: Promotion
     environments: dict[ModelName, EnvironmentServing] = Field(
         default_factory=dict, description="What each stack serves, by version label."
+    )
+    training: Training | None = Field(
+        default=None, description="How the model is trained and retrained; absent: it cannot be (re)trained here."
     )
 
     @model_validator(mode="after")

@@ -15,7 +15,9 @@ from scripts.modelctl.catalog import CatalogError
 from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.render import RenderError
 from scripts.modelctl.report import DIFF_BUDGET
+from scripts.modelctl.retrain import RetrainError
 from scripts.modelctl.snapshot import RevisionError
+from scripts.training.data_source import DataError
 from scripts.training.recipes import RecipeError
 from scripts.training.savedmodel import SavedModelError
 from scripts.training.train import TrainingError
@@ -192,18 +194,53 @@ def check_artifacts(root: Path, stacks: Sequence[str]) -> list[ErrorItem]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from scripts.modelctl import manifest_edit
-    from scripts.training.recipes import recipe_for
-    from scripts.training.train import train
+    from scripts.training.data_source import read_training_data
+    from scripts.training.recipes import entrypoint_file, recipe_of
 
     manifest = manifest_edit.load(args.root, args.model)
-    recipe = recipe_for(args.model)
-    trained = train(manifest, recipe, args.version, args.out)
+    entrypoint_file(args.root, manifest)  # refuses a model without a training section, before TensorFlow
+    require_training_tools("train")
+    from scripts.training.train import train
+
+    recipe = recipe_of(args.root, manifest, {"seed": args.version})
+    data = read_training_data(args.root, manifest, _store_client(args.root, args.stack) if args.stack else None)
+    trained = train(manifest, recipe, args.version, args.out, data=data)
     metrics = ", ".join(f"{k} {v:g}" for k, v in sorted(trained.metrics.items()))
     print(f"trained {args.model} version {args.version}: {metrics} (held-out split) -> {trained.path}")
     return EXIT_OK
 
 
+def _store_client(root: Path, stack: str):
+    """A factory of the S3 client of `stack`'s object store (data sources live there)."""
+    from infra.platform.object_store import s3_client
+    from infra.spec.settings import load_stack_settings
+
+    store = load_stack_settings(root, stack).object_store
+    return lambda: s3_client(store)
+
+
+# The requirement file that installs TensorFlow and the training tools (the Pulumi program's
+# requirements.txt does not: `pulumi install` builds it for every preview and up).
+TRAINING_REQUIREMENTS = "requirements-training.txt"
+
+
+def require_training_tools(command: str) -> None:
+    """Fail with the file to install when TensorFlow is missing, before any work."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        raise MissingToolsError(
+            f"`modelctl {command}` needs TensorFlow, which is not installed: "
+            f"pip install -r {TRAINING_REQUIREMENTS} (or `make install`)"
+        )
+
+
+class MissingToolsError(Exception):
+    """A command needs packages that are not installed; the message names the requirement file."""
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
+    require_training_tools("publish")
     from scripts.modelctl.publish import publish_model
 
     published = publish_model(
@@ -214,6 +251,29 @@ def cmd_publish(args: argparse.Namespace) -> int:
         f"-> {published.url} ({published.digest}); recorded in models/{args.model}.yaml"
     )
     return EXIT_OK
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    require_training_tools("retrain")
+    from scripts.modelctl.retrain import EXIT_NO_WINNER, REPORT_MARKDOWN, retrain, train_only
+
+    if args.candidate_index is not None:
+        outcome = train_only(args.root, args.model, args.env, args.candidate_index, args.work_dir or Path("build"))
+        print(f"candidate {outcome.name}: {outcome.error or outcome.metrics}")
+        return EXIT_ERROR if outcome.error else EXIT_OK
+    report = retrain(
+        args.root,
+        args.model,
+        args.env,
+        candidates=args.candidates,
+        jobs=args.jobs,
+        work_dir=args.work_dir,
+        report_dir=args.report_dir,
+        trained=args.trained,
+    )
+    report_dir = args.report_dir or args.work_dir or args.root / "build" / "retrain" / args.model
+    sys.stdout.write(f"{(report_dir / REPORT_MARKDOWN).read_text()}\nreport: {report_dir}/\n")
+    return EXIT_OK if report.promoted else EXIT_NO_WINNER
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -355,6 +415,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: at least 1")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -442,10 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--stack", required=True)
     policy.set_defaults(func=cmd_policy_config)
 
-    train = commands.add_parser("train", help="train an example model and export a SavedModel")
+    train = commands.add_parser(
+        "train", help="train a model by its manifest's training entrypoint and export a SavedModel"
+    )
     train.add_argument("model")
     train.add_argument("--version", type=_positive, required=True)
     train.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes DIR/<model>/<version>/")
+    train.add_argument("--stack", help="whose object store holds training.data when it is an s3:// prefix")
     train.set_defaults(func=cmd_train)
 
     publish = commands.add_parser("publish", help="publish a SavedModel as an immutable version")
@@ -456,6 +529,43 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--takeover", action="store_true", help="replace the claim of an interrupted publish")
     publish.add_argument("--quiet", action="store_true", help="no progress bar")
     publish.set_defaults(func=cmd_publish)
+
+    retrain = commands.add_parser(
+        "retrain",
+        help="train candidates on the newest data; publish and promote one only if it beats the champion",
+        description=(
+            "Train the candidates of the manifest's training.candidates in parallel on the newest data,\n"
+            "measure each and the environment's champion (downloaded from the store) on the frozen\n"
+            "evaluation set, apply the promotion rule, and publish and promote a winner that loads and\n"
+            "answers the example request. Writes report.json, report.md (and pr-body.md on a promotion)."
+        ),
+        epilog=(
+            "exit codes:\n"
+            "  0  a winner was published and promoted (the manifest changed)\n"
+            "  1  bad input or an error (nothing promoted)\n"
+            "  3  no winner: nothing was published; the report says why\n"
+            "\n"
+            "example:\n"
+            "  modelctl retrain taxi-fare --env staging --candidates 4 --jobs 2"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    retrain.add_argument("model")
+    retrain.add_argument("--env", required=True, help="environment whose champion to beat and whose store to use")
+    retrain.add_argument("--candidates", type=_count, help="train the first N of the candidate space (default: all)")
+    retrain.add_argument("--jobs", type=_count, default=1, help="parallel training processes (default 1)")
+    retrain.add_argument("--work-dir", type=Path, metavar="DIR", help="default: build/retrain/<model>")
+    retrain.add_argument("--report-dir", type=Path, metavar="DIR", help="default: the work directory")
+    retrain.add_argument(
+        "--candidate-index",
+        type=_count,
+        metavar="K",
+        help="train only candidate K into --work-dir and stop (a CI matrix job's share)",
+    )
+    retrain.add_argument(
+        "--trained", type=Path, metavar="DIR", help="evaluate candidates trained by --candidate-index jobs under DIR"
+    )
+    retrain.set_defaults(func=cmd_retrain)
 
     promote = commands.add_parser("promote", help="serve a version if it beats the champion")
     promote.add_argument("model")
@@ -609,6 +719,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         TrainingError,
         RenderError,
         CatalogError,
+        DataError,
+        MissingToolsError,
+        RetrainError,
     ) as exc:
         print(f"modelctl: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -121,9 +121,14 @@ def promote(
     canary: bool = False,
     client: Any = None,
     weight: int = DEFAULT_CANARY_WEIGHT,
+    gate: Comparison | None = None,
 ) -> Comparison:
     """Gate `version` (default: the newest published) against the stable version of `environment`;
-    on success serve it there as stable (or canary)."""
+    on success serve it there as stable (or canary).
+
+    `gate`: a comparison measured elsewhere, used instead of the manifest's recorded metrics;
+    `modelctl retrain` passes the one it measured on the frozen evaluation set, champion included
+    (a recorded metric may come from other data, so it is not evidence)."""
     manifest = manifest_edit.load(root, model)
     candidate = version if version is not None else max(manifest.versions)
     served = manifest.environments.get(environment)
@@ -142,7 +147,7 @@ def promote(
             if stack.routing.kind.value == "ingress":
                 raise PromotionError(f"stack {stack.stack} routes by Ingress, which cannot split traffic by weight")
     require_committed(manifest, candidate, stacks, client)
-    comparison = compare(manifest, environment, candidate)
+    comparison = gate if gate is not None else compare(manifest, environment, candidate)
     if not comparison.passed:
         raise PromotionError(
             f"{model}: the challenger does not beat the champion in {environment}\n{comparison.describe()}"

@@ -381,13 +381,13 @@ def publish_model(
     settings = load_stack_settings(root, stack)
     if not directory.is_dir():
         raise StoreError(f"{directory}: no such directory")
-    number = version if version is not None else max(manifest.versions) + 1
+    number = version if version is not None else max(manifest.versions, default=0) + 1
     if number < 1:
         raise StoreError(f"--version {number}: versions are positive integers")
     if number in manifest.versions:
         raise StoreError(
             f"models/{model}.yaml: version {number} is already published; versions are immutable, "
-            f"the next is {max(manifest.versions) + 1}"
+            f"the next is {max(manifest.versions, default=0) + 1}"
         )
     metrics = read_metrics(directory)
     contract = prepare_savedmodel(manifest, directory)

@@ -1,6 +1,7 @@
-"""Train an example model, evaluate it on the held-out split and export a SavedModel (imports TensorFlow).
+"""Train a model from its Recipe, evaluate it and export a SavedModel (imports TensorFlow).
 
-The pattern every model follows; a new model copies it by adding a `Recipe` (recipes.py):
+The pattern every model follows; a model only declares a `Recipe` in its training entrypoint
+(recipes.py), and this module does the rest:
 
 1. **Raw inputs.** The serving signature takes each feature as a client has it, one tensor
    per feature named after it, batch first: `float32` numbers, `int64` integers, `string`
@@ -32,7 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from infra.spec.manifest import ModelManifest
+from scripts.training.data_source import DataFile, TrainingData, read_training_data
 from scripts.training.recipes import SPLIT_SEED, TEST_FRACTION, Kind, Recipe, UnitInput
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 METRICS_FILE = "metrics.json"
 MODEL_CARD_FILE = "model_card.json"
@@ -56,22 +60,68 @@ def _quiet_tensorflow():
     return tf
 
 
-def train(manifest: ModelManifest, recipe: Recipe, version: int, out_dir: Path) -> TrainedVersion:
-    """Train version `version` and export it to `out_dir/<model>/<version>/` with its signature."""
-    target = out_dir / manifest.name / str(version)
+def read_rows(recipe: Recipe, files: tuple[DataFile, ...] | list[DataFile]) -> tuple[dict[str, list], list[float]]:
+    """The feature columns and labels of every file, concatenated."""
+    columns: dict[str, list] = {feature.name: [] for feature in recipe.features}
+    labels: list[float] = []
+    for data_file in files:
+        part, part_labels = recipe.parse(data_file.text, data_file.uri)
+        for name, values in part.items():
+            columns[name] += values
+        labels += part_labels
+    return columns, labels
+
+
+def train(
+    manifest: ModelManifest,
+    recipe: Recipe,
+    version: int,
+    out_dir: Path,
+    data: TrainingData | None = None,
+    evaluation: DataFile | None = None,
+    seed: int | None = None,
+    parameters: dict[str, Any] | None = None,
+    target: Path | None = None,
+) -> TrainedVersion:
+    """Train version `version` and export it to `out_dir/<model>/<version>/` (or `target`).
+
+    Without `evaluation` (`modelctl train`), a held-out split of the data is the test set and
+    later versions train longer (Recipe.epochs_for). With the frozen evaluation set (`modelctl
+    retrain`), every data row trains except rows also in the set, and the metrics are those of
+    the exported SavedModel on the set (scripts/training/evaluate.py), as for the champion.
+    """
+    target = target or out_dir / manifest.name / str(version)
     if target.exists():
         raise TrainingError(f"{target} exists; a trained version is never overwritten")
+    data = data or read_training_data(REPOSITORY, manifest, None)
     tf = _quiet_tensorflow()
     import keras
     import numpy as np
 
-    columns, labels = recipe.load()
+    columns, labels = read_rows(recipe, data.files)
+    if not labels:
+        raise TrainingError(f"{data.source}: no rows to train on")
     y = np.asarray(labels, dtype="float32")
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
-    test_size = max(1, int(len(y) * TEST_FRACTION))
-    test, train_rows = order[:test_size], order[test_size:]
+    excluded = 0
+    if evaluation is None:
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+        test_size = max(1, int(len(y) * TEST_FRACTION))
+        test, train_rows = order[:test_size], order[test_size:]
+        epochs = recipe.epochs_for(version)
+        seed = version if seed is None else seed
+    else:
+        # A row of the frozen set never trains a candidate: its metric would flatter it.
+        held = set(_row_keys(recipe, *read_rows(recipe, [evaluation])))
+        keys = _row_keys(recipe, columns, labels)
+        train_rows = np.asarray([i for i, key in enumerate(keys) if key not in held], dtype="int64")
+        excluded = len(y) - len(train_rows)
+        test = np.asarray([], dtype="int64")
+        epochs = recipe.epochs
+        seed = version if seed is None else seed
+        if not len(train_rows):
+            raise TrainingError(f"{data.source}: every row is also in the evaluation set")
 
-    keras.utils.set_random_seed(version)
+    keras.utils.set_random_seed(seed)
     unit = recipe.unit_for(version)
     raw = {name: np.asarray(values, dtype=_numpy_dtype(recipe, name)) for name, values in columns.items()}
     if unit is not None:
@@ -91,40 +141,68 @@ def train(manifest: ModelManifest, recipe: Recipe, version: int, out_dir: Path) 
         network.add(keras.layers.Dense(1))
         loss, metrics = "mse", ["mae"]
     network.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=loss, metrics=metrics)
-    epochs = recipe.epochs(version)
     network.fit(x[train_rows], y[train_rows], epochs=epochs, batch_size=recipe.batch_size, verbose=0)
 
-    predictions = network.predict(x[test], verbose=0)
-    if recipe.is_classifier:
-        accuracy = float(np.mean(np.argmax(predictions, axis=1) == y[test]))
-        evaluation = {"accuracy": round(accuracy, 4)}
-    else:
-        errors = predictions[:, 0] - y[test]
-        evaluation = {
-            "mae": round(float(np.mean(np.abs(errors))), 4),
-            "rmse": round(float(np.sqrt(np.mean(errors**2))), 4),
-        }
-
-    staging = target.with_name(f".{version}.partial")
+    staging = target.with_name(f".{target.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     _export(tf, preprocessing, network, recipe, unit, manifest.serving.signature, staging)
-    (staging / METRICS_FILE).write_text(json.dumps(evaluation, indent=2, sort_keys=True) + "\n")
+    if evaluation is None:
+        predictions = network.predict(x[test], verbose=0)
+        evaluation_metrics = _metrics(np, recipe, predictions, y[test])
+        evaluation_rows = len(test)
+    else:
+        from scripts.training.evaluate import evaluate_savedmodel
+
+        evaluation_metrics = evaluate_savedmodel(staging, manifest.serving.signature, recipe, evaluation)
+        evaluation_rows = len(read_rows(recipe, [evaluation])[1])
+    (staging / METRICS_FILE).write_text(json.dumps(evaluation_metrics, indent=2, sort_keys=True) + "\n")
     card = manifest.card.model_dump(exclude_none=True) | {
         "model": manifest.name,
         "version": version,
         "features": {feature.name: feature.kind.value for feature in recipe.features},
         "label": recipe.label,
         "training_rows": len(train_rows),
-        "evaluation_rows": len(test),
+        "evaluation_rows": evaluation_rows,
         "epochs": epochs,
-        "seed": version,
+        "seed": seed,
         "tensorflow": tf.__version__,
+        "data": _provenance(recipe, data, excluded),
     }
+    if parameters:
+        card["parameters"] = parameters
+    if evaluation is not None:
+        card["evaluation_set"] = evaluation.provenance() | {"rows": evaluation_rows}
     if unit is not None:
         card["unit_input"] = {"name": unit.name, "units": list(unit.factors), "default": unit.default}
     (staging / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     staging.rename(target)  # the version directory appears complete or not at all
-    return TrainedVersion(target, evaluation)
+    return TrainedVersion(target, evaluation_metrics)
+
+
+def _metrics(np, recipe: Recipe, predictions, truth) -> dict[str, float]:
+    if recipe.is_classifier:
+        return {"accuracy": round(float(np.mean(np.argmax(predictions, axis=1) == truth)), 4)}
+    errors = predictions[:, 0] - truth
+    return {
+        "mae": round(float(np.mean(np.abs(errors))), 4),
+        "rmse": round(float(np.sqrt(np.mean(errors**2))), 4),
+    }
+
+
+def _row_keys(recipe: Recipe, columns: dict[str, list], labels: list[float]) -> list[tuple]:
+    names = [feature.name for feature in recipe.features]
+    return list(zip(*(columns[n] for n in names), labels, strict=True))
+
+
+def _provenance(recipe: Recipe, data: TrainingData, excluded: int) -> dict[str, Any]:
+    """The model card's record of what trained it: each file with its identity and row count."""
+    files = [f.provenance() | {"rows": len(recipe.parse(f.text, f.uri)[1])} for f in data.files]
+    record: dict[str, Any] = {"source": data.source, "files": files}
+    if data.partition:
+        record["partition"] = data.partition
+    if excluded:
+        record["rows_also_in_the_evaluation_set"] = excluded
+    return record
 
 
 def _numpy_dtype(recipe: Recipe, name: str) -> Any:

@@ -1,0 +1,1 @@
+"""Training entrypoints of the example models (manifests' `training.entrypoint`)."""
