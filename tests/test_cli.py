@@ -108,3 +108,27 @@ def test_tensorflow_is_imported_only_by_the_commands_that_need_it():
     )
     result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_program_needs_neither_tensorflow_nor_tensorflow_serving_api():
+    """`pulumi install` builds requirements.txt only: the program and `modelctl plan` run with
+    TensorFlow and tensorflow-serving-api unimportable, and requirements.txt names neither."""
+    import subprocess
+    import sys
+
+    requirements = (ROOT / "requirements.txt").read_text().lower()
+    assert "tensorflow" not in "".join(line.split("#")[0] for line in requirements.splitlines())
+    code = (
+        "import sys\n"
+        "class Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'tensorflow_serving', 'keras'):\n"
+        "            raise ImportError(f'{name} is not installed')\n"
+        "sys.meta_path.insert(0, Refuse())\n"
+        "from infra.offline import run_stack\n"
+        "from pathlib import Path\n"
+        "for stack in ('dev', 'prod', 'eks'):\n"
+        "    assert run_stack(Path(sys.argv[1]), stack).resources\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -91,3 +91,19 @@ def test_pod_template_carries_the_config_hash(runs, model, stack, track):
     kids = children(runs[stack], model, track)
     annotations = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["annotations"]
     assert annotations["model-serving.dev/config-hash"] == tfserving.content_hash(kids[CONFIG_MAP].object["data"])
+
+
+@pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
+def test_models_config_is_what_tf_servings_proto_prints(model, stack, track):
+    """The program writes models.config itself (no TensorFlow in `pulumi install`); it must be
+    exactly the text TF-Serving's ModelServerConfig prints for the same message."""
+    workload = served(model, stack)[0].track(track)
+    expected = model_server_config_pb2.ModelServerConfig()
+    entry = expected.model_config_list.config.add()
+    entry.name = workload.name
+    entry.base_path = tfserving.model_base_path(workload.name)
+    entry.model_platform = "tensorflow"
+    entry.model_version_policy.specific.versions.extend(workload.served_versions)
+    for label, version in workload.version_labels.items():
+        entry.version_labels[label] = version
+    assert tfserving.models_config(workload) == text_format.MessageToString(expected)

@@ -1,12 +1,16 @@
-"""TF-Serving configuration files built with TF-Serving's own protos, and the server's command line."""
+"""TF-Serving configuration files (text protos) and the server's command line.
+
+The files are written in protobuf text format by this module, so the program needs neither
+TensorFlow nor tensorflow-serving-api (whose package depends on TensorFlow): `pulumi install`
+stays lean. The tests parse every file with TF-Serving's own protos (ModelServerConfig from
+tensorflow-serving-api; MonitoringConfig and BatchingParameters compiled from its .proto
+sources) and compare with what `text_format` prints for the same message.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-
-from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
 
 from infra.spec.manifest import Batching, ServedModel
 
@@ -28,19 +32,37 @@ def model_base_path(model_name: str) -> str:
     return f"{MODELS_ROOT}/{model_name}"
 
 
+def _text(value: str) -> str:
+    """A protobuf text-format string literal."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def models_config(model: ServedModel) -> str:
-    """`models.config`: a ModelServerConfig serving exactly the labelled versions of one model."""
-    config = model_server_config_pb2.ModelServerConfig()
-    entry = config.model_config_list.config.add()
-    entry.name = model.name
-    entry.base_path = model_base_path(model.name)
-    entry.model_platform = "tensorflow"
+    """`models.config`: a ModelServerConfig serving exactly the labelled versions of one model,
+    byte for byte what `text_format.MessageToString` prints for it (a test holds it to that)."""
     # `specific` loads exactly these versions; the default (`latest`) would serve whatever
-    # directory sorts highest, which is not what the manifest says.
-    entry.model_version_policy.specific.versions.extend(model.served_versions)
-    for label, version in sorted(model.version_labels.items()):
-        entry.version_labels[label] = version
-    return text_format.MessageToString(config)
+    # directory sorts highest, which is not what the manifest says. Map entries print in key
+    # order, as text_format prints maps.
+    versions = "".join(f"        versions: {version}\n" for version in model.served_versions)
+    labels = "".join(
+        f"    version_labels {{\n      key: {_text(label)}\n      value: {version}\n    }}\n"
+        for label, version in sorted(model.version_labels.items())
+    )
+    return (
+        "model_config_list {\n"
+        "  config {\n"
+        f"    name: {_text(model.name)}\n"
+        f"    base_path: {_text(model_base_path(model.name))}\n"
+        '    model_platform: "tensorflow"\n'
+        "    model_version_policy {\n"
+        "      specific {\n"
+        f"{versions}"
+        "      }\n"
+        "    }\n"
+        f"{labels}"
+        "  }\n"
+        "}\n"
+    )
 
 
 def monitoring_config() -> str:

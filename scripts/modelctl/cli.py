@@ -303,6 +303,9 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     settings = load_stack_settings(args.root, args.stack)
     base_url = args.base_url or f"https://{settings.routing.host}"
     models = served_in(load_manifests(args.root), settings.environment)
+    if any(model.serves_grpc for model in models):
+        # gRPC requests are TensorFlow tensor protos sent through tensorflow-serving-api's stubs.
+        require_training_tools("smoke (gRPC)")
     if settings.flagger and not args.no_wait and not _await_flagger(args, settings, [m.name for m in models]):
         return EXIT_ERROR
     checks = []
