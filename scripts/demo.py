@@ -4,8 +4,11 @@ On a throwaway git copy of the project: start an S3 server on loopback, train tw
 of the iris model, publish both to the local stack's store (each with its recorded contract
 and TF-Serving warmup requests), show the published version's contract as an OpenAPI
 document, promote the better (and watch the gate refuse the other), show the local stack's
-plan with its version-bump and contract diff, render its YAML to build/local/, write the model
-catalog to build/catalog/, stop the server.
+plan with its version-bump and contract diff, render its YAML to build/local/; then fresh data
+for taxi-fare: two dated partitions uploaded to the store (the second drifted), a champion
+trained on the first, `modelctl retrain` on the newest (parallel candidates, the champion
+re-measured on the frozen evaluation set) and its decision, then a second retrain that finds
+no better candidate and refuses; write the model catalog to build/catalog/, stop the server.
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ MODEL = "iris"
 STACK = "local"
 RENDER_DIR = ROOT / "build" / "local"
 CATALOG_DIR = ROOT / "build" / "catalog"
+FRESH_MODEL = "taxi-fare"
+# Two days of trips after the committed data: day 1 like before, day 2 drifted (fares per km up).
+PARTITION_DATES = {1: "2026-11-24", 2: "2026-11-25"}
+PARTITION_ROWS = 2000
+# TensorFlow's C++ start-up lines in the candidates' processes (printed before its log level
+# applies): noise in the demo's output.
+TF_NOISE = ("WARNING: All log messages before absl", "I0000 ", "W0000 ", "E0000 ")
 
 
 def step(title: str) -> None:
@@ -42,7 +52,8 @@ def modelctl(root: Path, *args: str, check: bool = True) -> subprocess.Completed
         env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"},
     )
     print(result.stdout, end="")
-    print(result.stderr, end="", file=sys.stderr)
+    stderr = "".join(line for line in result.stderr.splitlines(keepends=True) if not line.startswith(TF_NOISE))
+    print(stderr, end="", file=sys.stderr)
     if check and result.returncode != 0:
         raise SystemExit(f"demo: `modelctl {' '.join(args)}` failed with exit code {result.returncode}")
     return result
@@ -91,6 +102,10 @@ def main() -> int:
             server.client().create_bucket(Bucket=bucket)
             print(f"bucket s3://{bucket} created; working on a throwaway copy of the project in {project}")
             run_story(project, scratch_dir / "trained")
+            run_fresh_data_story(project, scratch_dir / "trained", server.client(), bucket)
+            step(f"The model catalog of this copy, to {CATALOG_DIR.relative_to(ROOT)}/")
+            modelctl(project, "catalog", "--out", str(CATALOG_DIR))
+            print(f"open {CATALOG_DIR / 'index.html'} in a browser (a static site: no server needed)")
         finally:
             step("Stop the S3 server")
             server.stop()
@@ -142,9 +157,53 @@ def run_story(project: Path, trained: Path) -> None:
     step(f"Render the {STACK} stack's YAML to {RENDER_DIR.relative_to(ROOT)}/")
     modelctl(project, "plan", "--stack", STACK, "--render", str(RENDER_DIR))
 
-    step(f"The model catalog of this copy, to {CATALOG_DIR.relative_to(ROOT)}/")
-    modelctl(project, "catalog", "--out", str(CATALOG_DIR))
-    print(f"open {CATALOG_DIR / 'index.html'} in a browser (a static site: no server needed)")
+
+def upload_partition(client, bucket: str, day: int) -> None:
+    from scripts.training.make_taxi_data import partition
+
+    key = f"datasets/{FRESH_MODEL}/dt={PARTITION_DATES[day]}/trips.csv"
+    client.put_object(Bucket=bucket, Key=key, Body=partition(day, rows=PARTITION_ROWS).encode())
+    print(f"uploaded s3://{bucket}/{key} ({PARTITION_ROWS} trips of day {day})")
+
+
+def retrain_once(project: Path, reports: Path) -> int:
+    """One `modelctl retrain` of the fresh-data model; 0 promoted, 3 no winner (both fine here)."""
+    result = modelctl(
+        project,
+        *("retrain", FRESH_MODEL, "--env", STACK, "--candidates", "2", "--jobs", "2", "--report-dir", str(reports)),
+        check=False,
+    )
+    if result.returncode not in (0, 3):
+        raise SystemExit(f"demo: retrain failed with exit code {result.returncode}")
+    return result.returncode
+
+
+def run_fresh_data_story(project: Path, trained: Path, client, bucket: str) -> None:
+    from scripts.modelctl import manifest_edit
+
+    step(f"The {FRESH_MODEL} champion in {STACK}: trained on the committed trips")
+    champion = max(manifest_edit.load(project, FRESH_MODEL).versions) + 1
+    modelctl(project, "train", FRESH_MODEL, "--version", str(champion), "--out", str(trained))
+    modelctl(project, "publish", FRESH_MODEL, str(trained / FRESH_MODEL / str(champion)), "--stack", STACK, "--quiet")
+    manifest_edit.edit(project, FRESH_MODEL, lambda d: manifest_edit.set_label(d, STACK, "stable", champion))
+    print(f"{FRESH_MODEL} version {champion} serves as stable in {STACK}")
+
+    step("Two days of fresh trips land in the store, fares per km drifting; training reads the newest partition")
+    for day in PARTITION_DATES:
+        upload_partition(client, bucket, day)
+    prefix = f"s3://{bucket}/datasets/{FRESH_MODEL}/"
+    manifest_edit.edit(project, FRESH_MODEL, lambda document: document["training"].__setitem__("data", prefix))
+    print(f"models/{FRESH_MODEL}.yaml: training.data = {prefix}")
+
+    step("Retrain on the newest partition: two candidates in parallel, the champion re-measured on the frozen set")
+    decided = retrain_once(project, trained / "retrain" / "first")
+    print(
+        "decision: " + ("a better model, published and promoted" if decided == 0 else "no candidate beat the champion")
+    )
+
+    step("Retrain again on the same data: nothing beats the champion by the rule's margin, nothing is published")
+    decided = retrain_once(project, trained / "retrain" / "second")
+    print("decision: " + ("promoted" if decided == 0 else "refused (exit 3); nothing published"))
 
 
 if __name__ == "__main__":
