@@ -132,3 +132,18 @@ def test_the_program_needs_neither_tensorflow_nor_tensorflow_serving_api():
     )
     result = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_model_with_no_published_version_yet_gets_clear_answers(project, capsys, tmp_path):
+    """A brand-new manifest (`versions: {}`, served nowhere) validates; the commands that need a
+    version say so in one line instead of failing on an empty list."""
+    from tests.conftest import edit_yaml
+
+    edit_yaml(project / "models" / "iris.yaml", lambda d: d.update(versions={}, environments={}))
+    assert main(["--root", str(project), "validate"]) == 0
+    assert main(["--root", str(project), "contract", "iris"]) == 1
+    assert "models/iris.yaml: versions: no published version yet" in capsys.readouterr().err
+    assert main(["--root", str(project), "promote", "iris", "--env", "dev"]) == 1
+    assert "iris has no published version yet" in capsys.readouterr().err
+    assert main(["--root", str(project), "catalog", "--out", str(tmp_path / "catalog")]) == 0
+    assert any((tmp_path / "catalog").rglob("iris*.html")), "the model still gets its page"

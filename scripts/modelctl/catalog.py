@@ -350,8 +350,8 @@ def model_page(shelf: Shelf, model: ShelfModel, options: CatalogOptions, repo_ur
 
     stack = _call_stack(shelf, model, options.stack)
     env = shelf.stacks[stack].environment if stack else None
-    shown = manifest.environments[env].stable if env else max(manifest.versions)
-    if manifest.versions[shown].contract is None:
+    shown = manifest.environments[env].stable if env else max(manifest.versions, default=None)
+    if shown is not None and manifest.versions[shown].contract is None:
         recorded = [v for v, p in manifest.versions.items() if p.contract is not None]
         shown = max(recorded) if recorded else None
     if shown is None:

@@ -149,6 +149,10 @@ def cmd_contract(args: argparse.Namespace) -> int:
     from scripts.modelctl.shelf import stack_servers
 
     manifest = manifest_edit.load(args.root, args.model)
+    if not manifest.versions:
+        raise ConfigError.single(
+            f"models/{args.model}.yaml", "versions", "no published version yet: `modelctl publish` one first"
+        )
     version = args.version if args.version is not None else max(manifest.versions)
     if version not in manifest.versions:
         published = ", ".join(str(v) for v in sorted(manifest.versions))

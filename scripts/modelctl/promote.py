@@ -130,6 +130,8 @@ def promote(
     `modelctl retrain` passes the one it measured on the frozen evaluation set, champion included
     (a recorded metric may come from other data, so it is not evidence)."""
     manifest = manifest_edit.load(root, model)
+    if not manifest.versions:
+        raise PromotionError(f"{model} has no published version yet: `modelctl publish` one first")
     candidate = version if version is not None else max(manifest.versions)
     served = manifest.environments.get(environment)
     if served is not None and served.stable == candidate:
