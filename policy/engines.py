@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 KUBERNETES_PREFIX = "kubernetes:"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -26,6 +26,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 FLAGGER_SELECTOR_LABELS = ("app", "name", "app.kubernetes.io/name")
 # Sidecars Flagger's port discovery skips (fluxcd/flagger v1.44.0 pkg/canary/util.go:31-34).
 FLAGGER_SIDECARS = frozenset({"istio-proxy", "envoy"})
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,63 @@ def find(resources: Iterable[Resource], type_: str, namespace: str, name: str) -
     return None
 
 
+class ObjectIndex:
+    """Objects by (type, namespace, name), the first declared winning as with `find`: a lookup
+    per reference instead of a scan, or a fleet of a thousand models costs a million
+    comparisons per rule."""
+
+    def __init__(self, resources: Iterable[Resource]):
+        self._by_name: dict[tuple[str, str, str], Resource] = {}
+        for resource in resources:
+            self._by_name.setdefault((resource.type, resource.namespace, resource.object_name), resource)
+
+    def find(self, type_: str, namespace: str, name: str) -> Resource | None:
+        return self._by_name.get((type_, namespace, name))
+
+
+class LabelIndex(Generic[T]):
+    """Labelled things (pods, Services) of each namespace, by label, for selectors.
+
+    `candidates` narrows a selector's search to the things carrying its rarest required
+    label, in their original order: a superset of what the selector matches, so callers still
+    apply the exact match (`selects`, `label_selector_matches`) and get the same answer as a
+    scan of everything, without the selectors x things cost of a scan per selector.
+    """
+
+    def __init__(self, entries: Iterable[tuple[str, Mapping[str, Any], T]]):
+        self._things: list[T] = []
+        self._by_namespace: dict[str, list[int]] = {}
+        self._by_label: dict[tuple[str, str, Any], list[int]] = {}
+        for position, (namespace, labels, thing) in enumerate(entries):
+            self._things.append(thing)
+            self._by_namespace.setdefault(namespace, []).append(position)
+            for key, value in labels.items():
+                if hashable(value):
+                    self._by_label.setdefault((namespace, key, value), []).append(position)
+
+    def candidates(self, namespaces: Iterable[str], required: Mapping[str, Any]) -> list[T]:
+        """Things of `namespaces` that may carry every `required` label (all of them when
+        nothing is required, or a required value cannot be indexed)."""
+        positions: list[int] = []
+        for namespace in dict.fromkeys(namespaces):
+            if required and all(hashable(v) for v in required.values()):
+                positions += min(
+                    (self._by_label.get((namespace, key, value), []) for key, value in required.items()), key=len
+                )
+            else:
+                positions += self._by_namespace.get(namespace, [])
+        return [self._things[p] for p in sorted(set(positions))]
+
+
+def hashable(value: Any) -> bool:
+    """Can `value` key a dict (label values are strings, but a typo'd manifest may say otherwise)."""
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class FlaggerOutcome:
     """What Flagger makes of the declared Canaries: generated objects, and refusals."""
@@ -211,9 +269,10 @@ def flagger_outcome(resources: Sequence[Resource]) -> FlaggerOutcome:
     generated: list[Resource] = []
     refusals: list[tuple[Resource, str]] = []
     targets: list[tuple[Resource, Resource]] = []
+    index = ObjectIndex(resources)
     for canary in (r for r in resources if r.type == CANARY):
         target_ref = canary.spec.get("targetRef") or {}
-        target = find(resources, DEPLOYMENT, canary.namespace, str(target_ref.get("name")))
+        target = index.find(DEPLOYMENT, canary.namespace, str(target_ref.get("name")))
         if target is None:
             continue  # the references rule names the missing target
         selector = flagger_selector(target)
@@ -232,7 +291,7 @@ def flagger_outcome(resources: Sequence[Resource]) -> FlaggerOutcome:
         primary_labels = dict((template.get("metadata") or {}).get("labels") or {}) | {label: f"{value}-primary"}
         # The primary gets its own copy of the target's autoscaler (`<hpa>-primary`).
         scaler_ref = canary.spec.get("autoscalerRef") or {}
-        scaler = find(resources, HPA, canary.namespace, str(scaler_ref.get("name")))
+        scaler = index.find(HPA, canary.namespace, str(scaler_ref.get("name")))
         primary_spec = {
             "replicas": (scaler.spec.get("minReplicas", 1) if scaler else target.spec.get("replicas", 1)),
             "selector": {"matchLabels": {label: f"{value}-primary"}},
