@@ -180,6 +180,7 @@ FIRST_NODE24_MAJOR = {
     "aws-actions/configure-aws-credentials": 6,
     "pulumi/actions": 7,
     "actions/github-script": 8,
+    "actions/cache": 5,
 }
 
 
