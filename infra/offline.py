@@ -278,7 +278,9 @@ def run_stack(
             entry(root)
         stack_resource = pulumi_settings.get_root_resource()
         for name, value in stack_resource.outputs.items():  # type: ignore[union-attr]
-            run.outputs[name] = await pulumi.Output.from_input(value).future()
+            # A plain value is its own result; lifting it into Outputs costs a task per leaf,
+            # seconds for the `models` output of a thousand models.
+            run.outputs[name] = value if _plain(value) else await pulumi.Output.from_input(value).future()
 
     with _cyclic_gc_paused(freeze=short_lived):
         try:
@@ -286,6 +288,15 @@ def run_stack(
         finally:
             run.resources = list(monitor.declared)
     return run
+
+
+def _plain(value: Any) -> bool:
+    """JSON-like data without an Output or awaitable anywhere in it."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 @contextmanager

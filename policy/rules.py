@@ -296,11 +296,21 @@ def explicit_providers(resources: list[Resource], settings: PolicySettings) -> l
     return problems
 
 
+# The last cluster view, by the very list it was made from: three rules of one evaluation ask
+# for it, and a fleet's Flagger emulation is worth doing once. The list is held, so its
+# identity cannot be reused; the rules never change the list they are given.
+_last_view: list[tuple[list[Resource], tuple[list[Resource], Any]]] = []
+
+
 def _cluster_view(resources: list[Resource]) -> tuple[list[Resource], Any]:
     """Declared Kubernetes objects plus what Flagger generates from the Canaries."""
+    if _last_view and _last_view[0][0] is resources:
+        return _last_view[0][1]
     declared = [r for r in resources if is_kubernetes(r)]
     outcome = flagger_outcome(declared)
-    return declared + outcome.generated, outcome
+    view = (declared + outcome.generated, outcome)
+    _last_view[:] = [(resources, view)]
+    return view
 
 
 def service_isolation(resources: list[Resource], settings: PolicySettings) -> list[tuple[Resource, str]]:

@@ -7,10 +7,9 @@ models within 12x the time of 100.
 Pull request: a git repository of N synthetic models, one commit bumping one model's prod
 version, `modelctl plan --all-stacks --base HEAD~1 --format markdown` as CI runs it (from the
 repository, in a fresh process): incremental on an empty plan cache, incremental with the cache
-a plan of the base commit left (as CI keeps it between pull requests), and full. Seconds and
-the peak memory of the process tree (the plan process, and the largest of its children: the
-base revision runs in a subprocess; both can be alive at once, so their sum bounds the tree).
-Target: 1000 models, incremental, under 10 s and 1.5 GiB.
+a plan of the base commit left (as CI keeps it between pull requests), and full. Seconds, the
+plan process's peak memory, and the peak of its process tree (the base revision runs in a
+subprocess). Target: 1000 models, incremental, under 10 s and 1.5 GiB.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ PR_SIZES = (100, 1000)
 PR_TARGET_SECONDS = 10.0
 PR_TARGET_MIB = 1.5 * 1024
 # What a revision needs to be planned with its own program and tooling.
-PROJECT_FILES = ("infra", "scripts", "stacks", "Pulumi.yaml", "__main__.py", "requirements.txt")
+PROJECT_FILES = ("infra", "scripts", "policy", "stacks", "Pulumi.yaml", "__main__.py", "requirements.txt")
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "bench",
     "GIT_AUTHOR_EMAIL": "bench@example.com",
@@ -151,20 +150,53 @@ def pull_request_repository(directory: Path, models: int) -> Path:
 
 def plan_in_fresh_process(repo: Path, *options: str) -> dict:
     """`modelctl plan --all-stacks --format markdown` run from `repo` with its own code, timed
-    from the outside; the child reports its own peak memory and its children's."""
+    from the outside. Memory: the plan process's own peak (exact, from the kernel), and the
+    peak of the summed resident memory of its whole process tree, sampled every 50 ms (the
+    base revision runs in a child, alive while the plan process waits for it; a child's own
+    peak as the kernel keeps it would count the parent's pages it was forked with)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as report:
         started = time.perf_counter()
-        subprocess.run(
+        child = subprocess.Popen(
             [sys.executable, "-m", "scripts.bench_plan", "--plan-child", report.name, "--", *options],
             cwd=repo,
             env=os.environ | {"PYTHONPATH": str(repo), "PYTHONDONTWRITEBYTECODE": "1"},
-            check=True,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
+        tree_peak = 0
+        while child.poll() is None:
+            tree_peak = max(tree_peak, tree_resident_bytes(child.pid))
+            time.sleep(0.05)
         seconds = time.perf_counter() - started
+        if child.returncode != 0:
+            raise RuntimeError(f"the plan process failed with exit code {child.returncode}")
         result = json.loads(Path(report.name).read_text())
-    return result | {"seconds": seconds}
+    return result | {"seconds": seconds, "tree_mib": max(tree_peak / 2**20, result["self_mib"])}
+
+
+def tree_resident_bytes(root: int) -> int:
+    """Resident memory of process `root` and all its descendants now (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    total = 0
+    for pid in tree:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * resource.getpagesize()
+        except OSError:
+            continue
+    return total
 
 
 def plan_child(report: Path, options: list[str]) -> int:
@@ -180,7 +212,6 @@ def plan_child(report: Path, options: list[str]) -> int:
                 "exit": code,
                 "mode": mode.strip("_").split(":")[0],
                 "self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             }
         )
     )
@@ -190,9 +221,9 @@ def plan_child(report: Path, options: list[str]) -> int:
 def pull_request_scenario(sizes: list[int], full_sizes: set[int]) -> dict[tuple[int, str], dict]:
     print()
     print("Pull request: one model's prod version bumped, `modelctl plan --all-stacks --base HEAD~1")
-    print("--format markdown` from a fresh process. Memory: the plan process | its largest child (the")
-    print("base revision) | their sum, a bound on the process tree's peak.")
-    print(f"{'models':>7}  {'plan':<36} {'seconds':>8} {'MiB':>6} {'child':>6} {'sum':>6} {'exit':>4}   mode")
+    print("--format markdown` from a fresh process. Peak memory: the plan process's own, and its")
+    print("process tree's (with the base revision's subprocess and git; sampled).")
+    print(f"{'models':>7}  {'plan':<36} {'seconds':>8} {'MiB':>6} {'tree MiB':>8} {'exit':>4}   mode")
     results = {}
     for size in sizes:
         with tempfile.TemporaryDirectory(prefix="bench-pr-") as scratch:
@@ -211,11 +242,10 @@ def pull_request_scenario(sizes: list[int], full_sizes: set[int]) -> dict[tuple[
                     repo, "--base", "HEAD~1", "--full", "--no-cache"
                 )
             for label, result in runs.items():
-                result["sum_mib"] = result["self_mib"] + result["children_mib"]
                 results[(size, label)] = result
                 print(
                     f"{size:>7}  {label:<36} {result['seconds']:>8.2f} {result['self_mib']:>6.0f} "
-                    f"{result['children_mib']:>6.0f} {result['sum_mib']:>6.0f} {result['exit']:>4}   {result['mode']}"
+                    f"{result['tree_mib']:>8.0f} {result['exit']:>4}   {result['mode']}"
                 )
     return results
 
@@ -245,10 +275,10 @@ def main() -> int:
         results = pull_request_scenario(args.pr_sizes, full_sizes)
         target = results.get((1000, "incremental, cache of the base plan"))
         if target:
-            met = target["seconds"] < PR_TARGET_SECONDS and target["sum_mib"] < PR_TARGET_MIB
+            met = target["seconds"] < PR_TARGET_SECONDS and target["tree_mib"] < PR_TARGET_MIB
             print(
                 f"target: 1000 models, one bump, all stacks, incremental: under {PR_TARGET_SECONDS:g} s and "
-                f"{PR_TARGET_MIB / 1024:g} GiB: {target['seconds']:.1f} s, {target['sum_mib'] / 1024:.2f} GiB -> "
+                f"{PR_TARGET_MIB / 1024:g} GiB: {target['seconds']:.1f} s, {target['tree_mib'] / 1024:.2f} GiB -> "
                 f"{'met' if met else 'MISSED'}"
             )
     return 0
