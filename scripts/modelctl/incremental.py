@@ -310,8 +310,13 @@ def _cyclic_gc_paused():
 def base_snapshot(
     root: Path, base_ref: str, stacks: Sequence[str], scope: Scope, cache: PlanCache | None
 ) -> snapshot.Snapshot:
-    """The base revision's own program, declaring only the changed models (in its subprocess),
-    or the same from the plan cache: its key is everything the base's runs depend on."""
+    """The base revision's own program, declaring only the changed models, or the same from the
+    plan cache: its key is everything the base's runs depend on.
+
+    Its program is the head's, file for file (else the plan would not be incremental): when this
+    process runs the head's program, it runs the base's too, on the base's files; otherwise
+    the base runs from its worktree in a subprocess, as in a full plan.
+    """
     assert scope.base is not None
     key = cache_key(
         "base",
@@ -325,7 +330,10 @@ def base_snapshot(
         cached = snapshot_from_document(f"base {base_ref}", stored)
         if cached is not None:
             return cached
-    taken = snapshot.of_revision(root, base_ref, stacks, only_models=scope.changed_models)
+    if snapshot.runs_here(root):
+        taken = snapshot.of_revision_here(root, base_ref, stacks, only_models=scope.changed_models)
+    else:
+        taken = snapshot.of_revision(root, base_ref, stacks, only_models=scope.changed_models)
     if cache is not None:
         cache.put("base", key, snapshot_document(taken))
     return taken
@@ -364,10 +372,14 @@ def incremental_runs(
     """(base, head) whole stacks of an incremental plan."""
     assert scope.base is not None
     store = PieceStore(cache, scope.base.program_digest())
-    # The base runs in its own worktree and subprocess: let it run on the other core while
-    # this process runs the head and reads the cache (the thread mostly waits on the child).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-base") as pool:
-        base_future = pool.submit(base_snapshot, root, base_ref, stacks, scope, cache)
+    if snapshot.runs_here(root):
         head, unchanged = head_runs(root, stacks, scope, store)
-        base = base_future.result()
+        base = base_snapshot(root, base_ref, stacks, scope, cache)
+    else:
+        # The base runs in its own worktree and subprocess: let it run on the other core while
+        # this process runs the head and reads the cache (the thread mostly waits on the child).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-base") as pool:
+            base_future = pool.submit(base_snapshot, root, base_ref, stacks, scope, cache)
+            head, unchanged = head_runs(root, stacks, scope, store)
+            base = base_future.result()
     return {stack: assemble(base.runs[stack], unchanged[stack]) for stack in stacks}, head

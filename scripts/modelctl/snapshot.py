@@ -6,10 +6,12 @@ request that changes the program is planned honestly; the head is the working tr
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -156,6 +158,40 @@ def of_revision(repo: Path, ref: str, stacks: Sequence[str], only_models: Collec
         finally:
             git(repo, "worktree", "remove", "--force", str(worktree))
             git(repo, "worktree", "prune")
+
+
+def runs_here(root: Path) -> bool:
+    """Does this process run the program of the tree at `root`?"""
+    return root.resolve() == _code_root()
+
+
+def of_revision_here(
+    repo: Path, ref: str, stacks: Sequence[str], only_models: Collection[str] | None = None
+) -> Snapshot:
+    """Plan revision `ref`'s manifests and stacks with this process's program: only for a caller
+    that knows the revision's program is this one, file for file (the incremental plan). Its
+    files come from `git archive`, without a worktree or a second interpreter importing Pulumi."""
+    from infra.offline import run_stack
+
+    label = f"base {ref}"
+    prefix = git(repo, "rev-parse", "--show-prefix") or ""
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", f"{ref}^{{commit}}:{prefix}".rstrip(":")],
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        raise RevisionError(f"{label}: cannot read its files: {archive.stderr.decode(errors='replace').strip()}")
+    with tempfile.TemporaryDirectory(prefix="modelctl-base-") as scratch:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as files:
+            files.extractall(scratch, filter="data")
+        runs = {
+            stack: run_stack(Path(scratch), stack, short_lived=True, only_models=only_models)
+            for stack in stacks
+            if (Path(scratch) / "stacks" / f"Pulumi.{stack}.yaml").is_file()
+        }
+    for stack in stacks:
+        runs.setdefault(stack, OfflineRun(stack=stack))
+    return Snapshot(label, runs, subset=only_models is not None)
 
 
 def changed_files(repo: Path, ref: str) -> set[str]:
