@@ -10,7 +10,7 @@ import gc
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +84,9 @@ class OfflineRun:
     stack: str
     resources: list[DeclaredResource] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    # The models the stack serves, whether or not this run declared them all (`only_models`);
+    # None when unknown (a custom entry, or a record of an older revision).
+    served_models: tuple[str, ...] | None = None
 
     def by_urn(self) -> dict[str, DeclaredResource]:
         return {r.urn: r for r in self.resources}
@@ -242,6 +245,7 @@ def run_stack(
     entry: Callable[[Path], None] | None = None,
     into: OfflineRun | None = None,
     short_lived: bool = False,
+    only_models: Collection[str] | None = None,
 ) -> OfflineRun:
     """Run the program for `stack` of the project at `root`; raises ConfigError on bad input.
 
@@ -249,9 +253,13 @@ def run_stack(
     `program.main` to exercise exactly what `pulumi up` runs. `into` receives what was
     declared even when the run fails. `short_lived`: the process ends soon after (a CLI),
     so the run's objects are frozen instead of scanned by a full garbage collection.
+    `only_models`: declare the platform and only these models (`program.declare`); the plan's
+    incremental mode, which takes the other models' resources from a run that declared them.
     """
     from infra import program
 
+    if entry is not None and only_models is not None:
+        raise ValueError("only_models applies to the default entry, program.declare")
     config = read_stack_config(root, stack)
     mocks = _Mocks()
     monitor = _RecordingMonitor(mocks)
@@ -265,12 +273,14 @@ def run_stack(
 
     async def program_and_outputs() -> None:
         if entry is None:
-            program.declare(program.read_settings(), root)
+            run.served_models = tuple(program.declare(program.read_settings(), root, only_models=only_models))
         else:
             entry(root)
         stack_resource = pulumi_settings.get_root_resource()
         for name, value in stack_resource.outputs.items():  # type: ignore[union-attr]
-            run.outputs[name] = await pulumi.Output.from_input(value).future()
+            # A plain value is its own result; lifting it into Outputs costs a task per leaf,
+            # seconds for the `models` output of a thousand models.
+            run.outputs[name] = value if _plain(value) else await pulumi.Output.from_input(value).future()
 
     with _cyclic_gc_paused(freeze=short_lived):
         try:
@@ -278,6 +288,15 @@ def run_stack(
         finally:
             run.resources = list(monitor.declared)
     return run
+
+
+def _plain(value: Any) -> bool:
+    """JSON-like data without an Output or awaitable anywhere in it."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 @contextmanager

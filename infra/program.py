@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import pulumi
@@ -41,12 +42,24 @@ def read_settings() -> StackSettings:
     return settings_from_config(stack, get, f"stacks/{stack_file(Path('.'), stack).name}")
 
 
-def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False) -> None:
+def declare(
+    settings: StackSettings,
+    root: Path,
+    verify_artifacts: bool = False,
+    only_models: Collection[str] | None = None,
+) -> list[str]:
     """Declare everything for one stack; raises ConfigError before declaring anything if input is bad.
+    Returns the names of the models the stack serves, in declaration order.
 
     With `verify_artifacts`, every served version must be committed in the object store
     with the manifest's digest, or nothing is declared. With `bootstrap` set, the platform
     alone is declared (the stack's own bucket does not exist yet): no model, no artifact check.
+
+    `only_models` is for the offline plan's incremental mode only (`main`, which `pulumi up`
+    runs, never passes it): every manifest is still read and validated, the platform is
+    declared, but of the served models only these. A model's resources depend on the stack,
+    the platform and its own manifest alone, so the others are what a full run declares for
+    them; what depends on the set of models, the `models` stack output, still lists them all.
     """
     # A real `pulumi preview` of a pull request reads what the offline plan reads: the same
     # refusal of links out of the repository, before anything is read.
@@ -65,7 +78,7 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
         pulumi.export("namespace", platform.namespace_name)
         pulumi.export("models", {})
         pulumi.export("bootstrap", True)
-        return
+        return []
     if verify_artifacts:
         from infra.model.artifacts import verify_served_versions
 
@@ -76,12 +89,14 @@ def declare(settings: StackSettings, root: Path, verify_artifacts: bool = False)
     providers = [platform.k8s_provider] + ([platform.aws_provider] if platform.aws_provider else [])
     exported = {}
     for model in served:
-        ModelDeployment(model.name, model, settings, platform, opts=pulumi.ResourceOptions(providers=providers))
+        if only_models is None or model.name in only_models:
+            ModelDeployment(model.name, model, settings, platform, opts=pulumi.ResourceOptions(providers=providers))
         exported[model.name] = {"url": rest_url(model.name, settings), "versions": dict(model.version_labels)}
         if model.serves_grpc:
             exported[model.name]["grpc"] = grpc_target(model.name, settings)
     pulumi.export("namespace", platform.namespace_name)
     pulumi.export("models", exported)
+    return [model.name for model in served]
 
 
 def main(root: Path | None = None) -> None:

@@ -19,7 +19,6 @@ from policy.engines import (
     GRPC_ROUTE,
     HTTP_ROUTE,
     SERVICE,
-    FlaggerOutcome,
     LabelIndex,
     NodePool,
     Pod,
@@ -27,6 +26,7 @@ from policy.engines import (
     Resource,
     admits,
     flagger_outcome,
+    hashable,
     is_kubernetes,
     label_selector_matches,
     place,
@@ -221,12 +221,7 @@ def production_replicas(resources: list[Resource], settings: PolicySettings) -> 
     if not settings.production:
         return []
     problems = []
-    budgets = LabelIndex()
-    for budget in (r for r in resources if r.type == "kubernetes:policy/v1:PodDisruptionBudget"):
-        match_labels = (budget.spec.get("selector") or {}).get("matchLabels") or {}
-        if match_labels:
-            label, value = next(iter(match_labels.items()))
-            budgets.add(budget.namespace, {label: value}, budget)
+    budgets = _BudgetIndex(r for r in resources if r.type == "kubernetes:policy/v1:PodDisruptionBudget")
     for scaler in (r for r in resources if r.type == "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"):
         minimum = scaler.props.get("spec", {}).get("minReplicas", 1)
         if minimum < PRODUCTION_MIN_REPLICAS:
@@ -237,12 +232,49 @@ def production_replicas(resources: list[Resource], settings: PolicySettings) -> 
             problems.append((workload, f"replicas {replicas} < {PRODUCTION_MIN_REPLICAS} in production"))
         labels = ((workload.props.get("spec", {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
         covered = any(
-            (budget.spec.get("selector") or {}).get("matchLabels", {}).items() <= labels.items()
-            for budget in budgets.carrying(workload.namespace, labels)
+            budget.props.get("metadata", {}).get("namespace") == workload.props.get("metadata", {}).get("namespace")
+            and (budget.props.get("spec", {}).get("selector") or {}).get("matchLabels", {}).items() <= labels.items()
+            for budget in budgets.candidates(labels)
         )
         if not covered:
             problems.append((workload, "no PodDisruptionBudget selects its pods in production"))
     return problems
+
+
+class _BudgetIndex:
+    """PodDisruptionBudgets by one label of their selector, the rarest among the budgets: a
+    workload's candidates are the budgets filed under one of its labels (plus those selecting
+    by no label), a superset of those that select it, instead of every budget per workload."""
+
+    def __init__(self, budgets: Iterable[Resource]):
+        budgets = list(budgets)
+        selectors = [self._match_labels(b) for b in budgets]
+        frequency: dict[tuple[str, Any], int] = {}
+        for selector in selectors:
+            for item in selector.items():
+                frequency[item] = frequency.get(item, 0) + 1
+        self._unfiled: list[int] = []
+        self._by_label: dict[tuple[str, Any], list[int]] = {}
+        self._budgets = budgets
+        for position, selector in enumerate(selectors):
+            if selector:
+                rarest = min(selector.items(), key=lambda item: (frequency[item], item[0]))
+                self._by_label.setdefault(rarest, []).append(position)
+            else:
+                self._unfiled.append(position)
+
+    @staticmethod
+    def _match_labels(budget: Resource) -> dict[str, Any]:
+        labels = (budget.props.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
+        # A value that cannot be filed leaves the budget for the exact check of every workload.
+        return labels if all(hashable(v) for v in labels.values()) else {}
+
+    def candidates(self, labels: Mapping[str, Any]) -> list[Resource]:
+        positions = list(self._unfiled)
+        for item in labels.items():
+            if hashable(item[1]):
+                positions += self._by_label.get(item, [])
+        return [self._budgets[p] for p in sorted(set(positions))]
 
 
 # Engine emulation -----------------------------------------------------------------------------
@@ -269,29 +301,44 @@ def explicit_providers(resources: list[Resource], settings: PolicySettings) -> l
     return problems
 
 
-def _cluster_view(resources: list[Resource]) -> tuple[list[Resource], FlaggerOutcome]:
+# The last cluster view, by the very list it was made from: three rules of one evaluation ask
+# for it, and a fleet's Flagger emulation is worth doing once. The list is held, so its
+# identity cannot be reused; the rules never change the list they are given.
+_last_view: list[tuple[list[Resource], tuple[list[Resource], Any]]] = []
+
+
+def _cluster_view(resources: list[Resource]) -> tuple[list[Resource], Any]:
     """Declared Kubernetes objects plus what Flagger generates from the Canaries."""
+    if _last_view and _last_view[0][0] is resources:
+        return _last_view[0][1]
     declared = [r for r in resources if is_kubernetes(r)]
     outcome = flagger_outcome(declared)
-    return declared + outcome.generated, outcome
+    view = (declared + outcome.generated, outcome)
+    _last_view[:] = [(resources, view)]
+    return view
 
 
 def service_isolation(resources: list[Resource], settings: PolicySettings) -> list[tuple[Resource, str]]:
     """No Service, declared or generated by Flagger, selects the pods of more than one model."""
     objects, outcome = _cluster_view(resources)
-    pods = LabelIndex()
-    for pod in pod_templates(objects):
-        pods.add(pod.owner.namespace, pod.labels, pod)
+    pods = LabelIndex((pod.owner.namespace, pod.labels, pod) for pod in pod_templates(objects))
     problems = list(outcome.refusals)
     for service in (r for r in objects if r.type == SERVICE):
-        selector = service.spec.get("selector") or {}
-        if not selector:
-            continue
-        candidates = pods.candidates(service.namespace, selector)
-        models = sorted({pod.model for pod in candidates if selects(selector, pod.labels)})
+        selector = service.spec.get("selector")
+        models = sorted(
+            {
+                pod.model
+                for pod in (pods.candidates([service.namespace], selector) if selector else [])
+                if selects(selector, pod.labels)
+            }
+        )
         if len(models) > 1:
-            message = f"{service.describe()} selects the pods of {len(models)} models: {', '.join(models)}"
-            problems.append((service.reported, message))
+            problems.append(
+                (
+                    service.reported,
+                    f"{service.describe()} selects the pods of {len(models)} models: {', '.join(models)}",
+                )
+            )
     return problems
 
 
@@ -300,33 +347,30 @@ CLUSTER_SCOPED = ("GatewayClass", "IngressClass", "Namespace", "ClusterRole", "S
 
 class _Index:
     """Names the cluster will hold: declared and generated objects, Helm-created namespaces,
-    and the stack's external prerequisites; lookups by (kind, namespace, name)."""
+    and the stack's external prerequisites."""
 
     def __init__(self, objects: list[Resource], resources: list[Resource], external: tuple[ExternalObject, ...]):
+        self.names: set[tuple[str, str, str]] = set()
         self.objects = objects
-        self._by_key: dict[tuple[str, str, str], Resource] = {}
+        self._by_kind: dict[tuple[str, str, str], Resource] = {}
         for resource in objects:
-            self._by_key.setdefault(self._key(resource.kind, resource.namespace, resource.object_name), resource)
-        self.names = set(self._by_key)
+            namespace = "" if resource.kind in CLUSTER_SCOPED else resource.namespace
+            self.names.add((resource.kind, namespace, resource.object_name))
+            self._by_kind.setdefault((resource.kind, resource.namespace, resource.object_name), resource)
+        self.services = LabelIndex(
+            (s.namespace, s.metadata.get("labels") or {}, s) for s in objects if s.type == SERVICE
+        )
         for release in (r for r in resources if r.type.startswith("kubernetes:helm.sh/")):
             if release.props.get("createNamespace") and release.props.get("namespace"):
                 self.names.add(("Namespace", "", str(release.props["namespace"])))
-        self.external = {self._key(e.kind, e.namespace, e.name) for e in external}
-        # Services by their labels, for the ServiceMonitors' selectors.
-        self.services = LabelIndex()
-        for service in (r for r in objects if r.type == SERVICE):
-            self.services.add(service.namespace, service.metadata.get("labels") or {}, service)
-
-    @staticmethod
-    def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
-        return (kind, "" if kind in CLUSTER_SCOPED else namespace, name)
+        self.external = {(e.kind, "" if e.kind in CLUSTER_SCOPED else e.namespace, e.name) for e in external}
 
     def has(self, kind: str, namespace: str, name: str) -> bool:
-        key = self._key(kind, namespace, name)
+        key = (kind, "" if kind in CLUSTER_SCOPED else namespace, name)
         return key in self.names or key in self.external
 
     def get(self, kind: str, namespace: str, name: str) -> Resource | None:
-        return self._by_key.get(self._key(kind, namespace, name))
+        return self._by_kind.get((kind, namespace, name))
 
 
 def _pod_references(spec: Mapping[str, Any]) -> Iterable[tuple[str, str, str]]:
@@ -448,11 +492,10 @@ def _port_problems(resource: Resource, index: _Index) -> Iterable[str]:
                     yield f"spec.rules.backend: {service.describe()} has no port {port}"
     elif resource.kind == "ServiceMonitor":
         namespaces = (resource.spec.get("namespaceSelector") or {}).get("matchNames") or [resource.namespace]
-        selector = resource.spec.get("selector") or {}
+        selector = resource.spec.get("selector")
         services = [
             s
-            for namespace in namespaces
-            for s in index.services.candidates(namespace, selector.get("matchLabels"))
+            for s in index.services.candidates(namespaces, (selector or {}).get("matchLabels") or {})
             if label_selector_matches(selector, s.metadata.get("labels") or {})
         ]
         if not services:

@@ -1,14 +1,25 @@
-"""Benchmark of the offline plan: N synthetic models, the prod stack, one fresh process per N.
+"""Benchmarks of the offline plan.
 
-`make bench` prints, per N: the plan's seconds, resources, milliseconds per resource and
-the process's peak memory, then checks the targets (< 5 ms per resource; 1000 models
-within 12x the time of 100).
+Scale: N synthetic models, the prod stack, one fresh process per N: the plan's seconds,
+resources, milliseconds per resource and peak memory; targets < 5 ms per resource and 1000
+models within 12x the time of 100.
+
+Pull request: a git repository of N synthetic models, one commit bumping one model's prod
+version, `modelctl plan --all-stacks --base HEAD~1 --format markdown` as CI runs it (from the
+repository, in a fresh process): incremental on an empty plan cache, incremental with the cache
+a plan of the base commit left (as CI keeps it between pull requests), and full. Seconds, the
+plan process's peak memory, and the peak of its process tree (the base revision runs in a
+subprocess). Target: 1000 models, incremental, under 10 s and 1.5 GiB.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import re
 import resource
 import shutil
 import subprocess
@@ -24,20 +35,56 @@ SIZES = (10, 100, 1000)
 STACK = "prod"
 TARGET_MS_PER_RESOURCE = 5.0
 TARGET_GROWTH = 12.0
+PR_SIZES = (100, 1000)
+PR_TARGET_SECONDS = 10.0
+PR_TARGET_MIB = 1.5 * 1024
+# What a revision needs to be planned with its own program and tooling.
+PROJECT_FILES = ("infra", "scripts", "policy", "stacks", "Pulumi.yaml", "__main__.py", "requirements.txt")
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@example.com",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@example.com",
+}
 
 
 def synthetic_project(directory: Path, models: int) -> Path:
     """A project with `models` manifests cycled from the examples, each its own name and path."""
     shutil.copytree(ROOT / "stacks", directory / "stacks")
-    (directory / "models").mkdir()
+    write_models(directory, models)
+    return directory
+
+
+def synthetic_name(index: int) -> str:
+    return f"model-{index:04d}"
+
+
+def write_models(directory: Path, models: int) -> list[str]:
+    """`models` manifests under `directory/models/` (replacing any), cycled from the examples:
+    even indexes are iris, odd ones taxi-fare, each with its own name and artifact path."""
+    folder = directory / "models"
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.yaml"):
+        old.unlink()
     examples = [yaml.safe_load(p.read_text()) for p in sorted((ROOT / "models").glob("*.yaml"))]
+    names = []
     for index in range(models):
         manifest = dict(examples[index % len(examples)])
-        name = f"model-{index:04d}"
+        name = synthetic_name(index)
         manifest["name"] = name
         manifest["artifact"] = {"path": f"bench/{name}"}
-        (directory / "models" / f"{name}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return directory
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        names.append(name)
+    return names
+
+
+def bump_stable(manifest: Path, environment: str) -> None:
+    """The pull request of the benchmark: serve another published version as `environment`'s stable."""
+    document = yaml.safe_load(manifest.read_text())
+    served = document["environments"][environment]
+    published = sorted(document["versions"])
+    served["stable"] = next(v for v in reversed(published) if v != served["stable"])
+    manifest.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 def _import_everything() -> None:
@@ -72,18 +119,176 @@ def measure(root: Path) -> dict:
     }
 
 
+# Pull request ---------------------------------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=os.environ | GIT_IDENTITY)
+
+
+def pull_request_repository(directory: Path, models: int) -> Path:
+    """This project with `models` synthetic manifests, committed; then a commit that bumps
+    the prod version of the first model (the pull request; its base is HEAD~1)."""
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, directory / name)
+    (directory / ".gitignore").write_text("build/\n__pycache__/\n")
+    names = write_models(directory, models)
+    # The eks stack's node group holds the two examples; N models at their minimum replicas,
+    # twice during a Flagger analysis, need about N of its nodes, or `pods-schedule` fails the plan.
+    eks = directory / "stacks" / "Pulumi.eks.yaml"
+    nodes = 2 * models + 8
+    eks.write_text(re.sub(r"(cpuNodes: \{[^}]*maxSize: )\d+", lambda m: f"{m.group(1)}{nodes}", eks.read_text()))
+    _git(directory, "init", "-q", "-b", "main")
+    _git(directory, "add", "-A")
+    _git(directory, "commit", "-q", "-m", "base")
+    return directory / "models" / f"{names[0]}.yaml"
+
+
+def plan_in_fresh_process(repo: Path, *options: str) -> dict:
+    """`modelctl plan --all-stacks --format markdown` run from `repo` with its own code, timed
+    from the outside. Memory: the plan process's own peak (exact, from the kernel), and the
+    peak of the summed resident memory of its whole process tree, sampled every 50 ms (the
+    base revision runs in a child, alive while the plan process waits for it; a child's own
+    peak as the kernel keeps it would count the parent's pages it was forked with)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        started = time.perf_counter()
+        child = subprocess.Popen(
+            [sys.executable, "-m", "scripts.bench_plan", "--plan-child", report.name, "--", *options],
+            cwd=repo,
+            env=os.environ | {"PYTHONPATH": str(repo), "PYTHONDONTWRITEBYTECODE": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        tree_peak = 0
+        while child.poll() is None:
+            tree_peak = max(tree_peak, tree_resident_bytes(child.pid))
+            time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        if child.returncode != 0:
+            raise RuntimeError(f"the plan process failed with exit code {child.returncode}")
+        result = json.loads(Path(report.name).read_text())
+    return result | {"seconds": seconds, "tree_mib": max(tree_peak / 2**20, result["self_mib"])}
+
+
+def tree_resident_bytes(root: int) -> int:
+    """Resident memory of process `root` and all its descendants now (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    total = 0
+    for pid in tree:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * resource.getpagesize()
+        except OSError:
+            continue
+    return total
+
+
+def plan_child(report: Path, options: list[str]) -> int:
+    from scripts.modelctl.cli import main as modelctl
+
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = modelctl(["plan", "--all-stacks", "--format", "markdown", *options])
+    mode = next((line for line in output.getvalue().splitlines() if line.startswith("_")), "")
+    report.write_text(
+        json.dumps(
+            {
+                "exit": code,
+                "mode": mode.strip("_").split(":")[0],
+                "self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+    return 0
+
+
+def pull_request_scenario(sizes: list[int], full_sizes: set[int]) -> dict[tuple[int, str], dict]:
+    print()
+    print("Pull request: one model's prod version bumped, `modelctl plan --all-stacks --base HEAD~1")
+    print("--format markdown` from a fresh process. Peak memory: the plan process's own, and its")
+    print("process tree's (with the base revision's subprocess and git; sampled).")
+    print(f"{'models':>7}  {'plan':<36} {'seconds':>8} {'MiB':>6} {'tree MiB':>8} {'exit':>4}   mode")
+    results = {}
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench-pr-") as scratch:
+            repo = Path(scratch) / "repo"
+            repo.mkdir()
+            bumped = pull_request_repository(repo, size)
+            cache = ["--cache-dir", str(Path(scratch) / "cache")]
+            # First the plan of the base commit (no change), as CI ran it when the base was
+            # merged: on an empty cache, it stores every model's resources.
+            runs = {"incremental, empty cache (base plan)": plan_in_fresh_process(repo, "--base", "HEAD", *cache)}
+            bump_stable(bumped, "prod")
+            _git(repo, "commit", "-q", "-am", "bump")
+            runs["incremental, cache of the base plan"] = plan_in_fresh_process(repo, "--base", "HEAD~1", *cache)
+            if size in full_sizes:
+                runs["full (--full --no-cache)"] = plan_in_fresh_process(
+                    repo, "--base", "HEAD~1", "--full", "--no-cache"
+                )
+            for label, result in runs.items():
+                results[(size, label)] = result
+                print(
+                    f"{size:>7}  {label:<36} {result['seconds']:>8.2f} {result['self_mib']:>6.0f} "
+                    f"{result['tree_mib']:>8.0f} {result['exit']:>4}   {result['mode']}"
+                )
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--plan-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("options", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES), help="scale benchmark sizes")
+    parser.add_argument("--pr-sizes", type=int, nargs="*", default=list(PR_SIZES), help="pull-request scenario sizes")
+    parser.add_argument(
+        "--pr-full-1000",
+        action="store_true",
+        help="also time the full plan of the pull request at 1000 models (about ten minutes on 2 cores)",
+    )
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure(args.child)))
         return 0
+    if args.plan_child:
+        return plan_child(args.plan_child, args.options)
+    if args.sizes:
+        scale(args.sizes)
+    if args.pr_sizes:
+        full_sizes = {s for s in args.pr_sizes if s < 1000 or args.pr_full_1000}
+        results = pull_request_scenario(args.pr_sizes, full_sizes)
+        target = results.get((1000, "incremental, cache of the base plan"))
+        if target:
+            met = target["seconds"] < PR_TARGET_SECONDS and target["tree_mib"] < PR_TARGET_MIB
+            print(
+                f"target: 1000 models, one bump, all stacks, incremental: under {PR_TARGET_SECONDS:g} s and "
+                f"{PR_TARGET_MIB / 1024:g} GiB: {target['seconds']:.1f} s, {target['tree_mib'] / 1024:.2f} GiB -> "
+                f"{'met' if met else 'MISSED'}"
+            )
+    return 0
+
+
+def scale(sizes: list[int]) -> None:
     results = {}
     print("Offline plan of the prod stack, one fresh process per size (imports timed apart).")
     print(f"{'models':>7} {'seconds':>8} {'resources':>9} {'ms/resource':>11} {'peak MiB':>9} {'imports s':>9}")
-    for size in args.sizes:
+    for size in sizes:
         with tempfile.TemporaryDirectory(prefix="bench-plan-") as scratch:
             project = synthetic_project(Path(scratch), size)
             child = subprocess.run(
@@ -111,7 +316,6 @@ def main() -> int:
             f"target: 1000 models within {TARGET_GROWTH:g}x of 100: {growth:.1f}x -> "
             f"{'met' if growth <= TARGET_GROWTH else 'MISSED'}"
         )
-    return 0
 
 
 if __name__ == "__main__":

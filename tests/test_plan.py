@@ -263,7 +263,10 @@ def test_bench_prints_its_table():
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.bench_plan", "--sizes", "3"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "scripts.bench_plan", "--sizes", "3", "--pr-sizes"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()[1:3]
@@ -275,3 +278,18 @@ def test_bench_prints_its_table():
     assert models == "3" and int(resources) == 3 * 13 + 6 + 2
     assert float(per_resource) > 0 and float(peak) > 0
     assert "target: under 5.0 ms per resource" in result.stdout
+
+
+def test_bench_times_the_pull_request_incrementally_and_in_full():
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.bench_plan", "--sizes", "--pr-sizes", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("4 ")]
+    assert [row[-2:] for row in rows] == [["Incremental", "plan"], ["Incremental", "plan"], ["Full", "plan"]]
+    assert all(float(row[-6]) > 0 and float(row[-4]) >= float(row[-5]) > 0 and row[-3] == "0" for row in rows)

@@ -284,6 +284,7 @@ FIRST_NODE24_MAJOR = {
     "actions/configure-pages": 6,
     "actions/upload-pages-artifact": 5,
     "actions/deploy-pages": 5,
+    "actions/cache": 5,
 }
 
 

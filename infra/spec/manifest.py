@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -650,6 +652,34 @@ def parse_manifest(document: Any, display: str, expected_name: str | None = None
     return manifest
 
 
+# Valid manifests already parsed in this process, by file name and content. One plan reads
+# the same manifests for validation and for every stack, on both sides: at a thousand models
+# each read costs most of a second. The content is the key, so a hit is exactly what parsing
+# would give; a manifest that fails is parsed again (and fails again) every time.
+_PARSED: OrderedDict[tuple[str, bytes], ModelManifest] = OrderedDict()
+_PARSED_LIMIT = 4096
+
+
+def _parsed_manifest(path: Path, display: str) -> ModelManifest:
+    """Parse a manifest once per content (a fleet's plan reads each many times). Only a regular
+    file within the size cap is read for the key: anything else goes to read_yaml, which
+    refuses it without reading it (a FIFO would block, a huge file would be loaded whole)."""
+    key = None
+    with contextlib.suppress(OSError):  # read_yaml reports it
+        info = path.stat()
+        if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_FILE_BYTES:
+            key = (display, path.read_bytes()[: MAX_FILE_BYTES + 1])
+    if key is not None and key in _PARSED:
+        _PARSED.move_to_end(key)
+        return _PARSED[key]
+    manifest = parse_manifest(read_yaml(path, display), display, path.stem)
+    if key is not None:
+        _PARSED[key] = manifest
+        if len(_PARSED) > _PARSED_LIMIT:
+            _PARSED.popitem(last=False)
+    return manifest
+
+
 def load_manifests(root: Path, environments: Iterable[str] | None = None) -> list[ModelManifest]:
     """Read and validate every `models/*.yaml` under `root`; raise one ConfigError with all problems.
 
@@ -686,7 +716,7 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
             )
             break
         try:
-            manifest = parse_manifest(read_yaml(path, display), display, path.stem)
+            manifest = _parsed_manifest(path, display)
         except ConfigError as exc:
             errors.extend(exc.errors)
             continue

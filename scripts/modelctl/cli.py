@@ -72,6 +72,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from infra.spec.project import validate_project
     from infra.spec.settings import stack_names
+    from scripts.modelctl.plancache import PlanCache, default_directory
     from scripts.modelctl.render import render
     from scripts.modelctl.report import build_report, render_json, render_markdown, render_text
 
@@ -86,7 +87,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if errors:
         _print_errors(errors)
         return EXIT_ERROR
-    report = build_report(args.root, stacks, args.base)
+    cache = None if args.no_cache else PlanCache(args.cache_dir or default_directory(args.root))
+    report = build_report(args.root, stacks, args.base, cache=cache, allow_incremental=not args.full)
     # The mandatory rules (engine emulation included) always apply: what they refuse, a
     # real `pulumi up` or the engines behind it would refuse or get wrong.
     if not apply_policies(args.root, report.head_runs, show_advisory=args.policy):
@@ -480,6 +482,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 on changes, 1 on error"
     )
+    plan.add_argument(
+        "--full",
+        action="store_true",
+        help="with --base: plan every model even when the change can reach only some (the incremental plan's "
+        "result is the same; the output says which mode ran and why)",
+    )
+    plan.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where models' resources and base runs are kept between plans "
+        "(default: $MODELCTL_PLAN_CACHE, else build/.plan-cache under --root)",
+    )
+    plan.add_argument("--no-cache", action="store_true", help="neither read nor write the plan cache")
     plan.add_argument(
         "--check-artifacts",
         action="store_true",

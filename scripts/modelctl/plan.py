@@ -221,8 +221,10 @@ def plan_stack(stack: str, base: OfflineRun, head: OfflineRun) -> StackPlan:
         if before is None:
             steps.append(Step(Op.create, resource.urn, resource.type, resource.name, component, None, resource))
             continue
-        # Pulumi diffs the inputs the program gave (auto-names are kept on update).
-        diffs = property_diffs(resource.type, before.inputs, resource.inputs)
+        # Pulumi diffs the inputs the program gave (auto-names are kept on update). An
+        # incremental plan gives both sides an unchanged model's very same inputs: no walk.
+        same_inputs = before.inputs is resource.inputs
+        diffs = () if same_inputs else property_diffs(resource.type, before.inputs, resource.inputs)
         op = Op.same if not diffs else Op.replace if any(d.replaces for d in diffs) else Op.update
         steps.append(Step(op, resource.urn, resource.type, resource.name, component, before, resource, diffs))
     for resource in base.resources:

@@ -11,8 +11,9 @@ from typing import Any
 from infra.offline import DeclaredResource, OfflineRun, mask_secrets
 from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
 from infra.spec.settings import read_stack_config
-from scripts.modelctl import contract, snapshot
+from scripts.modelctl import contract, incremental, snapshot
 from scripts.modelctl.plan import Capacity, Op, StackPlan, Step, capacity, plan_stack
+from scripts.modelctl.plancache import PlanCache
 from scripts.modelctl.render import dump_yaml
 
 COMMENT_MARKER = "<!-- modelctl-plan -->"
@@ -34,9 +35,10 @@ class PlanReport:
     base_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
     head_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
     config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stack, secrets masked
-    head_runs: dict[str, OfflineRun] = field(default_factory=dict)
+    head_runs: dict[str, OfflineRun] = field(default_factory=dict)  # whole stacks, in either mode
     # Per stack, the served versions that move and what that does to the clients (contract.py).
     contracts: dict[str, list[contract.ContractReview]] = field(default_factory=dict)
+    scope: incremental.Scope | None = None  # which plan ran and why; None: not said
 
     @property
     def has_changes(self) -> bool:
@@ -51,29 +53,66 @@ class PlanReport:
         return [m for m in self.blast_radius() if m not in self.touched_models]
 
 
-def build_report(root: Path, stacks: Sequence[str], base_ref: str | None) -> PlanReport:
-    """Plan `stacks` of the working tree at `root` against revision `base_ref` (None: nothing)."""
-    head = snapshot.take(root, stacks, short_lived=True)
+def build_report(
+    root: Path,
+    stacks: Sequence[str],
+    base_ref: str | None,
+    cache: PlanCache | None = None,
+    allow_incremental: bool = True,
+) -> PlanReport:
+    """Plan `stacks` of the working tree at `root` against revision `base_ref` (None: nothing).
+
+    Incremental when the change can reach only the models whose manifests it edits (see
+    `incremental`), else full. Either way the runs below are whole stacks in one canonical
+    order, and everything from the diff to the capacity is computed from them by the same code:
+    the two modes differ only in how the unchanged models' resources were obtained.
+    `cache`: where models' resources and base runs are kept between runs (None: nowhere).
+    """
     if base_ref:
-        base = snapshot.of_revision(root, base_ref, stacks)
+        # Refused before any git call if it could be read as an option; every later call gets
+        # the resolved commit, never the text given (snapshot.resolve_commit).
+        snapshot.resolve_commit(root, base_ref)
+        scope = incremental.scope_of_change(root, base_ref, allow_incremental)
+    else:
+        scope = incremental.full("no base revision: every resource is a create")
+    if scope.incremental:
+        assert base_ref is not None
+        base_runs, head_runs = incremental.incremental_runs(root, base_ref, stacks, scope, cache)
+    else:
+        head_runs = snapshot.take(root, stacks, short_lived=True).runs
+        base_runs = (
+            snapshot.of_revision(root, base_ref, stacks).runs
+            if base_ref
+            else {stack: OfflineRun(stack=stack) for stack in stacks}
+        )
+        # A full plan is also the first plan of every model under this program: keep them, so
+        # the next pull request on top of it plans incrementally from the cache.
+        for tree, runs in ((scope.head, head_runs), (scope.base, base_runs)):
+            if cache is not None and tree is not None:
+                store = incremental.PieceStore(cache, tree.program_digest())
+                for run in runs.values():
+                    store.put_run(run, tree.manifests())
+        head_runs = {stack: incremental.in_canonical_order(run) for stack, run in head_runs.items()}
+        base_runs = {stack: incremental.in_canonical_order(run) for stack, run in base_runs.items()}
+    if base_ref:
         touched: set[str] | None = {
             Path(path).stem
             for path in snapshot.changed_files(root, base_ref)
             if path.startswith(f"{MODELS_DIR}/") and Path(path).suffix in MANIFEST_SUFFIXES
         }
     else:
-        base = snapshot.Snapshot("nothing", {stack: OfflineRun(stack=stack) for stack in stacks})
         touched = None
     return PlanReport(
-        plans=[plan_stack(stack, base.runs[stack], head.runs[stack]) for stack in stacks],
+        plans=[plan_stack(stack, base_runs[stack], head_runs[stack]) for stack in stacks],
         base_label=base_ref,
         head_label="working tree",
         touched_models=touched,
-        base_capacity={stack: capacity(run) for stack, run in base.runs.items()},
-        head_capacity={stack: capacity(run) for stack, run in head.runs.items()},
+        base_capacity={stack: capacity(run) for stack, run in base_runs.items()},
+        head_capacity={stack: capacity(run) for stack, run in head_runs.items()},
         config={stack: mask_secrets(read_stack_config(root, stack)) for stack in stacks},
-        head_runs=head.runs,
+        head_runs=head_runs,
         contracts=contract.stack_reviews(root, stacks, base_ref),
+        scope=scope,
     )
 
 
@@ -103,6 +142,8 @@ def render_text(report: PlanReport) -> str:
     """Per stack a summary, then one line per changed resource (type, name, parent, why)."""
     lines = []
     source = f"{report.base_label} -> {report.head_label}" if report.base_label else report.head_label
+    if report.scope is not None:
+        lines.append(f"Mode: {report.scope.describe()}")
     for plan in report.plans:
         lines.append(f"Stack {plan.stack} ({source}): {summary_line(plan)}")
         changes = plan.changes
@@ -209,6 +250,9 @@ def render_markdown(report: PlanReport, diff_budget: int = DIFF_BUDGET) -> str:
     source = f"{_code(report.base_label)} → {report.head_label}" if report.base_label else report.head_label
     out.append(f"## Offline plan: {source}")
     out.append("")
+    if report.scope is not None:
+        out.append(f"_{report.scope.describe().capitalize()}._")
+        out.append("")
     for plan in report.plans:
         out.append(f"- **{plan.stack}**: {summary_line(plan)}")
     out.append("")
@@ -355,6 +399,7 @@ def render_json(report: PlanReport) -> dict[str, Any]:
     documents = {
         p.stack: stack_json(p, report.config.get(p.stack), report.contracts.get(p.stack, ())) for p in report.plans
     }
+    mode = {"plan": {"mode": report.scope.mode, "reason": report.scope.reason}} if report.scope else {}
     if len(documents) == 1:
-        return next(iter(documents.values()))
-    return {"stacks": documents}
+        return next(iter(documents.values())) | mode
+    return {"stacks": documents} | mode

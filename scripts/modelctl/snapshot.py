@@ -6,13 +6,15 @@ request that changes the program is planned honestly; the head is the working tr
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,8 @@ class Snapshot:
 
     label: str
     runs: dict[str, OfflineRun]
+    # Whether the runs declared only the models asked for (`only_models`) or every model.
+    subset: bool = False
 
 
 def _code_root() -> Path:
@@ -40,26 +44,41 @@ def _code_root() -> Path:
     return Path(infra.__file__).resolve().parent.parent
 
 
-def take(root: Path, stacks: Sequence[str], label: str = "working tree", short_lived: bool = False) -> Snapshot:
+def take(
+    root: Path,
+    stacks: Sequence[str],
+    label: str = "working tree",
+    short_lived: bool = False,
+    only_models: Collection[str] | None = None,
+) -> Snapshot:
     """Run the program of the tree at `root` for `stacks`.
 
     In-process when `root` holds the code this process runs; otherwise in a subprocess
-    that imports `root`'s own `infra/`. `short_lived`: see `run_stack`.
+    that imports `root`'s own `infra/`. `short_lived`: see `run_stack`. `only_models`: the
+    platform and only these models (the plan's incremental mode); `Snapshot.subset` says
+    whether the program could.
     """
     if root.resolve() == _code_root():
         from infra.offline import run_stack
 
-        return Snapshot(label, {stack: run_stack(root, stack, short_lived=short_lived) for stack in stacks})
-    return _take_in_subprocess(root, stacks, label)
+        runs = {stack: run_stack(root, stack, short_lived=short_lived, only_models=only_models) for stack in stacks}
+        return Snapshot(label, runs, subset=only_models is not None)
+    return _take_in_subprocess(root, stacks, label, only_models)
 
 
-def _take_in_subprocess(root: Path, stacks: Sequence[str], label: str) -> Snapshot:
+def _take_in_subprocess(
+    root: Path, stacks: Sequence[str], label: str, only_models: Collection[str] | None = None
+) -> Snapshot:
     with tempfile.TemporaryDirectory(prefix="modelctl-snapshot-") as scratch:
         output = Path(scratch) / "snapshot.json"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_CONFIG")}
         env["PYTHONDONTWRITEBYTECODE"] = "1"
+        subset = []
+        if only_models is not None:
+            (Path(scratch) / "only-models.json").write_text(json.dumps(sorted(only_models)))
+            subset = ["--only-models", str(Path(scratch) / "only-models.json")]
         result = subprocess.run(
-            [sys.executable, str(DRIVER), "--root", str(root), "--output", str(output), *stacks],
+            [sys.executable, str(DRIVER), "--root", str(root), "--output", str(output), *subset, *stacks],
             cwd=root,
             env=env,
             capture_output=True,
@@ -71,11 +90,22 @@ def _take_in_subprocess(root: Path, stacks: Sequence[str], label: str) -> Snapsh
         document = json.loads(output.read_text())
     if document.get("errors"):
         raise ConfigError([ErrorItem(f"{label}: {e['file']}", e["field"], e["message"]) for e in document["errors"]])
+    return snapshot_from_document(label, document)
+
+
+def snapshot_from_document(label: str, document: dict) -> Snapshot:
+    """A Snapshot from the snapshot driver's JSON document (also what the plan cache keeps)."""
     runs = {}
     for stack, data in document["stacks"].items():
         resources = [DeclaredResource(**_known_fields(r)) for r in data["resources"]]
-        runs[stack] = OfflineRun(stack=stack, resources=resources, outputs=data["outputs"])
-    return Snapshot(label, runs)
+        served = data.get("served_models")
+        runs[stack] = OfflineRun(
+            stack=stack,
+            resources=resources,
+            outputs=data["outputs"],
+            served_models=tuple(served) if served is not None else None,
+        )
+    return Snapshot(label, runs, subset=bool(document.get("subset")))
 
 
 def _known_fields(record: dict) -> dict:
@@ -112,41 +142,80 @@ def resolve_commit(repo: Path, ref: str) -> str:
     """
     if not ref or ref.startswith("-") or any(c in ref for c in "\0\n\r"):
         raise RevisionError(f"base {ref!r}: not a git revision (a revision never starts with '-')")
-    commit = _git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    commit = git(repo, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
     if commit is None or not re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", commit):
         raise RevisionError(f"base {ref}: not a commit in {repo}")
     return commit
 
 
-def of_revision(repo: Path, ref: str, stacks: Sequence[str]) -> Snapshot:
-    """Run the program of revision `ref` of the git repository at `repo` (a temporary worktree)."""
+def of_revision(repo: Path, ref: str, stacks: Sequence[str], only_models: Collection[str] | None = None) -> Snapshot:
+    """Run the program of revision `ref` of the git repository at `repo` (a temporary worktree);
+    `only_models`: see `take`."""
     label = f"base {ref}"
     commit = resolve_commit(repo, ref)
-    prefix = _git(repo, "rev-parse", "--show-prefix") or ""
+    prefix = git(repo, "rev-parse", "--show-prefix") or ""
     with tempfile.TemporaryDirectory(prefix="modelctl-base-") as scratch:
         worktree = Path(scratch) / "tree"
-        if _git(repo, "worktree", "add", "--detach", "--quiet", str(worktree), commit) is None:
+        if git(repo, "worktree", "add", "--detach", "--quiet", str(worktree), commit) is None:
             raise RevisionError(f"{label}: cannot create a git worktree")
         try:
             root = worktree / prefix
             available = [s for s in stacks if (root / "stacks" / f"Pulumi.{s}.yaml").is_file()]
-            snapshot = _take_in_subprocess(root, available, label) if available else Snapshot(label, {})
+            snapshot = (
+                _take_in_subprocess(root, available, label, only_models)
+                if available
+                else Snapshot(label, {}, subset=only_models is not None)
+            )
             # A stack added by the change has no base: everything in it is a create.
             for stack in stacks:
                 snapshot.runs.setdefault(stack, OfflineRun(stack=stack))
             return snapshot
         finally:
-            _git(repo, "worktree", "remove", "--force", str(worktree))
-            _git(repo, "worktree", "prune")
+            git(repo, "worktree", "remove", "--force", str(worktree))
+            git(repo, "worktree", "prune")
+
+
+def runs_here(root: Path) -> bool:
+    """Does this process run the program of the tree at `root`?"""
+    return root.resolve() == _code_root()
+
+
+def of_revision_here(
+    repo: Path, ref: str, stacks: Sequence[str], only_models: Collection[str] | None = None
+) -> Snapshot:
+    """Plan revision `ref`'s manifests and stacks with this process's program: only for a caller
+    that knows the revision's program is this one, file for file (the incremental plan). Its
+    files come from `git archive`, without a worktree or a second interpreter importing Pulumi."""
+    from infra.offline import run_stack
+
+    label = f"base {ref}"
+    prefix = git(repo, "rev-parse", "--show-prefix") or ""
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", f"{resolve_commit(repo, ref)}:{prefix}".rstrip(":")],
+        capture_output=True,
+    )
+    if archive.returncode != 0:
+        raise RevisionError(f"{label}: cannot read its files: {archive.stderr.decode(errors='replace').strip()}")
+    with tempfile.TemporaryDirectory(prefix="modelctl-base-") as scratch:
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as files:
+            files.extractall(scratch, filter="data")
+        runs = {
+            stack: run_stack(Path(scratch), stack, short_lived=True, only_models=only_models)
+            for stack in stacks
+            if (Path(scratch) / "stacks" / f"Pulumi.{stack}.yaml").is_file()
+        }
+    for stack in stacks:
+        runs.setdefault(stack, OfflineRun(stack=stack))
+    return Snapshot(label, runs, subset=only_models is not None)
 
 
 def changed_files(repo: Path, ref: str) -> set[str]:
     """Paths (relative to `repo`) that differ between `ref` and the working tree, untracked included."""
-    changed = _git(repo, "diff", "--name-only", "--relative", resolve_commit(repo, ref), "--") or ""
-    untracked = _git(repo, "ls-files", "--others", "--exclude-standard") or ""
+    changed = git(repo, "diff", "--name-only", "--relative", resolve_commit(repo, ref), "--") or ""
+    untracked = git(repo, "ls-files", "--others", "--exclude-standard") or ""
     return {line for line in (changed + "\n" + untracked).splitlines() if line}
 
 
-def _git(repo: Path, *args: str) -> str | None:
+def git(repo: Path, *args: str) -> str | None:
     result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
     return result.stdout.strip() if result.returncode == 0 else None

@@ -1,0 +1,385 @@
+"""What a change can reach, and the plan of only that: the plan's mode (incremental or full) and
+why, and an incremental plan's runs assembled back into whole stacks.
+
+A model's resources are a function of the program (its code, `Pulumi.yaml`, the requirements),
+the stack file and the model's own manifest: `program.declare` builds the platform from the
+stack alone and each `ModelDeployment` from the stack, the platform and one manifest; only the
+`models` stack output depends on the set of models. So when a change leaves every file but the
+manifests alone (and files that declare nothing: the tooling, the policy pack, tests, docs),
+only the models whose manifests differ can differ between base and head. Both sides then
+declare the platform and those models only; every other model's resources are the same on both
+sides by construction, and are taken from the plan cache (or, the first time, from one run of
+the head that declares them), so the diff, the capacity and the policy checks see whole stacks,
+exactly as in a full plan. Anything else touching the program runs the full plan.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.model.component import MODEL_TYPE
+from infra.offline import DeclaredResource, OfflineRun
+from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
+from scripts.modelctl import snapshot
+from scripts.modelctl.plancache import PlanCache, cache_key, records, resources_from_records
+
+INCREMENTAL = "incremental"
+FULL = "full"
+# Paths that cannot change what the program declares: modelctl and the training code (the plan
+# runs the head's modelctl for both sides), the policy pack (it checks what is declared, and
+# the checks always run on whole stacks), tests, docs, CI, what `make` and the plan write
+# (build/, the plan cache's default home) and the repository's own files. Any
+# other path is the program's (infra/, __main__.py, Pulumi.yaml, requirements*.txt,
+# pyproject.toml, stacks/, and whatever is added later), so changing it runs the full plan.
+DECLARES_NOTHING_DIRS = ("scripts/", "policy/", "tests/", "docs/", ".github/", ".ci/", "build/")
+DECLARES_NOTHING_FILES = (".gitignore", "Makefile", "LICENSE")
+SHOWN_PATHS = 3
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The files of one side of a change that the program may read, by path relative to the
+    project root, each with its git blob id (a content hash)."""
+
+    blobs: Mapping[str, str]
+
+    def manifests(self) -> dict[str, str]:
+        """Model name -> blob of each manifest (`models/<name>.yaml`, the files
+        `load_manifests` reads; the file name is the model's name)."""
+        found = {}
+        for path, blob in self.blobs.items():
+            folder, _, file = path.rpartition("/")
+            if folder == MODELS_DIR and Path(file).suffix in MANIFEST_SUFFIXES:
+                found[Path(file).stem] = blob
+        return found
+
+    def program(self) -> dict[str, str]:
+        """Every other file that may shape what is declared (see DECLARES_NOTHING_*)."""
+        return {path: blob for path, blob in self.blobs.items() if shapes_program(path)}
+
+    def program_digest(self) -> str:
+        return hashlib.sha256(repr(sorted(self.program().items())).encode()).hexdigest()
+
+
+def shapes_program(path: str) -> bool:
+    """Can a change to `path` change what the program declares, other than through one model?"""
+    if path.startswith(DECLARES_NOTHING_DIRS) or path in DECLARES_NOTHING_FILES:
+        return False
+    if "/" not in path and path.endswith(".md"):
+        return False
+    # The program reads models/<name>.yaml only (not subfolders, not the JSON Schema).
+    return not path.startswith(f"{MODELS_DIR}/")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which plan runs, and why (the plan output says both)."""
+
+    mode: str
+    reason: str
+    changed_models: frozenset[str] = frozenset()
+    base: Tree | None = None
+    head: Tree | None = None
+
+    @property
+    def incremental(self) -> bool:
+        return self.mode == INCREMENTAL
+
+    def describe(self) -> str:
+        return f"{self.mode} plan: {self.reason}"
+
+
+def full(reason: str, base: Tree | None = None, head: Tree | None = None) -> Scope:
+    return Scope(FULL, reason, base=base, head=head)
+
+
+def scope_of_change(root: Path, base_ref: str, allow_incremental: bool = True) -> Scope:
+    """Classify the change from `base_ref` to the working tree at `root`."""
+    commit = snapshot.git(root, "rev-parse", "--verify", "--quiet", f"{base_ref}^{{commit}}")
+    if commit is None:
+        return full(f"{base_ref} is not a commit")
+    base, head = tree_of_commit(root, commit), tree_of_working_tree(root)
+    if base is None or head is None:
+        return full("the files of the base or the head could not be listed", base, head)
+    if not allow_incremental:
+        return full("asked for (--full)", base, head)
+    changed_paths = sorted(p for p in set(base.program().items()) ^ set(head.program().items()))
+    program_paths = sorted({path for path, _ in changed_paths})
+    if program_paths:
+        shown = ", ".join(program_paths[:SHOWN_PATHS])
+        more = f" and {len(program_paths) - SHOWN_PATHS} more" if len(program_paths) > SHOWN_PATHS else ""
+        return full(f"the change touches the program, the stack files or the requirements ({shown}{more})", base, head)
+    before, after = base.manifests(), head.manifests()
+    changed = frozenset(m for m in set(before) | set(after) if before.get(m) != after.get(m))
+    named = ", ".join(sorted(changed)[:SHOWN_PATHS]) + (
+        f" and {len(changed) - SHOWN_PATHS} more" if len(changed) > SHOWN_PATHS else ""
+    )
+    what = f"only model manifests changed ({named})" if changed else "no model manifest changed"
+    return Scope(
+        INCREMENTAL,
+        f"{what}; the program, stack files and requirements are the base's, so only "
+        f"{'these models and ' if changed else ''}the platform are planned on both sides",
+        changed,
+        base,
+        head,
+    )
+
+
+def tree_of_commit(root: Path, commit: str) -> Tree | None:
+    """The files of `commit` under the project root (`git ls-tree` lists paths relative to it)."""
+    listing = snapshot.git(root, "ls-tree", "-r", "-z", commit)
+    if listing is None:
+        return None
+    blobs = {}
+    for entry in listing.split("\0"):
+        if entry:
+            meta, path = entry.split("\t", 1)
+            blobs[path] = meta.split()[2]
+    return Tree(blobs)
+
+
+def tree_of_working_tree(root: Path) -> Tree | None:
+    """The working tree's files, hashed as git hashes blobs: tracked and untracked files that
+    git does not ignore, and every manifest whatever git thinks of it (the program reads each
+    `models/*.yaml`). A file git would store differently (a clean filter, a symlink) hashes
+    differently here: it counts as changed, the safe direction."""
+    listing = snapshot.git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    if listing is None:
+        return None
+    paths = {p for p in listing.split("\0") if p}
+    models = root / MODELS_DIR
+    if models.is_dir():
+        paths |= {f"{MODELS_DIR}/{p.name}" for p in models.iterdir() if p.suffix in MANIFEST_SUFFIXES}
+    blobs = {}
+    for path in paths:
+        try:
+            content = (root / path).read_bytes()
+        except OSError:
+            continue  # deleted in the working tree, or a directory (a submodule)
+        blobs[path] = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+    return Tree(blobs)
+
+
+# Runs of a subset, and whole stacks from them --------------------------------------------------
+
+
+def model_of(run: OfflineRun) -> dict[str, str | None]:
+    """URN -> the model whose ModelDeployment it is or descends from (None: platform, stack)."""
+    by_urn = run.by_urn()
+    owners: dict[str, str | None] = {}
+
+    def owner(urn: str) -> str | None:
+        if urn not in owners:
+            resource = by_urn.get(urn)
+            if resource is None:
+                owners[urn] = None
+            elif resource.type == MODEL_TYPE:
+                owners[urn] = resource.name
+            else:
+                owners[urn] = owner(resource.parent) if resource.parent else None
+        return owners[urn]
+
+    for resource in run.resources:
+        owner(resource.urn)
+    return owners
+
+
+def pieces(run: OfflineRun) -> dict[str, list[DeclaredResource]]:
+    """Each declared model's resources, in the run's order."""
+    owners = model_of(run)
+    grouped: dict[str, list[DeclaredResource]] = {}
+    for resource in run.resources:
+        model = owners[resource.urn]
+        if model is not None:
+            grouped.setdefault(model, []).append(resource)
+    return grouped
+
+
+def in_canonical_order(run: OfflineRun) -> OfflineRun:
+    """The run's resources as: platform and stack resources, then model by model (by name),
+    each group by URN. Registration order interleaves models (a resource registers when its
+    inputs resolve), so both modes put every run in this order before it is diffed, checked
+    or rendered: the same resources give the same report whichever way they were obtained."""
+    owners = model_of(run)
+    ordered = sorted(run.resources, key=lambda r: (owners[r.urn] is not None, owners[r.urn] or "", r.urn))
+    return OfflineRun(run.stack, ordered, run.outputs, run.served_models)
+
+
+def assemble(run: OfflineRun, others: Mapping[str, Sequence[DeclaredResource]]) -> OfflineRun:
+    """A whole stack from a run that declared some models and the others' resources: a model
+    the run declared keeps its own resources (a base revision that could not declare a subset
+    declared them all)."""
+    declared = set(pieces(run))
+    resources = list(run.resources)
+    for model, resources_of_model in others.items():
+        if model not in declared:
+            resources += resources_of_model
+    return in_canonical_order(OfflineRun(run.stack, resources, run.outputs, run.served_models))
+
+
+@dataclass
+class PieceStore:
+    """Models' resources in the plan cache, by what determines them: the program (its files),
+    the stack, and the model's manifest."""
+
+    cache: PlanCache | None
+    program_digest: str
+    written: int = field(default=0)
+
+    def key(self, stack: str, model: str, manifest_blob: str) -> str:
+        return cache_key("model", self.program_digest, stack, model, manifest_blob)
+
+    def get(self, stack: str, model: str, manifest_blob: str | None) -> list[DeclaredResource] | None:
+        if self.cache is None or manifest_blob is None:
+            return None
+        stored = self.cache.get("model", self.key(stack, model, manifest_blob))
+        return resources_from_records(stored) if isinstance(stored, list) else None
+
+    def put(self, stack: str, model: str, manifest_blob: str | None, resources: Sequence[DeclaredResource]) -> None:
+        if self.cache is None or manifest_blob is None:
+            return
+        self.cache.put("model", self.key(stack, model, manifest_blob), records(resources))
+        self.written += 1
+
+    def put_run(self, run: OfflineRun, manifests: Mapping[str, str]) -> None:
+        """Keep every model a (full) run declared, for later incremental plans."""
+        for model, resources in pieces(run).items():
+            self.put(run.stack, model, manifests.get(model), resources)
+
+
+def head_runs(
+    root: Path, stacks: Sequence[str], scope: Scope, store: PieceStore
+) -> tuple[dict[str, OfflineRun], dict[str, dict[str, list[DeclaredResource]]]]:
+    """The head's whole stacks, declaring only the changed models and those the cache lacks;
+    also every unchanged model's resources per stack, for the base side."""
+    assert scope.head is not None
+    manifests = scope.head.manifests()
+    changed = scope.changed_models
+    runs = snapshot.take(root, stacks, short_lived=True, only_models=changed).runs
+    unchanged: dict[str, dict[str, list[DeclaredResource] | None]] = {}
+    with _cyclic_gc_paused():
+        for stack, run in runs.items():
+            if run.served_models is None:
+                raise snapshot.RevisionError(f"working tree: stack {stack}: the program did not say what it serves")
+            served = [m for m in run.served_models if m not in changed]
+            unchanged[stack] = {m: store.get(stack, m, manifests.get(m)) for m in served}
+    missing = {m for found in unchanged.values() for m, resources in found.items() if resources is None}
+    if missing:
+        # The first plan of these models under this program: declare them once, and keep them.
+        again = [stack for stack, found in unchanged.items() if None in found.values()]
+        runs |= snapshot.take(root, again, short_lived=True, only_models=changed | missing).runs
+    whole: dict[str, OfflineRun] = {}
+    pieces_by_stack: dict[str, dict[str, list[DeclaredResource]]] = {}
+    for stack, run in runs.items():
+        declared = pieces(run)
+        for model, resources in declared.items():
+            if model in changed or unchanged[stack].get(model, []) is None:
+                # Kept for later plans; the head's version of a changed model is the base's
+                # once the change is merged.
+                store.put(stack, model, manifests.get(model), resources)
+        found = {m: cached if cached is not None else declared.get(m, []) for m, cached in unchanged[stack].items()}
+        pieces_by_stack[stack] = found
+        whole[stack] = assemble(run, found)
+    return whole, pieces_by_stack
+
+
+@contextmanager
+def _cyclic_gc_paused():
+    """Read a fleet's resources without the cyclic garbage collector, then freeze them.
+
+    Reading a thousand models' resources allocates millions of objects that live until the
+    plan ends; each full collection would scan them all again (the same effect, and remedy, as
+    `infra.offline._cyclic_gc_paused`). Frozen, later collections skip them.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
+def base_snapshot(
+    root: Path, base_ref: str, stacks: Sequence[str], scope: Scope, cache: PlanCache | None
+) -> snapshot.Snapshot:
+    """The base revision's own program, declaring only the changed models, or the same from the
+    plan cache: its key is everything the base's runs depend on.
+
+    Its program is the head's, file for file (else the plan would not be incremental): when this
+    process runs the head's program, it runs the base's too, on the base's files; otherwise
+    the base runs from its worktree in a subprocess, as in a full plan.
+    """
+    assert scope.base is not None
+    key = cache_key(
+        "base",
+        scope.base.program_digest(),
+        sorted(scope.base.manifests().items()),
+        list(stacks),
+        sorted(scope.changed_models),
+    )
+    stored = cache.get("base", key) if cache is not None else None
+    if isinstance(stored, dict):
+        cached = snapshot_from_document(f"base {base_ref}", stored)
+        if cached is not None:
+            return cached
+    if snapshot.runs_here(root):
+        taken = snapshot.of_revision_here(root, base_ref, stacks, only_models=scope.changed_models)
+    else:
+        taken = snapshot.of_revision(root, base_ref, stacks, only_models=scope.changed_models)
+    if cache is not None:
+        cache.put("base", key, snapshot_document(taken))
+    return taken
+
+
+def snapshot_from_document(label: str, document: dict) -> snapshot.Snapshot | None:
+    """A snapshot from `snapshot_document`, or None when it is not what this code writes."""
+    runs = {}
+    try:
+        for stack, data in document["stacks"].items():
+            resources = resources_from_records(data["resources"])
+            if resources is None:
+                return None
+            served = data["served_models"]
+            runs[stack] = OfflineRun(stack, resources, data["outputs"], tuple(served) if served is not None else None)
+        return snapshot.Snapshot(label, runs, subset=bool(document["subset"]))
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def snapshot_document(taken: snapshot.Snapshot) -> dict:
+    """A snapshot in the snapshot driver's JSON shape."""
+    return {
+        "stacks": {
+            stack: {"resources": records(run.resources), "outputs": run.outputs, "served_models": run.served_models}
+            for stack, run in taken.runs.items()
+        },
+        "errors": [],
+        "subset": taken.subset,
+    }
+
+
+def incremental_runs(
+    root: Path, base_ref: str, stacks: Sequence[str], scope: Scope, cache: PlanCache | None
+) -> tuple[dict[str, OfflineRun], dict[str, OfflineRun]]:
+    """(base, head) whole stacks of an incremental plan."""
+    assert scope.base is not None
+    store = PieceStore(cache, scope.base.program_digest())
+    if snapshot.runs_here(root):
+        head, unchanged = head_runs(root, stacks, scope, store)
+        base = base_snapshot(root, base_ref, stacks, scope, cache)
+    else:
+        # The base runs in its own worktree and subprocess: let it run on the other core while
+        # this process runs the head and reads the cache (the thread mostly waits on the child).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-base") as pool:
+            base_future = pool.submit(base_snapshot, root, base_ref, stacks, scope, cache)
+            head, unchanged = head_runs(root, stacks, scope, store)
+            base = base_future.result()
+    return {stack: assemble(base.runs[stack], unchanged[stack]) for stack in stacks}, head

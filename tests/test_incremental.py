@@ -1,0 +1,365 @@
+"""The incremental plan: which changes it takes, that it equals the full plan for every kind of
+manifest change on a 100-model fleet, that the policy checks still see whole stacks, and the
+plan cache (exact hits, misses on any change of what determines an entry)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scripts.bench_plan import bump_stable, synthetic_name, write_models
+from scripts.modelctl import incremental, plancache, snapshot
+from scripts.modelctl.guardrails import check, stack_policy_settings
+from scripts.modelctl.plancache import PlanCache
+from scripts.modelctl.report import PlanReport, build_report, render_json, render_markdown, render_text
+from tests.conftest import ROOT, edit_yaml
+from tests.test_plan import TREE, git, plan
+
+FLEET = 100
+
+
+def make_repo(directory: Path, models: int | None = None, prepare: Callable[[Path], None] | None = None) -> Path:
+    """A git repository holding this project's program and stacks, one commit; with `models`,
+    that many generated manifests instead of the examples, then `prepare`d."""
+    directory.mkdir(parents=True)
+    for name in TREE:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, directory / name)
+    if models is not None:
+        write_models(directory, models)
+    if prepare is not None:
+        prepare(directory)
+    git(directory, "init", "-q", "-b", "main")
+    git(directory, "add", "-A")
+    git(directory, "commit", "-q", "-m", "base")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Path:
+    # Every generated model has a dev canary; one without, so that a pull request can add it.
+    def one_without_canary(repo: Path) -> None:
+        edit_yaml(manifest(repo, 2), lambda m: m["environments"]["dev"].pop("canary"))
+
+    return make_repo(tmp_path_factory.mktemp("fleet") / "repo", FLEET, one_without_canary)
+
+
+@pytest.fixture(scope="module")
+def fleet_cache(tmp_path_factory) -> PlanCache:
+    """One cache for the module's plans, as CI keeps one between pull requests."""
+    return PlanCache(tmp_path_factory.mktemp("plan-cache"))
+
+
+@pytest.fixture(scope="module")
+def full_base(fleet):
+    """The full plan's base runs, once for every stack: every change below has the same base commit."""
+    taken: dict[str, snapshot.Snapshot] = {}
+    original = snapshot.of_revision
+
+    def of_revision(repo, ref, stacks, only_models=None):
+        if only_models is not None:
+            return original(repo, ref, stacks, only_models)
+        commit = git(Path(repo), "rev-parse", ref).strip()
+        if commit not in taken:
+            taken[commit] = original(repo, ref, ALL_STACKS)
+        return snapshot.Snapshot(taken[commit].label, {s: taken[commit].runs[s] for s in stacks})
+
+    return of_revision
+
+
+@pytest.fixture
+def pull_request(fleet, tmp_path) -> Path:
+    """A working copy of the fleet at its base commit, for one change."""
+    return Path(shutil.copytree(fleet, tmp_path / "pr", symlinks=True))
+
+
+def manifest(repo: Path, index: int) -> Path:
+    return repo / "models" / f"{synthetic_name(index)}.yaml"
+
+
+# Change kinds, each on its own model (even indexes serve iris, odd ones taxi-fare).
+
+
+def version_bump(repo: Path) -> None:
+    bump_stable(manifest(repo, 0), "prod")
+
+
+def canary_added(repo: Path) -> None:
+    edit_yaml(manifest(repo, 2), lambda m: m["environments"]["dev"].update(canary={"version": 2, "weight": 10}))
+
+
+def canary_removed(repo: Path) -> None:
+    edit_yaml(manifest(repo, 4), lambda m: m["environments"]["dev"].pop("canary"))
+
+
+def model_added(repo: Path) -> None:
+    document = yaml.safe_load(manifest(repo, 1).read_text())
+    document |= {"name": "model-new", "artifact": {"path": "bench/model-new"}}
+    (repo / "models" / "model-new.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def removed_from_environment(repo: Path) -> None:
+    edit_yaml(manifest(repo, 6), lambda m: m["environments"].pop("dev"))
+
+
+def resources_changed(repo: Path) -> None:
+    edit_yaml(manifest(repo, 8), lambda m: m["serving"]["resources"].update(cpu="500m"))
+
+
+def manifest_renamed(repo: Path) -> None:
+    document = yaml.safe_load(manifest(repo, 10).read_text())
+    manifest(repo, 10).unlink()
+    document["name"] = "model-renamed"
+    (repo / "models" / "model-renamed.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def manifest_deleted(repo: Path) -> None:
+    manifest(repo, 12).unlink()
+
+
+# Each kind with the stack it is planned on (dev: canaries and Gateway routes; eks: prod with
+# Flagger, node pools and IAM roles) and the models it touches. Every stack is compared once,
+# with every kind of change at once, and a renamed and a deleted manifest.
+CHANGES: dict[str, tuple[Callable[[Path], None], str, set[str]]] = {
+    "version bump": (version_bump, "eks", {"model-0000"}),
+    "canary added": (canary_added, "dev", {"model-0002"}),
+    "canary removed": (canary_removed, "dev", {"model-0004"}),
+    "model added": (model_added, "dev", {"model-new"}),
+    "removed from an environment": (removed_from_environment, "dev", {"model-0006"}),
+    "resources changed": (resources_changed, "eks", {"model-0008"}),
+}
+ALL_STACKS = ["dev", "staging", "prod", "eks", "local"]
+
+
+def without_mode(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if "plan: " not in line.lower() or "Offline" in line)
+
+
+def violations(root: Path, report: PlanReport) -> dict[str, list[str]]:
+    return {
+        stack: [str(v) for v in check(run, stack_policy_settings(root, stack))]
+        for stack, run in report.head_runs.items()
+    }
+
+
+def assert_same_plan(root: Path, incremental_report: PlanReport, full_report: PlanReport) -> None:
+    """Steps (with both states and every property diff), summary, blast radius, capacity, the
+    rendered reports and the policy verdict: all equal."""
+    assert incremental_report.scope.mode == incremental.INCREMENTAL, incremental_report.scope
+    assert full_report.scope.mode == incremental.FULL
+    documents = [render_json(incremental_report), render_json(full_report)]
+    for document in documents:
+        document.pop("plan")
+    assert documents[0] == documents[1]
+    assert [p.summary() for p in incremental_report.plans] == [p.summary() for p in full_report.plans]
+    assert incremental_report.blast_radius() == full_report.blast_radius()
+    assert incremental_report.base_capacity == full_report.base_capacity
+    assert incremental_report.head_capacity == full_report.head_capacity
+    assert without_mode(render_text(incremental_report)) == without_mode(render_text(full_report))
+    markdown = [without_mode(render_markdown(r, diff_budget=0)) for r in (incremental_report, full_report)]
+    assert markdown[0] == markdown[1]
+    assert violations(root, incremental_report) == violations(root, full_report)
+
+
+def plan_both_ways(repo: Path, stacks: list[str], cache: PlanCache, full_base, monkeypatch) -> PlanReport:
+    # The working copy holds a copy of this very program: run its head in this process (the
+    # base still runs in its own worktree and subprocess).
+    monkeypatch.setattr(snapshot, "_code_root", lambda: repo.resolve())
+    quick = build_report(repo, stacks, "HEAD", cache=cache)
+    monkeypatch.setattr(snapshot, "of_revision", full_base)
+    slow = build_report(repo, stacks, "HEAD", cache=None, allow_incremental=False)
+    monkeypatch.undo()
+    assert_same_plan(repo, quick, slow)
+    assert slow.has_changes
+    return quick
+
+
+def test_every_kind_at_once_on_every_stack(pull_request, fleet_cache, full_base, monkeypatch):
+    touched = set()
+    for apply, _, models in [*CHANGES.values(), (manifest_renamed, "", {"model-0010", "model-renamed"})]:
+        apply(pull_request)
+        touched |= models
+    manifest_deleted(pull_request)
+    quick = plan_both_ways(pull_request, ALL_STACKS, fleet_cache, full_base, monkeypatch)
+    assert quick.scope.changed_models == touched | {"model-0012"}
+    assert set(quick.blast_radius()) == touched | {"model-0012"}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_the_incremental_plan_equals_the_full_plan(change, pull_request, fleet_cache, full_base, monkeypatch):
+    apply, stack, touched = CHANGES[change]
+    apply(pull_request)
+    quick = plan_both_ways(pull_request, [stack], fleet_cache, full_base, monkeypatch)
+    assert quick.scope.changed_models == touched
+    assert set(quick.blast_radius()) == touched
+
+
+# Which mode runs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.mark.parametrize(
+    ("edit", "mode", "named"),
+    [
+        (lambda r: bump_stable(r / "models/iris.yaml", "prod"), "incremental", "iris"),
+        (lambda r: (r / "models/taxi-fare.yaml").unlink(), "incremental", "taxi-fare"),
+        (lambda r: (r / "models/iris.yaml").rename(r / "models/iris2.yaml"), "incremental", "iris"),
+        (lambda r: (r / "scripts/modelctl/cli.py").write_text("# tooling\n"), "incremental", "no model"),
+        (lambda r: (r / "README.md").write_text("docs\n"), "incremental", "no model"),
+        (lambda r: (r / "models/manifest.schema.json").write_text("{}\n"), "incremental", "no model"),
+        (lambda r: edit_yaml(r / "stacks/Pulumi.prod.yaml", lambda s: s), "full", "stacks/Pulumi.prod.yaml"),
+        (lambda r: (r / "infra/program.py").write_text("# changed\n"), "full", "infra/program.py"),
+        (lambda r: (r / "infra/new_module.py").write_text("X = 1\n"), "full", "infra/new_module.py"),
+        (lambda r: (r / "Pulumi.yaml").write_text("name: x\n"), "full", "Pulumi.yaml"),
+        (lambda r: (r / "requirements.txt").write_text("pulumi\n"), "full", "requirements.txt"),
+    ],
+)
+def test_the_scope_of_a_change(small, edit, mode, named):
+    edit(small)
+    scope = incremental.scope_of_change(small, "HEAD")
+    assert scope.mode == mode, scope
+    assert named in scope.reason
+
+
+def test_an_untracked_manifest_is_a_changed_model(small):
+    (small / "models/extra.yaml").write_text((small / "models/iris.yaml").read_text().replace("name: iris", "name: x"))
+    assert incremental.scope_of_change(small, "HEAD").changed_models == {"extra"}
+
+
+def test_a_stack_file_change_runs_the_full_plan_and_says_so(small, capsys, tmp_path):
+    edit_yaml(
+        small / "stacks/Pulumi.dev.yaml", lambda s: s["config"].update({"model-serving:namespace": "models-renamed"})
+    )
+    code, out, err = plan(small, capsys, "--stack", "dev", "--base", "HEAD", "--cache-dir", str(tmp_path / "c"))
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("Mode: full plan: the change touches the program")
+    assert "stacks/Pulumi.dev.yaml" in out.splitlines()[0]
+
+
+def test_a_manifest_change_runs_the_incremental_plan_and_says_so(small, capsys, tmp_path):
+    bump_stable(small / "models/iris.yaml", "prod")
+    code, out, _ = plan(small, capsys, "--stack", "prod", "--base", "HEAD", "--format", "json", "--no-cache")
+    assert code == 0
+    assert json.loads(out)["plan"] == {
+        "mode": "incremental",
+        "reason": "only model manifests changed (iris); the program, stack files and requirements are the base's, "
+        "so only these models and the platform are planned on both sides",
+    }
+
+
+# Policy checks see whole stacks -------------------------------------------------------------------
+
+
+def test_a_violation_between_a_changed_and_an_unchanged_model_is_caught(small, capsys, tmp_path):
+    """eks (Flagger, 8 c7i.2xlarge at most, 7910m each): iris at 8 x 3.5 CPU, twice during an
+    analysis, fills every node alone; taxi-fare, untouched by the change, then fits nowhere."""
+
+    def fill_the_nodes(document: dict) -> None:
+        document["environments"]["prod"]["resources"] = {"cpu": "3500m", "cpu_limit": "4", "memory": "256Mi"}
+        document["environments"]["prod"]["autoscaling"] = {"min_replicas": 8, "max_replicas": 8}
+
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    code, _, err = plan(small, capsys, "--stack", "eks", "--base", "HEAD", *cache)
+    assert code == 0, err  # the base fits, and the cache now holds taxi-fare's resources
+    edit_yaml(small / "models/iris.yaml", fill_the_nodes)
+    code, out, err = plan(small, capsys, "--stack", "eks", "--base", "HEAD", *cache)
+    assert code == 1
+    assert "pods-schedule" in err and "taxi-fare" in err, err
+    assert "Mode: incremental" not in out  # refused before the report
+    assert incremental.scope_of_change(small, "HEAD").changed_models == {"iris"}
+    full = plan(small, capsys, "--stack", "eks", "--base", "HEAD", "--full", "--no-cache")
+    assert full[0] == 1 and full[2] == err
+
+
+# The plan cache ---------------------------------------------------------------------------------
+
+
+def test_a_second_run_hits_the_cache_with_an_identical_report(small, tmp_path):
+    bump_stable(small / "models/iris.yaml", "prod")
+    stacks = ["prod", "dev"]
+    cache = PlanCache(tmp_path / "cache")
+    first = build_report(small, stacks, "HEAD", cache=cache)
+    assert cache.hits == 0
+    second_cache = PlanCache(tmp_path / "cache")
+    second = build_report(small, stacks, "HEAD", cache=second_cache)
+    assert second_cache.misses == 0 and second_cache.hits > 0
+    assert render_json(first) == render_json(second)
+    assert render_markdown(first) == render_markdown(second)
+
+
+def test_a_change_of_any_key_input_misses(small, tmp_path, monkeypatch):
+    stacks = ["prod"]
+    build_report(small, stacks, "HEAD", cache=PlanCache(tmp_path / "cache"))
+
+    def misses_after(change) -> int:
+        change()
+        cache = PlanCache(tmp_path / "cache")
+        build_report(small, stacks, "HEAD", cache=cache)
+        return cache.misses
+
+    # Which models changed: the base run's entry (the unchanged model's entry still hits).
+    assert misses_after(lambda: bump_stable(small / "models/iris.yaml", "prod")) == 1
+    assert misses_after(lambda: None) == 0
+    # The interpreter or an installed distribution: every entry read.
+    monkeypatch.setattr(plancache, "environment_fingerprint", lambda: "another environment")
+    assert misses_after(lambda: None) == 2
+    monkeypatch.undo()
+    # The program (a stack file, committed with the bump): every entry read.
+    edit_yaml(small / "stacks/Pulumi.prod.yaml", lambda s: s["config"].update({"model-serving:namespace": "ns2"}))
+    git(small, "commit", "-qam", "another namespace")
+    assert misses_after(lambda: None) == 3
+
+
+def test_a_model_entry_is_keyed_by_program_stack_model_and_manifest():
+    store = incremental.PieceStore(None, "program")
+    key = store.key("prod", "iris", "blob")
+    others = [
+        store.key("dev", "iris", "blob"),
+        store.key("prod", "taxi-fare", "blob"),
+        store.key("prod", "iris", "another blob"),
+        incremental.PieceStore(None, "another program").key("prod", "iris", "blob"),
+    ]
+    assert key == store.key("prod", "iris", "blob") and key not in others and len(set(others)) == 4
+
+
+def test_a_corrupt_entry_is_ignored_and_rewritten(small, tmp_path):
+    bump_stable(small / "models/iris.yaml", "prod")
+    directory = tmp_path / "cache"
+    first = build_report(small, ["prod"], "HEAD", cache=PlanCache(directory))
+    entries = sorted(directory.rglob("*.json"))
+    for entry in entries:
+        entry.write_text('{"format": 1, "key": "truncat')
+    cache = PlanCache(directory)
+    again = build_report(small, ["prod"], "HEAD", cache=cache)
+    assert (cache.hits, cache.misses) == (0, 2)  # taxi-fare's resources and the base run
+    assert render_json(again) == render_json(first)
+    assert all(json.loads(entry.read_text())["key"] for entry in entries)
+
+
+def test_a_base_program_without_subsets_is_planned_whole(small):
+    """A revision older than `only_models` declares every model; the plan keeps what it declared."""
+    offline = small / "infra" / "offline.py"
+    text = offline.read_text()
+    offline.write_text(
+        text.replace("    only_models: Collection[str] | None = None,\n) -> OfflineRun:", ") -> OfflineRun:").replace(
+            "    from infra import program\n", "    from infra import program\n\n    only_models = None\n", 1
+        )
+    )
+    git(small, "commit", "-qam", "an older program")
+    taken = snapshot.of_revision(small, "HEAD", ["prod"], only_models={"iris"})
+    assert not taken.subset
+    assert set(incremental.pieces(taken.runs["prod"])) == {"iris", "taxi-fare"}
+    whole = incremental.assemble(taken.runs["prod"], {})
+    assert len(whole.resources) == len(taken.runs["prod"].resources)
