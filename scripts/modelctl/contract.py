@@ -16,13 +16,12 @@ like the pack's rules and exits 1 the same way.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from infra.spec.errors import ConfigError, ErrorItem
 from infra.spec.manifest import (
@@ -662,26 +661,56 @@ def review(
 
 
 def manifests_at(root: Path, ref: str) -> dict[str, ModelManifest | None]:
-    """The manifests of revision `ref` (git), by model; None for one that does not parse with this
-    schema (its contracts are then not compared). Empty when `ref` has no models/."""
-    listing = _git(root, "ls-tree", "--name-only", ref, f"{MODELS_DIR}/")
-    manifests: dict[str, ModelManifest | None] = {}
-    for path in (listing or "").splitlines():
-        if Path(path).suffix not in MANIFEST_SUFFIXES:
+    """The manifests revision `ref` (git) has and the working tree changed, by model; None for one
+    that does not parse with this schema (its contracts are then not compared). A manifest equal
+    in both moves no version, so it is left out: a one-model change in a fleet reads one blob.
+
+    The blobs are read with one `git cat-file --batch` and parsed within the bounds every
+    manifest is read with (infra/spec/yamlio.py), whatever the base holds."""
+    from infra.spec.yamlio import parse_yaml, read_bounded
+    from scripts.modelctl.snapshot import git, resolve_commit
+
+    commit = resolve_commit(root, ref)
+    listing = git(root, "ls-tree", commit, f"{MODELS_DIR}/") or ""
+    changed: dict[str, tuple[str, str]] = {}  # name -> (blob, path)
+    for line in listing.splitlines():
+        meta, _, path = line.partition("\t")
+        parts = meta.split()
+        if len(parts) != 3 or parts[1] != "blob" or Path(path).suffix not in MANIFEST_SUFFIXES:
             continue
-        # `<rev>:./<path>` is relative to the directory git runs in (root may be a subdirectory).
-        text = _git(root, "show", f"{ref}:./{path}")
-        name = Path(path).stem
+        blob, name = parts[2], Path(path).stem
         try:
-            manifests[name] = parse_manifest(yaml.safe_load(text or ""), f"{ref}:{path}", name)
-        except (ConfigError, yaml.YAMLError):
+            current = read_bounded(root / path, path)
+        except ConfigError:
+            current = None
+        # git's blob id of the working-tree file: sha1("blob <size>\0" + content).
+        if current is not None and hashlib.sha1(b"blob %d\0" % len(current) + current).hexdigest() == blob:
+            continue
+        changed[name] = (blob, path)
+    if not changed:
+        return {}
+    batch = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "--batch"],
+        input="".join(f"{blob}\n" for blob, _ in changed.values()).encode(),
+        capture_output=True,
+    )
+    contents, view, offset = {}, memoryview(batch.stdout), 0
+    for name in changed:
+        end = batch.stdout.index(b"\n", offset)
+        header = bytes(view[offset:end]).split()
+        if len(header) != 3 or header[1] != b"blob":
+            raise ConfigError([ErrorItem(f"{ref}:{changed[name][1]}", "", "cannot be read from git")])
+        size = int(header[2])
+        contents[name] = bytes(view[end + 1 : end + 1 + size])
+        offset = end + 1 + size + 1
+    manifests: dict[str, ModelManifest | None] = {}
+    for name, data in contents.items():
+        display = f"{ref}:{changed[name][1]}"
+        try:
+            manifests[name] = parse_manifest(parse_yaml(data.decode("utf-8"), display), display, name)
+        except (ConfigError, UnicodeDecodeError):
             manifests[name] = None
     return manifests
-
-
-def _git(root: Path, *args: str) -> str | None:
-    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
-    return result.stdout if result.returncode == 0 else None
 
 
 def stack_reviews(root: Path, stacks: Iterable[str], base_ref: str | None) -> dict[str, list[ContractReview]]:
