@@ -49,10 +49,26 @@ GIT_IDENTITY = {
 
 
 def synthetic_project(directory: Path, models: int) -> Path:
-    """A project with `models` manifests cycled from the examples, each its own name and path."""
+    """A project with `models` manifests cycled from the examples, each its own name and path,
+    and node pools sized for them (or the scheduling check would rightly refuse the fleet)."""
     shutil.copytree(ROOT / "stacks", directory / "stacks")
+    scale_node_pools(directory, models)
     write_models(directory, models)
     return directory
+
+
+def scale_node_pools(directory: Path, models: int) -> None:
+    """Give the stacks that list their nodes enough of them for `models` models."""
+    for path in (directory / "stacks").glob("Pulumi.*.yaml"):
+        document = yaml.safe_load(path.read_text())
+        cluster = document["config"].get("model-serving:cluster") or {}
+        eks = cluster.get("eks")
+        if eks:
+            eks["cpuNodes"]["maxSize"] = max(eks["cpuNodes"]["maxSize"], 4 * models)
+        for pool in cluster.get("nodePools") or []:
+            pool["count"] = max(pool["count"], models)
+            pool.pop("maxCount", None)
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 def synthetic_name(index: int) -> str:
@@ -275,7 +291,12 @@ def main() -> int:
         results = pull_request_scenario(args.pr_sizes, full_sizes)
         target = results.get((1000, "incremental, cache of the base plan"))
         if target:
-            met = target["seconds"] < PR_TARGET_SECONDS and target["tree_mib"] < PR_TARGET_MIB
+            # A plan that failed (exit 1) measured nothing: 0 no changes, 2 changes.
+            met = (
+                target["exit"] in (0, 2)
+                and target["seconds"] < PR_TARGET_SECONDS
+                and target["tree_mib"] < PR_TARGET_MIB
+            )
             print(
                 f"target: 1000 models, one bump, all stacks, incremental: under {PR_TARGET_SECONDS:g} s and "
                 f"{PR_TARGET_MIB / 1024:g} GiB: {target['seconds']:.1f} s, {target['tree_mib'] / 1024:.2f} GiB -> "
