@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -153,11 +152,8 @@ def pull_request_repository(directory: Path, models: int) -> Path:
             shutil.copy(source, directory / name)
     (directory / ".gitignore").write_text("build/\n__pycache__/\n")
     names = write_models(directory, models)
-    # The eks stack's node group holds the two examples; N models at their minimum replicas,
-    # twice during a Flagger analysis, need about N of its nodes, or `pods-schedule` fails the plan.
-    eks = directory / "stacks" / "Pulumi.eks.yaml"
-    nodes = 2 * models + 8
-    eks.write_text(re.sub(r"(cpuNodes: \{[^}]*maxSize: )\d+", lambda m: f"{m.group(1)}{nodes}", eks.read_text()))
+    # Node pools sized for the fleet (eks, kind), or `pods-schedule` rightly fails the plan.
+    scale_node_pools(directory, models)
     _git(directory, "init", "-q", "-b", "main")
     _git(directory, "add", "-A")
     _git(directory, "commit", "-q", "-m", "base")
