@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from scripts.project_copy import copy_project_files
+
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = (10, 100, 1000)
 STACK = "prod"
@@ -144,12 +146,7 @@ def _git(repo: Path, *args: str) -> None:
 def pull_request_repository(directory: Path, models: int) -> Path:
     """This project with `models` synthetic manifests, committed; then a commit that bumps
     the prod version of the first model (the pull request; its base is HEAD~1)."""
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, directory / name)
+    copy_project_files(PROJECT_FILES, directory)
     (directory / ".gitignore").write_text("build/\n__pycache__/\n")
     names = write_models(directory, models)
     # Node pools sized for the fleet (eks, kind), or `pods-schedule` rightly fails the plan.

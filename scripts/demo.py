@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+
+from scripts.project_copy import copy_project_files
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_FILES = ("infra", "scripts", "models", "stacks", "Pulumi.yaml", "__main__.py")
@@ -68,12 +69,7 @@ def git(root: Path, *args: str) -> None:
 
 
 def copy_project(destination: Path, endpoint: str) -> Path:
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, destination / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, destination / name)
+    copy_project_files(PROJECT_FILES, destination)
     # The throwaway copy's local store is the server this demo started (a free port).
     stack_file = destination / "stacks" / f"Pulumi.{STACK}.yaml"
     text = stack_file.read_text()

@@ -17,7 +17,8 @@ from scripts.modelctl import incremental, plancache, snapshot
 from scripts.modelctl.guardrails import check, stack_policy_settings
 from scripts.modelctl.plancache import PlanCache
 from scripts.modelctl.report import PlanReport, build_report, render_json, render_markdown, render_text
-from tests.conftest import ROOT, edit_yaml
+from scripts.project_copy import copy_project_files
+from tests.conftest import edit_yaml
 from tests.test_plan import TREE, git, plan
 
 FLEET = 100
@@ -27,12 +28,7 @@ def make_repo(directory: Path, models: int | None = None, prepare: Callable[[Pat
     """A git repository holding this project's program and stacks, one commit; with `models`,
     that many generated manifests instead of the examples, then `prepare`d."""
     directory.mkdir(parents=True)
-    for name in TREE:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, directory / name)
+    copy_project_files(TREE, directory)
     if models is not None:
         write_models(directory, models)
     if prepare is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from scripts.modelctl.cli import main
+from scripts.project_copy import copy_project_files
 from tests.conftest import ROOT, STACKS, edit_yaml
 
 PLAN_SCHEMA = json.loads((ROOT / "scripts" / "modelctl" / "plan.schema.json").read_text())
@@ -42,12 +42,7 @@ def repo(tmp_path: Path) -> Path:
     """A git repository holding this project's program, manifests and stacks, one commit."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in TREE:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(source, repo / name)
+    copy_project_files(TREE, repo)
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "base")
