@@ -295,27 +295,45 @@ def test_a_second_run_hits_the_cache_with_an_identical_report(small, tmp_path):
     assert render_markdown(first) == render_markdown(second)
 
 
+class RecordingCache(PlanCache):
+    """A plan cache that remembers which entry files it read."""
+
+    def __init__(self, directory: Path):
+        super().__init__(directory)
+        self.read: list[Path] = []
+
+    def get(self, kind: str, key: str):
+        value = super().get(kind, key)
+        if value is not None:
+            self.read.append(self._path(kind, key))
+        return value
+
+
 def test_a_change_of_any_key_input_misses(small, tmp_path, monkeypatch):
     stacks = ["prod"]
-    build_report(small, stacks, "HEAD", cache=PlanCache(tmp_path / "cache"))
+    directory = tmp_path / "cache"
+    build_report(small, stacks, "HEAD", cache=PlanCache(directory))
 
-    def misses_after(change) -> int:
+    def after(change) -> tuple[int, int]:
+        """(entries from before `change` that the next plan read, entries it missed)."""
+        before = set(directory.rglob("*.json"))
         change()
-        cache = PlanCache(tmp_path / "cache")
+        cache = RecordingCache(directory)
         build_report(small, stacks, "HEAD", cache=cache)
-        return cache.misses
+        return len([path for path in cache.read if path in before]), cache.misses
 
-    # Which models changed: the base run's entry (the unchanged model's entry still hits).
-    assert misses_after(lambda: bump_stable(small / "models/iris.yaml", "prod")) == 1
-    assert misses_after(lambda: None) == 0
-    # The interpreter or an installed distribution: every entry read.
+    # A manifest: nothing missed. The head declares the changed model; the unchanged model's
+    # entry hits, and the base side is rebuilt from what the first plan stored (the stack's
+    # skeleton and iris's entry at its base content), without running the base.
+    assert after(lambda: bump_stable(small / "models/iris.yaml", "prod")) == (3, 0)
+    assert after(lambda: None) == (3, 0)
+    # The interpreter or an installed distribution: no entry from before is used.
     monkeypatch.setattr(plancache, "environment_fingerprint", lambda: "another environment")
-    assert misses_after(lambda: None) == 2
+    assert after(lambda: None)[0] == 0
     monkeypatch.undo()
-    # The program (a stack file, committed with the bump): every entry read.
+    # The program (a stack file, committed with the bump): no entry from before is used.
     edit_yaml(small / "stacks/Pulumi.prod.yaml", lambda s: s["config"].update({"model-serving:namespace": "ns2"}))
-    git(small, "commit", "-qam", "another namespace")
-    assert misses_after(lambda: None) == 3
+    assert after(lambda: git(small, "commit", "-qam", "another namespace"))[0] == 0
 
 
 def test_a_model_entry_is_keyed_by_program_stack_model_and_manifest():
@@ -359,3 +377,136 @@ def test_a_base_program_without_subsets_is_planned_whole(small):
     assert set(incremental.pieces(taken.runs["prod"])) == {"iris", "taxi-fare"}
     whole = incremental.assemble(taken.runs["prod"], {})
     assert len(whole.resources) == len(taken.runs["prod"].resources)
+
+
+# The base side from what the previous plan stored ------------------------------------------------
+
+
+def test_the_next_pull_request_plans_its_base_from_the_cache_without_running_it(
+    fleet, tmp_path, full_base, monkeypatch
+):
+    """CI plans the base commit when it merges (or any plan whose head it was): the next pull
+    request's base side comes from that plan's skeletons and models, and the plan still equals
+    the full plan."""
+    repo = Path(shutil.copytree(fleet, tmp_path / "repo", symlinks=True))
+    cache = PlanCache(tmp_path / "cache")
+    monkeypatch.setattr(snapshot, "_code_root", lambda: repo.resolve())
+    build_report(repo, ALL_STACKS, "HEAD", cache=cache)
+    version_bump(repo)
+    canary_removed(repo)
+    git(repo, "commit", "-qam", "the pull request")
+
+    def no_base_run(*args, **kwargs):
+        raise AssertionError("the base side ran instead of coming from the plan cache")
+
+    monkeypatch.setattr(snapshot, "of_revision_here", no_base_run)
+    second = PlanCache(tmp_path / "cache")
+    quick = build_report(repo, ALL_STACKS, "HEAD~1", cache=second)
+    assert second.misses == 0
+    monkeypatch.setattr(snapshot, "of_revision", full_base)
+    slow = build_report(repo, ALL_STACKS, "HEAD~1", cache=None, allow_incremental=False)
+    assert_same_plan(repo, quick, slow)
+    assert set(quick.blast_radius()) == {"model-0000", "model-0004"}
+
+
+def test_a_skeleton_is_keyed_by_program_stack_and_every_manifest():
+    store = incremental.PieceStore(None, "program")
+    manifests = {"iris": "a", "taxi-fare": "b"}
+    key = store.skeleton_key("prod", manifests)
+    others = [
+        store.skeleton_key("dev", manifests),
+        store.skeleton_key("prod", {"iris": "a", "taxi-fare": "c"}),
+        store.skeleton_key("prod", {"iris": "a"}),
+        store.skeleton_key("prod", {"iris": "a", "taxi-fare": "b", "new": "d"}),
+        incremental.PieceStore(None, "another program").skeleton_key("prod", manifests),
+    ]
+    assert key == store.skeleton_key("prod", dict(reversed(manifests.items())))
+    assert key not in others and len(set(others)) == len(others)
+
+
+def test_a_base_whose_changed_model_was_never_stored_runs(small, tmp_path, monkeypatch):
+    """A skeleton alone is not enough: the changed model's base resources must be stored too."""
+    cache = PlanCache(tmp_path / "cache")
+    build_report(small, ["prod"], "HEAD", cache=cache)
+    for entry in (tmp_path / "cache" / "model").rglob("*.json"):
+        entry.unlink()
+    bump_stable(small / "models/iris.yaml", "prod")
+    ran = []
+    original = snapshot.of_revision
+
+    def of_revision(*args, **kwargs):
+        ran.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot, "of_revision", of_revision)
+    report = build_report(small, ["prod"], "HEAD", cache=PlanCache(tmp_path / "cache"))
+    assert len(ran) == 1
+    assert report.blast_radius() == ["iris"]
+
+
+# Parsed manifests in the plan cache ----------------------------------------------------------------
+
+
+@pytest.fixture
+def documents(tmp_path, monkeypatch):
+    """A fresh process's view: nothing parsed in memory; parsed documents kept in a plan cache."""
+    from infra.spec import manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "_PARSED", type(manifest_module._PARSED)())
+    store = plancache.ManifestDocuments(PlanCache(tmp_path / "documents"))
+    manifest_module.keep_documents_in(store)
+    yield store
+    manifest_module.keep_documents_in(None)
+
+
+def test_a_manifest_is_parsed_once_across_processes(small, documents, monkeypatch):
+    from infra.spec import manifest as manifest_module
+
+    first = manifest_module.load_manifests(small)
+    manifest_module._PARSED.clear()
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(manifest_module, "parse_yaml", no_parsing)
+    assert manifest_module.load_manifests(small) == first
+    # Other content: parsed (and validated) again.
+    manifest_module._PARSED.clear()
+    bump_stable(small / "models/iris.yaml", "prod")
+    with pytest.raises(AssertionError, match="parsed again"):
+        manifest_module.load_manifests(small)
+
+
+def test_a_document_is_kept_only_when_it_reads_back_exactly(documents):
+    import datetime
+
+    for document in ({"when": datetime.date(2026, 1, 1)}, {"x": float("nan")}, {"b": b"x"}, {"s": {1, 2}}):
+        documents.put(b"content", document)
+        assert documents.get(b"content") is None
+    # Number keys (`versions`), booleans, floats that look like integers: type for type.
+    kept = {"name": "iris", "versions": {1: {"f": 1.0}, 2: [True, None, 3]}, "\x00pairs": [], True: "yes"}
+    documents.put(b"content", kept)
+    back = documents.get(b"content")
+    assert back == kept
+    assert [type(k) for k in back["versions"]] == [int, int] and type(back["versions"][1]["f"]) is float
+    assert type(back["versions"][2][0]) is bool and list(back)[-1] is True
+
+
+def test_a_kept_document_is_keyed_by_content_and_the_reading_code(documents, monkeypatch):
+    documents.put(b"name: iris\n", {"name": "iris"})
+    assert documents.get(b"name: iris\n") == {"name": "iris"}
+    assert documents.get(b"name: iris \n") is None
+    monkeypatch.setattr(documents, "reader", "another yamlio.py")
+    assert documents.get(b"name: iris\n") is None
+
+
+def test_a_hostile_manifest_is_refused_with_documents_kept(small, documents):
+    from infra.spec import manifest as manifest_module
+    from infra.spec.errors import ConfigError
+
+    (small / "models/iris.yaml").write_text("a: &x [1]\nb: *x\n")
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="anchors and aliases"):
+            manifest_module.load_manifests(small)
+    assert documents.get((small / "models/iris.yaml").read_bytes()) is None
+    assert len(list(documents.cache.directory.rglob("*.json"))) == 1  # taxi-fare's

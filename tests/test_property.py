@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.spec.errors import ConfigError
-from infra.spec.manifest import ModelManifest, parse_manifest, read_yaml
+from infra.spec.manifest import ModelManifest, parse_manifest
 from infra.spec.settings import StackSettings, settings_from_config
+from infra.spec.yamlio import read_yaml
 from tests.conftest import ROOT
 
 VALID = yaml.safe_load((ROOT / "models" / "iris.yaml").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
+import typing
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ from pydantic import (
 
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
 from infra.spec.paths import OUTSIDE, is_inside
-from infra.spec.yamlio import MAX_FILE_BYTES, read_yaml
+from infra.spec.yamlio import MAX_FILE_BYTES, decode_text, parse_yaml, read_bounded
 
 MODELS_DIR = "models"
 # `.yml` files are read too, so a stray copy cannot shadow a manifest unnoticed.
@@ -661,23 +661,43 @@ _PARSED: OrderedDict[tuple[str, bytes], ModelManifest] = OrderedDict()
 _PARSED_LIMIT = 4096
 
 
+class DocumentStore(typing.Protocol):
+    """Parsed manifest documents kept between processes (the plan cache keeps them): `get`
+    gives exactly what parsing `content` gave before, or None; `put` may decline a document."""
+
+    def get(self, content: bytes) -> Any | None: ...
+
+    def put(self, content: bytes, document: Any) -> None: ...
+
+
+_DOCUMENTS: DocumentStore | None = None
+
+
+def keep_documents_in(store: DocumentStore | None) -> None:
+    """Parse each manifest content once across runs: `store` keeps the parsed documents (None:
+    parse in every process). Validation runs on every read either way."""
+    global _DOCUMENTS
+    _DOCUMENTS = store
+
+
 def _parsed_manifest(path: Path, display: str) -> ModelManifest:
-    """Parse a manifest once per content (a fleet's plan reads each many times). Only a regular
-    file within the size cap is read for the key: anything else goes to read_yaml, which
-    refuses it without reading it (a FIFO would block, a huge file would be loaded whole)."""
-    key = None
-    with contextlib.suppress(OSError):  # read_yaml reports it
-        info = path.stat()
-        if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_FILE_BYTES:
-            key = (display, path.read_bytes()[: MAX_FILE_BYTES + 1])
-    if key is not None and key in _PARSED:
+    """Parse a manifest once per content (a fleet's plan reads each many times). The file is
+    read within the size cap and without blocking (read_bounded: a FIFO or a huge file is
+    refused unread), and what is parsed is exactly the bytes of the key."""
+    data = read_bounded(path, display)
+    key = (display, data)
+    if key in _PARSED:
         _PARSED.move_to_end(key)
         return _PARSED[key]
-    manifest = parse_manifest(read_yaml(path, display), display, path.stem)
-    if key is not None:
-        _PARSED[key] = manifest
-        if len(_PARSED) > _PARSED_LIMIT:
-            _PARSED.popitem(last=False)
+    document = _DOCUMENTS.get(data) if _DOCUMENTS is not None else None
+    if document is None:
+        document = parse_yaml(decode_text(data, display), display)
+        if _DOCUMENTS is not None:
+            _DOCUMENTS.put(data, document)
+    manifest = parse_manifest(document, display, path.stem)
+    _PARSED[key] = manifest
+    if len(_PARSED) > _PARSED_LIMIT:
+        _PARSED.popitem(last=False)
     return manifest
 
 
@@ -697,14 +717,17 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
     origin: dict[str, str] = {}
     known = set(environments) if environments is not None else None
     paths = manifest_paths(root)
+    # `models/` itself resolves inside the root (checked above, or not a link), so an entry
+    # of it that is not a symbolic link does too; only links need resolving, one by one.
+    models_inside = is_inside(root, models_dir)
     total = 0
     for path in paths:
         display = f"{MODELS_DIR}/{path.name}"
-        if not is_inside(root, path):
+        if not (models_inside and not path.is_symlink()) and not is_inside(root, path):
             errors.append(ErrorItem(display, "", OUTSIDE))
             continue
-        with contextlib.suppress(OSError):  # read_yaml names the problem
-            # A file over the per-file cap gets its own error from read_yaml and is not read.
+        with contextlib.suppress(OSError):  # read_bounded names the problem
+            # A file over the per-file cap gets its own error from read_bounded and is not read.
             total += size if (size := path.stat().st_size) <= MAX_FILE_BYTES else 0
         if total > MAX_MANIFEST_BYTES_TOTAL:
             errors.append(

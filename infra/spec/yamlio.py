@@ -170,7 +170,11 @@ def parse_yaml(text: str, display: str) -> Any:
 
 def read_text(path: Path, display: str) -> str:
     """The UTF-8 text of a file of at most MAX_FILE_BYTES, as a ConfigError naming the file otherwise."""
-    data = read_bounded(path, display)
+    return decode_text(read_bounded(path, display), display)
+
+
+def decode_text(data: bytes, display: str) -> str:
+    """`data` as UTF-8 text, or a ConfigError naming the file."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -70,9 +70,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from infra.spec.manifest import keep_documents_in
     from infra.spec.project import validate_project
     from infra.spec.settings import stack_names
-    from scripts.modelctl.plancache import PlanCache, default_directory
+    from scripts.modelctl.plancache import ManifestDocuments, PlanCache, default_directory
     from scripts.modelctl.render import render
     from scripts.modelctl.report import build_report, render_json, render_markdown, render_text
 
@@ -83,11 +84,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.max_diff_chars < 0:
         print("modelctl plan: --max-diff-chars takes 0 (no limit) or a positive number", file=sys.stderr)
         return EXIT_ERROR
+    cache = None if args.no_cache else PlanCache(args.cache_dir or default_directory(args.root))
+    # Each manifest content is parsed once across plans (validated on every read still).
+    keep_documents_in(ManifestDocuments(cache) if cache is not None else None)
     _, errors = validate_project(args.root)
     if errors:
         _print_errors(errors)
         return EXIT_ERROR
-    cache = None if args.no_cache else PlanCache(args.cache_dir or default_directory(args.root))
     report = build_report(args.root, stacks, args.base, cache=cache, allow_incremental=not args.full)
     # The mandatory rules (engine emulation included) always apply: what they refuse, a
     # real `pulumi up` or the engines behind it would refuse or get wrong.

@@ -248,9 +248,64 @@ class PieceStore:
         self.written += 1
 
     def put_run(self, run: OfflineRun, manifests: Mapping[str, str]) -> None:
-        """Keep every model a (full) run declared, for later incremental plans."""
+        """Keep every model a (full) run declared, and its skeleton, for later incremental plans."""
         for model, resources in pieces(run).items():
             self.put(run.stack, model, manifests.get(model), resources)
+        self.put_skeleton(run, manifests)
+
+    # A stack's skeleton: what a run declared outside any model (the platform, the stack's own
+    # resources), its outputs and the models it serves. Keyed by the program, the stack and
+    # every manifest (name and blob): it is exactly what any run with those inputs declares
+    # besides the models, whichever models it declared. With the models' entries it rebuilds
+    # the base side of the next pull request without running anything: the head of one plan is
+    # the base of the next.
+
+    def skeleton_key(self, stack: str, manifests: Mapping[str, str]) -> str:
+        return cache_key("skeleton", self.program_digest, stack, sorted(manifests.items()))
+
+    def put_skeleton(self, run: OfflineRun, manifests: Mapping[str, str]) -> None:
+        if self.cache is None or run.served_models is None:
+            return
+        owners = model_of(run)
+        value = {
+            "resources": records(r for r in run.resources if owners[r.urn] is None),
+            "outputs": run.outputs,
+            "served_models": list(run.served_models),
+        }
+        self.cache.put("skeleton", self.skeleton_key(run.stack, manifests), value)
+
+    def get_skeleton(self, stack: str, manifests: Mapping[str, str]) -> OfflineRun | None:
+        if self.cache is None:
+            return None
+        stored = self.cache.get("skeleton", self.skeleton_key(stack, manifests))
+        try:
+            resources = resources_from_records(stored["resources"])
+            served = tuple(stored["served_models"])
+            outputs = stored["outputs"]
+        except (KeyError, TypeError):
+            return None
+        if resources is None or not isinstance(outputs, dict) or not all(isinstance(m, str) for m in served):
+            return None
+        return OfflineRun(stack, resources, outputs, served)
+
+    def base_of(self, stacks: Sequence[str], scope: Scope, label: str) -> snapshot.Snapshot | None:
+        """The base side of an incremental plan (the platform and the changed models) from
+        stored skeletons and models' entries only, or None when any is missing."""
+        assert scope.base is not None
+        manifests = scope.base.manifests()
+        runs = {}
+        for stack in stacks:
+            skeleton = self.get_skeleton(stack, manifests)
+            if skeleton is None or skeleton.served_models is None:
+                return None
+            resources = list(skeleton.resources)
+            for model in sorted(scope.changed_models & set(skeleton.served_models)):
+                declared = self.get(stack, model, manifests.get(model))
+                if declared is None:
+                    return None
+                resources += declared
+            runs[stack] = OfflineRun(stack, resources, skeleton.outputs, skeleton.served_models)
+        return snapshot.Snapshot(label, runs, subset=True)
 
 
 def head_runs(
@@ -286,6 +341,7 @@ def head_runs(
         found = {m: cached if cached is not None else declared.get(m, []) for m, cached in unchanged[stack].items()}
         pieces_by_stack[stack] = found
         whole[stack] = assemble(run, found)
+        store.put_skeleton(run, manifests)
     return whole, pieces_by_stack
 
 
@@ -310,60 +366,31 @@ def _cyclic_gc_paused():
 def base_snapshot(
     root: Path, base_ref: str, stacks: Sequence[str], scope: Scope, cache: PlanCache | None
 ) -> snapshot.Snapshot:
-    """The base revision's own program, declaring only the changed models, or the same from the
-    plan cache: its key is everything the base's runs depend on.
+    """The base side: the platform and the changed models as the base declares them.
+
+    From the plan cache when an earlier plan stored them: the plan whose head this base was
+    (the pull request that merged it, or a plan of the base itself) left every stack's skeleton
+    and every model's resources, keyed by the program, the stack and the manifests, so nothing
+    runs. Otherwise run, and stored the same way for the next plan.
 
     Its program is the head's, file for file (else the plan would not be incremental): when this
     process runs the head's program, it runs the base's too, on the base's files; otherwise
     the base runs from its worktree in a subprocess, as in a full plan.
     """
     assert scope.base is not None
-    key = cache_key(
-        "base",
-        scope.base.program_digest(),
-        sorted(scope.base.manifests().items()),
-        list(stacks),
-        sorted(scope.changed_models),
-    )
-    stored = cache.get("base", key) if cache is not None else None
-    if isinstance(stored, dict):
-        cached = snapshot_from_document(f"base {base_ref}", stored)
-        if cached is not None:
-            return cached
+    store = PieceStore(cache, scope.base.program_digest())
+    label = f"base {base_ref}"
+    derived = store.base_of(stacks, scope, label)
+    if derived is not None:
+        return derived
     if snapshot.runs_here(root):
         taken = snapshot.of_revision_here(root, base_ref, stacks, only_models=scope.changed_models)
     else:
         taken = snapshot.of_revision(root, base_ref, stacks, only_models=scope.changed_models)
-    if cache is not None:
-        cache.put("base", key, snapshot_document(taken))
+    manifests = scope.base.manifests()
+    for run in taken.runs.values():
+        store.put_run(run, manifests)
     return taken
-
-
-def snapshot_from_document(label: str, document: dict) -> snapshot.Snapshot | None:
-    """A snapshot from `snapshot_document`, or None when it is not what this code writes."""
-    runs = {}
-    try:
-        for stack, data in document["stacks"].items():
-            resources = resources_from_records(data["resources"])
-            if resources is None:
-                return None
-            served = data["served_models"]
-            runs[stack] = OfflineRun(stack, resources, data["outputs"], tuple(served) if served is not None else None)
-        return snapshot.Snapshot(label, runs, subset=bool(document["subset"]))
-    except (KeyError, TypeError, AttributeError):
-        return None
-
-
-def snapshot_document(taken: snapshot.Snapshot) -> dict:
-    """A snapshot in the snapshot driver's JSON shape."""
-    return {
-        "stacks": {
-            stack: {"resources": records(run.resources), "outputs": run.outputs, "served_models": run.served_models}
-            for stack, run in taken.runs.items()
-        },
-        "errors": [],
-        "subset": taken.subset,
-    }
 
 
 def incremental_runs(

@@ -18,9 +18,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from infra.spec.errors import ConfigError
-from infra.spec.manifest import MODELS_DIR, ModelManifest, parse_manifest, read_yaml
+from infra.spec.manifest import MODELS_DIR, ModelManifest, parse_manifest
 from infra.spec.paths import require_inside
-from infra.spec.yamlio import check_events, parse_yaml, read_text
+from infra.spec.yamlio import check_events, parse_yaml, read_text, read_yaml
 
 
 def _yaml() -> YAML:

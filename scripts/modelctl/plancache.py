@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.offline import DeclaredResource
+from infra.spec import yamlio
 
 # Bump when the layout of what is stored changes.
 FORMAT = 1
@@ -97,6 +98,78 @@ class PlanCache:
         except OSError:
             with contextlib.suppress(OSError):
                 temporary.unlink()
+
+
+class ManifestDocuments:
+    """Parsed manifest documents in the plan cache, by content (infra.spec.manifest.DocumentStore).
+
+    Parsing a thousand manifests costs seconds, each time the plan runs. An entry is keyed by
+    the manifest's bytes, the reading code (`infra/spec/yamlio.py`: its caps and checks decide
+    what is accepted) and the environment (PyYAML's version). It is stored only when it reads
+    back as exactly the parsed document, type for type (a date or NaN would not survive JSON;
+    mappings with keys other than strings, such as `versions`' numbers, are kept as pairs), so
+    a hit is what parsing those bytes gives.
+    """
+
+    def __init__(self, cache: PlanCache):
+        self.cache = cache
+        self.reader = hashlib.sha256(Path(yamlio.__file__).read_bytes()).hexdigest()
+
+    def _key(self, content: bytes) -> str:
+        return cache_key("manifest-document", self.reader, hashlib.sha256(content).hexdigest())
+
+    def get(self, content: bytes) -> Any | None:
+        stored = self.cache.get("manifest", self._key(content))
+        try:
+            return _from_json(stored) if stored is not None else None
+        except (TypeError, ValueError):
+            return None
+
+    def put(self, content: bytes, document: Any) -> None:
+        try:
+            stored = _to_json(document)
+            exact = _identical(_from_json(json.loads(json.dumps(stored, allow_nan=False))), document)
+        except (TypeError, ValueError, RecursionError):
+            exact = False
+        if exact:
+            self.cache.put("manifest", self._key(content), stored)
+
+
+# A mapping whose keys are not all strings (or that holds this key), as JSON: {_PAIRS: [[k, v], ...]}.
+_PAIRS = "\x00pairs"
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and _PAIRS not in value:
+            return {k: _to_json(v) for k, v in value.items()}
+        return {_PAIRS: [[k, _to_json(v)] for k, v in value.items()]}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_PAIRS), list):
+            return {k: _from_json(v) for k, v in value[_PAIRS]}
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def _identical(a: Any, b: Any) -> bool:
+    """Equal and of the same types throughout (1, 1.0 and True are equal, not identical)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(
+            _identical(ka, kb) and _identical(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True)
+        )
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 # Records of declared resources ---------------------------------------------------------------
