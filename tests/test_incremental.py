@@ -336,6 +336,19 @@ def test_a_change_of_any_key_input_misses(small, tmp_path, monkeypatch):
     assert after(lambda: git(small, "commit", "-qam", "another namespace"))[0] == 0
 
 
+def test_entries_read_back_as_json_loads_reads_them(small, tmp_path):
+    """The cache reads entries with pydantic-core's JSON parser: the same values, type for type."""
+    import pydantic_core
+
+    bump_stable(small / "models/iris.yaml", "prod")
+    build_report(small, ["prod", "eks"], "HEAD", cache=PlanCache(tmp_path / "cache"))
+    entries = list((tmp_path / "cache").rglob("*.json"))
+    assert {entry.parent.parent.name for entry in entries} == {"model", "skeleton"}
+    for entry in entries:
+        content = entry.read_bytes()
+        assert plancache._identical(pydantic_core.from_json(content), json.loads(content)), entry
+
+
 def test_a_model_entry_is_keyed_by_program_stack_model_and_manifest():
     store = incremental.PieceStore(None, "program")
     key = store.key("prod", "iris", "blob")
