@@ -523,3 +523,38 @@ def test_a_hostile_manifest_is_refused_with_documents_kept(small, documents):
             manifest_module.load_manifests(small)
     assert documents.get((small / "models/iris.yaml").read_bytes()) is None
     assert len(list(documents.cache.directory.rglob("*.json"))) == 1  # taxi-fare's
+
+
+# Pruning: the default branch's cache stays one fleet's size ------------------------------------------
+
+
+def test_pruning_keeps_exactly_what_the_next_plan_reads(small, tmp_path, capsys):
+    directory = tmp_path / "cache"
+    bump_stable(small / "models/iris.yaml", "prod")
+    assert plan(small, capsys, "--stack", "prod", "--base", "HEAD", "--cache-dir", str(directory))[0] == 0
+    git(small, "commit", "-qam", "bump")
+    # A program change: every entry from before is stale.
+    (small / "infra" / "unused.py").write_text("UNUSED = 1\n")
+    git(small, "add", "-A")
+    git(small, "commit", "-qm", "a program change")
+    before = set(directory.rglob("*.json"))
+    (directory / "model" / ".left-over.123.tmp").write_text("{")
+    code, _, err = plan(
+        small, capsys, "--stack", "prod", "--base", "HEAD", "--cache-dir", str(directory), "--prune-cache"
+    )
+    assert code == 0, err
+    kept = set(directory.rglob("*.json"))
+    assert f"plan cache {directory}: kept {len(kept)} entries, removed {len(before - kept) + 1}" in err
+    assert not list(directory.rglob("*.tmp"))
+    # Entries of the old program are gone; the manifests' parsed documents (keyed by content
+    # and the reading code, not the program) are still used, and kept.
+    assert {p.parent.parent.name for p in kept & before} == {"manifest"} and len(kept & before) == 2
+    # What is left is exactly what the same plan needs: all hits, nothing missing, nothing unread.
+    again = RecordingCache(directory)
+    build_report(small, ["prod"], "HEAD", cache=again)
+    assert again.misses == 0 and set(again.read) == {p for p in kept if p.parent.parent.name != "manifest"}
+
+
+def test_pruning_needs_the_cache(small, capsys):
+    code, _, err = plan(small, capsys, "--stack", "prod", "--no-cache", "--prune-cache")
+    assert code == 1 and "--prune-cache needs the cache" in err

@@ -601,3 +601,25 @@ def test_retrain_runs_on_the_manifests_schedule_one_candidate_per_runner():
         if "write" in (job["permissions"].get("contents"), job["permissions"].get("pull-requests"))
     ]
     assert writers == ["publish"], "only the final job writes contents and pull requests"
+
+
+def test_main_keeps_the_plan_cache_that_pull_requests_start_from():
+    """GitHub shows a pull request only its own caches and the default branch's: main's job
+    fills the cache (pruned to what the plan of main used) under the prefix preview.yml restores."""
+    workflow = load("plan-cache.yml")
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    assert set(load("preview.yml")["on"]["pull_request"]["paths"]) <= set(workflow["on"]["push"]["paths"])
+    assert workflow["permissions"] == {"contents": "read"}
+    job = workflow["jobs"]["plan-cache"]
+    assert job["permissions"] == {"contents": "read"}
+    runs = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "modelctl plan --all-stacks --base HEAD --prune-cache" in runs
+    saved = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/cache@"))
+    restored = next(
+        s
+        for s in load("preview.yml")["jobs"]["offline-plan"]["steps"]
+        if s.get("uses", "").startswith("actions/cache@")
+    )
+    assert saved["with"]["path"] == restored["with"]["path"] == "build/.plan-cache"
+    assert saved["with"]["key"].startswith(restored["with"]["restore-keys"])
+    assert "${{ github.sha }}" in saved["with"]["key"], "one key per commit: a GitHub cache is never overwritten"

@@ -678,6 +678,7 @@ def keep_documents_in(store: DocumentStore | None) -> None:
     parse in every process). Validation runs on every read either way."""
     global _DOCUMENTS
     _DOCUMENTS = store
+    _PARSED.clear()  # so that every content read from now on goes through `store` once
 
 
 def _parsed_manifest(path: Path, display: str) -> ModelManifest:

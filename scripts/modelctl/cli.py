@@ -84,6 +84,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.max_diff_chars < 0:
         print("modelctl plan: --max-diff-chars takes 0 (no limit) or a positive number", file=sys.stderr)
         return EXIT_ERROR
+    if args.no_cache and args.prune_cache:
+        print("modelctl plan: --prune-cache needs the cache; drop --no-cache", file=sys.stderr)
+        return EXIT_ERROR
     cache = None if args.no_cache else PlanCache(args.cache_dir or default_directory(args.root))
     # Each manifest content is parsed once across plans (validated on every read still).
     keep_documents_in(ManifestDocuments(cache) if cache is not None else None)
@@ -92,6 +95,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         _print_errors(errors)
         return EXIT_ERROR
     report = build_report(args.root, stacks, args.base, cache=cache, allow_incremental=not args.full)
+    if args.prune_cache and cache is not None:
+        kept, removed = cache.prune()
+        print(f"plan cache {cache.directory}: kept {kept} entries, removed {removed}", file=sys.stderr)
     # The mandatory rules (engine emulation included) always apply: what they refuse, a
     # real `pulumi up` or the engines behind it would refuse or get wrong.
     if not apply_policies(args.root, report.head_runs, show_advisory=args.policy):
@@ -499,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $MODELCTL_PLAN_CACHE, else build/.plan-cache under --root)",
     )
     plan.add_argument("--no-cache", action="store_true", help="neither read nor write the plan cache")
+    plan.add_argument(
+        "--prune-cache",
+        action="store_true",
+        help="after the plan, delete the cache entries it neither read nor wrote (the default branch's CI job "
+        "keeps the cache at one fleet's size this way)",
+    )
     plan.add_argument(
         "--check-artifacts",
         action="store_true",

@@ -71,6 +71,8 @@ class PlanCache:
         self.directory = directory
         self.hits = 0
         self.misses = 0
+        # Entries this process read (hits) or wrote: what `prune` keeps.
+        self.used: set[Path] = set()
 
     def _path(self, kind: str, key: str) -> Path:
         return self.directory / kind / key[:2] / f"{key}.json"
@@ -88,6 +90,7 @@ class PlanCache:
             self.misses += 1
             return None
         self.hits += 1
+        self.used.add(self._path(kind, key))
         return entry.get("value")
 
     def put(self, kind: str, key: str, value: Any) -> None:
@@ -99,9 +102,32 @@ class PlanCache:
             with temporary.open("w", encoding="utf-8") as handle:
                 json.dump({"format": FORMAT, "key": key, "value": value}, handle, separators=(",", ":"))
             os.replace(temporary, path)
+            self.used.add(path)
         except OSError:
             with contextlib.suppress(OSError):
                 temporary.unlink()
+
+    def prune(self) -> tuple[int, int]:
+        """Delete every entry this process neither read nor wrote (and leftover temporary files):
+        what a plan of the newest revision did not need. Returns (kept, removed).
+
+        Entries are never rewritten in place, so without pruning a cache kept across runs grows
+        with every program change and every manifest version; pruned after the plan of the
+        default branch's tip, it holds one fleet's entries (plus the base side's).
+        """
+        kept = removed = 0
+        if not self.directory.is_dir():
+            return kept, removed
+        for directory, _, files in os.walk(self.directory):
+            for name in files:
+                path = Path(directory) / name
+                if path in self.used:
+                    kept += 1
+                    continue
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed += 1
+        return kept, removed
 
 
 class ManifestDocuments:
