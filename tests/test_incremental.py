@@ -5,6 +5,7 @@ plan cache (exact hits, misses on any change of what determines an entry)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -277,6 +278,40 @@ def test_a_violation_between_a_changed_and_an_unchanged_model_is_caught(small, c
     assert incremental.scope_of_change(small, "HEAD").changed_models == {"iris"}
     full = plan(small, capsys, "--stack", "eks", "--base", "HEAD", "--full", "--no-cache")
     assert full[0] == 1 and full[2] == err
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_policy_worker_reports_what_checking_here_reports(small, capsys, tmp_path, monkeypatch, cached):
+    """--jobs 2 checks every other stack (eks here) in a forked worker: same verdicts, same
+    order, same exit code, with the cache warm or cold; a worker that fails is made up for."""
+    from scripts.modelctl import policy_worker
+
+    def fill_the_nodes(document: dict) -> None:
+        document["environments"]["prod"]["resources"] = {"cpu": "3500m", "cpu_limit": "4", "memory": "256Mi"}
+        document["environments"]["prod"]["autoscaling"] = {"min_replicas": 8, "max_replicas": 8}
+
+    stacks = ["--stack", "prod", "--stack", "eks", "--stack", "dev", "--base", "HEAD", "--policy"]
+    if cached:
+        assert plan(small, capsys, *stacks, "--cache-dir", str(tmp_path / "warm"))[0] == 0
+    edit_yaml(small / "models/iris.yaml", fill_the_nodes)
+    forks = []
+    original = policy_worker.PolicyWorker.__init__
+
+    def counted(self, delegated, compute):
+        forks.append(list(delegated))
+        original(self, delegated, compute)
+
+    monkeypatch.setattr(policy_worker.PolicyWorker, "__init__", counted)
+    here = plan(small, capsys, *stacks, "--jobs", "1", "--cache-dir", str(tmp_path / "one"))
+    warm = ["--cache-dir", str(tmp_path / ("warm" if cached else "two"))]
+    there = plan(small, capsys, *stacks, "--jobs", "2", *warm)
+    assert forks == [["eks"]]
+    assert here[0] == there[0] == 1
+    assert here[2] == there[2] and "policy: stack eks: [mandatory] pods-schedule" in there[2]
+    assert "policy: stack prod:" in there[2] and "policy: stack dev:" in there[2]  # the advisory ones
+    # A worker that dies: its stacks are checked here, and the output is the same.
+    monkeypatch.setattr(policy_worker, "_run_worker", lambda writer, stacks, compute: os._exit(3))
+    assert plan(small, capsys, *stacks, "--jobs", "2", *warm)[::2] == (here[0], here[2])
 
 
 # The plan cache ---------------------------------------------------------------------------------

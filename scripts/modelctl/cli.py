@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infra.platform.object_store import StoreError
 from infra.spec.errors import ConfigError, ErrorItem
@@ -21,6 +22,12 @@ from scripts.training.data_source import DataError
 from scripts.training.recipes import RecipeError
 from scripts.training.savedmodel import SavedModelError
 from scripts.training.train import TrainingError
+
+if TYPE_CHECKING:
+    from infra.offline import OfflineRun
+    from scripts.modelctl.incremental import Scope
+    from scripts.modelctl.plancache import PlanCache
+    from scripts.modelctl.policy_worker import PolicyWorker
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -75,7 +82,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from infra.spec.settings import stack_names
     from scripts.modelctl.plancache import ManifestDocuments, PlanCache, default_directory
     from scripts.modelctl.render import render
-    from scripts.modelctl.report import build_report, render_json, render_markdown, render_text
+    from scripts.modelctl.report import build_report, plan_scope, render_json, render_markdown, render_text
 
     stacks = stack_names(args.root) if args.all_stacks else list(dict.fromkeys(args.stack or []))
     if not stacks:
@@ -94,13 +101,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if errors:
         _print_errors(errors)
         return EXIT_ERROR
-    report = build_report(args.root, stacks, args.base, cache=cache, allow_incremental=not args.full)
+    scope = plan_scope(args.root, args.base, allow_incremental=not args.full)
+    worker = policy_worker(args, stacks, scope, cache)
+    try:
+        report = build_report(args.root, stacks, args.base, cache=cache, scope=scope)
+        checked = worker.result() if worker is not None else None
+    finally:
+        if worker is not None:
+            worker.close()
     if args.prune_cache and cache is not None:
         kept, removed = cache.prune()
         print(f"plan cache {cache.directory}: kept {kept} entries, removed {removed}", file=sys.stderr)
     # The mandatory rules (engine emulation included) always apply: what they refuse, a
     # real `pulumi up` or the engines behind it would refuse or get wrong.
-    if not apply_policies(args.root, report.head_runs, show_advisory=args.policy):
+    if not apply_policies(args.root, report.head_runs, show_advisory=args.policy, checked=checked):
         return EXIT_ERROR
     if not check_contracts(report.contracts):
         return EXIT_ERROR
@@ -125,17 +139,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def apply_policies(root: Path, runs: dict, show_advisory: bool = False) -> bool:
+def policy_worker(
+    args: argparse.Namespace, stacks: list[str], scope: Scope, cache: PlanCache | None
+) -> PolicyWorker | None:
+    """With --jobs 2, an incremental plan with a cache and several stacks: a forked process that
+    checks every other stack's policies while this one plans (scripts/modelctl/policy_worker.py);
+    else None."""
+    from scripts.modelctl import incremental
+    from scripts.modelctl.policy_worker import PolicyWorker
+
+    if args.jobs < 2 or len(stacks) < 2 or cache is None or not scope.incremental or not hasattr(os, "fork"):
+        return None
+
+    def check_stacks(delegated: Sequence[str]) -> dict[str, list[tuple[str, str]]]:  # runs in the worker
+        runs = incremental.head_side(args.root, delegated, scope, cache)
+        return {stack: policy_verdicts(args.root, stack, runs[stack]) for stack in delegated}
+
+    return PolicyWorker(stacks[1::2], check_stacks)
+
+
+def policy_verdicts(root: Path, stack: str, run: OfflineRun) -> list[tuple[str, str]]:
+    """(enforcement, violation) of every rule of the policy pack over one stack's resources."""
+    from scripts.modelctl.guardrails import check, stack_policy_settings
+
+    return [(violation.enforcement, str(violation)) for violation in check(run, stack_policy_settings(root, stack))]
+
+
+def apply_policies(root: Path, runs: dict, show_advisory: bool = False, checked: dict | None = None) -> bool:
     """The policy pack's rules over each stack's resources; False on a mandatory violation,
-    each printed with the rule, the resource and the fix."""
-    from scripts.modelctl.guardrails import MANDATORY, check, stack_policy_settings
+    each printed with the rule, the resource and the fix. `checked`: stacks whose verdicts the
+    policy worker computed (the others are checked here), printed in the same order."""
+    from scripts.modelctl.guardrails import MANDATORY
 
     passed = True
     for stack, run in runs.items():
-        for violation in check(run, stack_policy_settings(root, stack)):
-            if violation.enforcement == MANDATORY or show_advisory:
+        verdicts = checked[stack] if checked and stack in checked else policy_verdicts(root, stack, run)
+        for enforcement, violation in verdicts:
+            if enforcement == MANDATORY or show_advisory:
                 print(f"policy: stack {stack}: {violation}", file=sys.stderr)
-            passed = passed and violation.enforcement != MANDATORY
+            passed = passed and enforcement != MANDATORY
     return passed
 
 
@@ -505,6 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $MODELCTL_PLAN_CACHE, else build/.plan-cache under --root)",
     )
     plan.add_argument("--no-cache", action="store_true", help="neither read nor write the plan cache")
+    plan.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2),
+        default=2 if (os.cpu_count() or 1) > 1 else 1,
+        help="2: an incremental plan with a cache checks every other stack's policies in a second process "
+        "(the output is the same); default 2 when there are several CPUs",
+    )
     plan.add_argument(
         "--prune-cache",
         action="store_true",

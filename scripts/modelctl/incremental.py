@@ -345,6 +345,13 @@ def head_runs(
     return whole, pieces_by_stack
 
 
+def head_side(root: Path, stacks: Sequence[str], scope: Scope, cache: PlanCache | None) -> dict[str, OfflineRun]:
+    """The head's whole stacks of an incremental plan, exactly as `incremental_runs` gives them
+    (the policy worker checks these for its stacks while the plan runs)."""
+    assert scope.base is not None
+    return head_runs(root, stacks, scope, PieceStore(cache, scope.base.program_digest()))[0]
+
+
 @contextmanager
 def _cyclic_gc_paused():
     """Read a fleet's resources without the cyclic garbage collector, then freeze them.

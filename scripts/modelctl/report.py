@@ -53,12 +53,23 @@ class PlanReport:
         return [m for m in self.blast_radius() if m not in self.touched_models]
 
 
+def plan_scope(root: Path, base_ref: str | None, allow_incremental: bool = True) -> incremental.Scope:
+    """Which plan runs against `base_ref` (None: nothing), and why."""
+    if not base_ref:
+        return incremental.full("no base revision: every resource is a create")
+    # Refused before any git call if it could be read as an option; every later call gets
+    # the resolved commit, never the text given (snapshot.resolve_commit).
+    snapshot.resolve_commit(root, base_ref)
+    return incremental.scope_of_change(root, base_ref, allow_incremental)
+
+
 def build_report(
     root: Path,
     stacks: Sequence[str],
     base_ref: str | None,
     cache: PlanCache | None = None,
     allow_incremental: bool = True,
+    scope: incremental.Scope | None = None,
 ) -> PlanReport:
     """Plan `stacks` of the working tree at `root` against revision `base_ref` (None: nothing).
 
@@ -67,14 +78,10 @@ def build_report(
     order, and everything from the diff to the capacity is computed from them by the same code:
     the two modes differ only in how the unchanged models' resources were obtained.
     `cache`: where models' resources and base runs are kept between runs (None: nowhere).
+    `scope`: the plan's mode, when the caller classified the change already (`plan_scope`).
     """
-    if base_ref:
-        # Refused before any git call if it could be read as an option; every later call gets
-        # the resolved commit, never the text given (snapshot.resolve_commit).
-        snapshot.resolve_commit(root, base_ref)
-        scope = incremental.scope_of_change(root, base_ref, allow_incremental)
-    else:
-        scope = incremental.full("no base revision: every resource is a create")
+    if scope is None:
+        scope = plan_scope(root, base_ref, allow_incremental)
     if scope.incremental:
         assert base_ref is not None
         base_runs, head_runs = incremental.incremental_runs(root, base_ref, stacks, scope, cache)

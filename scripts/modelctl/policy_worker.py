@@ -1,0 +1,95 @@
+"""The policy checks of some stacks in a second process, while this one plans.
+
+On a fleet the mandatory rules are a quarter of an incremental plan (a thousand models: about
+two seconds over seven stacks), and a plan is otherwise one busy core. So, when the plan is
+incremental and has a plan cache, `modelctl plan` forks a worker before it plans: the worker
+computes the head side of its stacks with the very functions the plan uses (the head's run of
+the changed models and the platform, the other models from the cache, assembled in the
+canonical order: `incremental.head_runs`), checks them, and sends back each violation's
+enforcement and text. The plan prints them in stack order with its own, so the output is the
+same as checking every stack here (tests/test_incremental.py compares both).
+
+Forked early (after validation, before any run), the worker shares only the imported modules
+with the plan, so the two processes' memory adds up to little more than one plan's. Anything
+the worker cannot do (it fails, dies, or sends something else) is checked here instead:
+a result is used only when it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+# Stack -> [(enforcement, violation text)], in the order the rules reported them.
+Verdicts = dict[str, list[tuple[str, str]]]
+
+
+class PolicyWorker:
+    """A forked process computing `compute(stacks)`; `result()` waits for it."""
+
+    def __init__(self, stacks: Sequence[str], compute: Callable[[Sequence[str]], Verdicts]):
+        self.stacks = list(stacks)
+        reader, writer = os.pipe()
+        # Whatever this process buffered would otherwise be written twice.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(reader)
+            _run_worker(writer, self.stacks, compute)
+        os.close(writer)
+        self.pid: int | None = pid
+        self.reader = reader
+
+    def result(self) -> Verdicts | None:
+        """The verdicts of every stack given, or None when the worker did not deliver them."""
+        if self.pid is None:
+            return None
+        with os.fdopen(self.reader, "rb") as pipe:
+            data = pipe.read()
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+            return None
+        try:
+            document = json.loads(data)
+            verdicts = {stack: [(str(level), str(text)) for level, text in document[stack]] for stack in self.stacks}
+        except (ValueError, KeyError, TypeError):
+            return None
+        return verdicts
+
+    def close(self) -> None:
+        """Stop the worker if it is still running (the plan failed before asking for it)."""
+        if self.pid is None:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.waitpid(self.pid, 0)
+        with contextlib.suppress(OSError):
+            os.close(self.reader)
+        self.pid = None
+
+
+def _run_worker(writer: int, stacks: list[str], compute: Callable[[Sequence[str]], Verdicts]) -> None:
+    """In the forked process: compute, write the JSON verdicts, and leave without running any of
+    the parent's exit handlers or flushing its buffers again (os._exit)."""
+    code = 1
+    try:
+        # What was inherited is never collected here: scanning it would copy every page the
+        # two processes share.
+        gc.freeze()
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the process ends below
+        payload = json.dumps(compute(stacks)).encode()
+        with os.fdopen(writer, "wb") as pipe:
+            pipe.write(payload)
+        code = 0
+    except BaseException:  # the parent checks every stack itself then
+        code = 1
+    finally:
+        os._exit(code)
