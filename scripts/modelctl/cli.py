@@ -150,6 +150,12 @@ def policy_worker(
 
     if args.jobs < 2 or len(stacks) < 2 or cache is None or not scope.incremental or not hasattr(os, "fork"):
         return None
+    # Only on a warm cache (the plan that stored the base side stored every model): on a cold
+    # one the worker would declare its stacks' whole fleet again, doubling time and memory.
+    assert scope.base is not None
+    store = incremental.PieceStore(cache, scope.base.program_digest())
+    if store.get_skeleton(stacks[0], scope.base.manifests()) is None:
+        return None
 
     def check_stacks(delegated: Sequence[str]) -> dict[str, list[tuple[str, str]]]:  # runs in the worker
         runs = incremental.head_side(args.root, delegated, scope, cache)

@@ -2,7 +2,8 @@
 
 On a fleet the mandatory rules are a quarter of an incremental plan (a thousand models: about
 two seconds over seven stacks), and a plan is otherwise one busy core. So, when the plan is
-incremental and has a plan cache, `modelctl plan` forks a worker before it plans: the worker
+incremental and its cache is warm (it holds the base side), `modelctl plan` forks a worker
+before it plans: the worker
 computes the head side of its stacks with the very functions the plan uses (the head's run of
 the changed models and the platform, the other models from the cache, assembled in the
 canonical order: `incremental.head_runs`), checks them, and sends back each violation's
