@@ -245,7 +245,15 @@ def pull_request_scenario(sizes: list[int], full_sizes: set[int]) -> dict[tuple[
             runs = {"incremental, empty cache (base plan)": plan_in_fresh_process(repo, "--base", "HEAD", *cache)}
             bump_stable(bumped, "prod")
             _git(repo, "commit", "-q", "-am", "bump")
+            # The same cache for both: the first run stores the head's entries.
+            warm = Path(scratch) / "cache-of-the-base-plan"
+            shutil.copytree(Path(scratch) / "cache", warm)
             runs["incremental, cache of the base plan"] = plan_in_fresh_process(repo, "--base", "HEAD~1", *cache)
+            shutil.rmtree(Path(scratch) / "cache")
+            shutil.copytree(warm, Path(scratch) / "cache")
+            runs["  the same, one process (--jobs 1)"] = plan_in_fresh_process(
+                repo, "--base", "HEAD~1", "--jobs", "1", *cache
+            )
             if size in full_sizes:
                 runs["full (--full --no-cache)"] = plan_in_fresh_process(
                     repo, "--base", "HEAD~1", "--full", "--no-cache"

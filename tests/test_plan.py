@@ -286,5 +286,6 @@ def test_bench_times_the_pull_request_incrementally_and_in_full():
     )
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("4 ")]
-    assert [row[-2:] for row in rows] == [["Incremental", "plan"], ["Incremental", "plan"], ["Full", "plan"]]
+    assert [row[-2:] for row in rows] == [["Incremental", "plan"]] * 3 + [["Full", "plan"]]
+    assert " ".join(rows[2]).startswith("4 the same, one process (--jobs 1)")
     assert all(float(row[-6]) > 0 and float(row[-4]) >= float(row[-5]) > 0 and row[-3] == "0" for row in rows)
