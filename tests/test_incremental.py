@@ -596,3 +596,22 @@ def test_pruning_keeps_exactly_what_the_next_plan_reads(small, tmp_path, capsys)
 def test_pruning_needs_the_cache(small, capsys):
     code, _, err = plan(small, capsys, "--stack", "prod", "--no-cache", "--prune-cache")
     assert code == 1 and "--prune-cache needs the cache" in err
+
+
+def test_a_policy_worker_delivers_complete_verdicts_or_nothing(monkeypatch):
+    import time
+
+    from scripts.modelctl import policy_worker
+
+    worker = policy_worker.PolicyWorker(["a", "b"], lambda stacks: {s: [["mandatory", f"{s} broke"]] for s in stacks})
+    assert worker.result() == {"a": [("mandatory", "a broke")], "b": [("mandatory", "b broke")]}
+    # A stack missing, a crash, an answer that is not JSON: nothing (the plan checks them itself).
+    assert policy_worker.PolicyWorker(["a", "b"], lambda stacks: {"a": []}).result() is None
+    assert policy_worker.PolicyWorker(["a"], lambda stacks: 1 / 0).result() is None
+    # A stuck worker is stopped once the wait is over, and reaped.
+    monkeypatch.setattr(policy_worker, "MIN_WAIT_SECONDS", 0.5)
+    stuck = policy_worker.PolicyWorker(["a"], lambda stacks: time.sleep(3600))
+    pid = stuck.pid
+    assert stuck.result() is None and stuck.pid is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -22,12 +22,18 @@ import contextlib
 import gc
 import json
 import os
+import select
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 # Stack -> [(enforcement, violation text)], in the order the rules reported them.
 Verdicts = dict[str, list[tuple[str, str]]]
+# The least the plan waits for its worker once its own work is done.
+MIN_WAIT_SECONDS = 60.0
+# Verdicts are a few lines per violation; more than this is not a worker's answer.
+MAX_RESULT_BYTES = 64 * 1024 * 1024
 
 
 class PolicyWorker:
@@ -46,15 +52,37 @@ class PolicyWorker:
         os.close(writer)
         self.pid: int | None = pid
         self.reader = reader
+        self.started = time.monotonic()
 
     def result(self) -> Verdicts | None:
-        """The verdicts of every stack given, or None when the worker did not deliver them."""
+        """The verdicts of every stack given, or None when the worker did not deliver them.
+
+        Waits at most twice as long as the plan took since the fork (at least a minute): the
+        worker does less than the plan, so a worker still busy then is stuck, and is stopped.
+        """
         if self.pid is None:
             return None
-        with os.fdopen(self.reader, "rb") as pipe:
-            data = pipe.read()
+        deadline = time.monotonic() + max(MIN_WAIT_SECONDS, 2 * (time.monotonic() - self.started))
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.reader], [], [], max(remaining, 0))
+            if not ready:
+                self.close()
+                return None
+            chunk = os.read(self.reader, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+            if received > MAX_RESULT_BYTES:
+                self.close()
+                return None
+        os.close(self.reader)
         _, status = os.waitpid(self.pid, 0)
         self.pid = None
+        data = b"".join(chunks)
         if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
             return None
         try:
