@@ -479,6 +479,20 @@ def test_a_bad_command_line_exits_1(capsys):
     assert "stacks/Pulumi.qa.yaml: <file>: no such stack file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["promote", "iris", "--env", "dev", "--version", "0"], "argument --version: 0: versions start at 1"),
+        (["promote", "iris", "--env", "dev", "--version", "two"], "argument --version: 'two' is not a whole number"),
+        (["retrain", "taxi-fare", "--env", "local", "--jobs", "0"], "argument --jobs: 0: at least 1"),
+        (["plan", "--all-stacks", "--jobs", "3"], "argument --jobs: invalid choice: 3"),
+    ],
+)
+def test_a_bad_number_on_the_command_line_is_named(capsys, argv, message):
+    assert _exit_code(argv) == 1
+    assert message in capsys.readouterr().err
+
+
 def _exit_code(argv) -> int:
     with pytest.raises(SystemExit) as exc:
         main(argv)
