@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -90,6 +91,8 @@ def test_comments_come_from_the_artifact_without_running_pull_request_code():
     # The artifact's number is checked against the pull request the preview run planned.
     assert post["env"]["HEAD_SHA"] == "${{ github.event.workflow_run.head_sha }}"
     assert '"$head" != "$HEAD_SHA"' in post["run"]
+    # The comment it may edit is its own: the GITHUB_TOKEN's identity, passed explicitly.
+    assert 'upsert-comment.sh "$REPOSITORY" "$pr" artifact/plan.md "github-actions[bot]"' in post["run"]
 
 
 # `if:` of a job that may hold credentials: only pull requests from this repository's branches.
@@ -191,15 +194,53 @@ def fake_gh(tmp_path: Path, existing_comments: str) -> tuple[dict, Path]:
     return env, log
 
 
+BOT = "github-actions[bot]"
+
+
 def upsert(tmp_path, body_text: str, existing_comments: str):
     """Run upsert-comment.sh for PR 7 of acme/models against the fake `gh`; (result, gh log)."""
     body = tmp_path / "plan.md"
     body.write_text(body_text)
     env, log = fake_gh(tmp_path, existing_comments)
     result = subprocess.run(
-        ["bash", str(UPSERT), "acme/models", "7", str(body)], env=env, capture_output=True, text=True
+        ["bash", str(UPSERT), "acme/models", "7", str(body), BOT], env=env, capture_output=True, text=True
     )
     return result, log
+
+
+def upsert_against_comments(tmp_path, comments: list[dict], bot_login: str = BOT):
+    """upsert-comment.sh against a `gh` that holds these comments and applies the script's own
+    --jq filter to them with jq (gh's --jq is jq's language), so the filter itself is tested."""
+    if shutil.which("jq") is None:
+        pytest.fail("jq is not installed: `apt-get install jq`")
+    page = tmp_path / "comments.json"
+    page.write_text(json.dumps(comments))
+    log = tmp_path / "gh.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gh").write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {log}\n'
+        "for ((i = 1; i <= $#; i++)); do\n"
+        '  if [ "${!i}" = --jq ]; then j=$((i + 1)); jq -r "${!j}" ' + str(page) + "; fi\n"
+        "done\n"
+    )
+    (bin_dir / "gh").chmod(0o755)
+    body = tmp_path / "plan.md"
+    body.write_text(PLAN_BODY)
+    env = os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", str(UPSERT), "acme/models", "7", str(body), bot_login], env=env, capture_output=True, text=True
+    )
+    return result, log.read_text().splitlines() if log.exists() else []
+
+
+def comment(comment_id: int, login: str, body: str) -> dict:
+    return {
+        "id": comment_id,
+        "user": {"login": login, "type": "Bot" if login.endswith("[bot]") else "User"},
+        "body": body,
+    }
 
 
 PLAN_BODY = "<!-- modelctl-plan -->\n## Offline plan\n"
@@ -220,6 +261,39 @@ def test_upsert_creates_a_comment_when_there_is_none(tmp_path):
 def test_upsert_refuses_a_body_without_the_marker(tmp_path):
     result, _ = upsert(tmp_path, "something else\n", "")
     assert result.returncode == 1
+
+
+def test_upsert_never_edits_a_users_comment_that_starts_with_the_marker(tmp_path):
+    # Anyone can comment on a pull request: a comment that starts with the marker but was
+    # written by a user is not the bot's, whatever it says.
+    planted = comment(11, "mallory", PLAN_BODY + "click here\n")
+    result, calls = upsert_against_comments(tmp_path, [planted])
+    assert result.returncode == 0, result.stderr
+    assert not any("PATCH" in call for call in calls), calls
+    assert "api --method POST repos/acme/models/issues/7/comments -F body=@" + str(tmp_path / "plan.md") in calls
+
+
+def test_upsert_edits_the_bots_own_comment_not_an_earlier_planted_one(tmp_path):
+    comments = [
+        comment(11, "mallory", PLAN_BODY),
+        comment(12, "octocat", "LGTM, see <!-- modelctl-plan -->"),
+        comment(13, BOT, "an unrelated bot comment\n"),
+        comment(14, BOT, PLAN_BODY + "| dev | 2 changes |\n"),
+    ]
+    result, calls = upsert_against_comments(tmp_path, comments)
+    assert result.returncode == 0, result.stderr
+    assert [c for c in calls if "PATCH" in c or "POST" in c] == [
+        "api --method PATCH repos/acme/models/issues/comments/14 -F body=@" + str(tmp_path / "plan.md")
+    ]
+    assert result.stdout == "updated comment 14\n"
+
+
+def test_upsert_refuses_a_missing_or_malformed_bot_login(tmp_path):
+    for case, login in enumerate(("", 'x") or true or ("', "github actions")):
+        (tmp_path / str(case)).mkdir()
+        result, calls = upsert_against_comments(tmp_path / str(case), [], login)
+        assert result.returncode == 1 and "BOT_LOGIN" in result.stderr, login
+        assert calls == [], "nothing is asked of GitHub"
 
 
 def test_deploy_runs_dev_then_staging_then_prod_each_in_its_environment():
