@@ -369,16 +369,79 @@ def steps_of_every_workflow():
                 yield f"{path.name}: {job_name}", step
 
 
+# `uses: owner/repo[/path]@<full commit SHA> # v<version>`: a tag or branch can be moved to other
+# code after review, a full-length commit SHA cannot (docs.github.com, "Security hardening for
+# GitHub Actions", "Using third-party actions"; docs.zizmor.sh/audits/#unpinned-uses); the
+# comment names the release the SHA was taken from, for readers and update tools.
+PINNED_USES = re.compile(r"^\s*(?:- )?uses: ([\w.-]+/[\w./-]+)@([0-9a-f]{40}) # (v\d+\.\d+\.\d+)\b")
+
+
+def pinned_actions() -> list[tuple[str, str, str, str]]:
+    """(where, action, commit, version) of every `uses:` of every workflow; asserts the form."""
+    found = []
+    for path in sorted(WORKFLOWS.glob("*.y*ml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not re.match(r"^\s*(?:- )?uses:", line):
+                continue
+            where = f"{path.name}:{number}"
+            if re.match(r"^\s*uses: \./\.github/workflows/", line):
+                continue  # a reusable workflow of this repository, at this run's commit
+            match = PINNED_USES.match(line)
+            assert match, f"{where}: not pinned as `owner/repo@<40-hex sha> # vX.Y.Z`: {line.strip()}"
+            found.append((where, *match.groups()))
+    return found
+
+
+def test_every_action_is_pinned_by_commit_with_its_version_in_a_comment():
+    pins = pinned_actions()
+    assert len(pins) >= 40, "every step of every workflow"
+    # One action, one commit: two SHAs for one action would mean a half-done upgrade.
+    by_action: dict[str, set[tuple[str, str]]] = {}
+    for _, action, commit, version in pins:
+        by_action.setdefault(action, set()).add((commit, version))
+    assert all(len(pairs) == 1 for pairs in by_action.values()), by_action
+
+
+def test_the_pin_check_refuses_tags_branches_and_short_shas():
+    for line in (
+        "      - uses: actions/checkout@v5",
+        "      - uses: actions/checkout@main",
+        "      - uses: actions/checkout@fbc6f39 # v5.1.0",
+        "      - uses: actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09",
+    ):
+        assert not PINNED_USES.match(line), line
+    assert PINNED_USES.match("      - uses: actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09 # v5.1.0")
+
+
 def test_no_workflow_uses_an_action_major_that_runs_on_node20():
     used = set()
-    for where, step in steps_of_every_workflow():
-        action, _, ref = step.get("uses", "").partition("@")
+    for where, action, _, version in pinned_actions():
         if action not in FIRST_NODE24_MAJOR:
             continue
         used.add(action)
-        major = int(ref.removeprefix("v").split(".")[0])
-        assert major >= FIRST_NODE24_MAJOR[action], f"{where}: {action}@{ref} runs on node20"
+        major = int(version.removeprefix("v").split(".")[0])
+        assert major >= FIRST_NODE24_MAJOR[action], f"{where}: {action} {version} runs on node20"
     assert {"actions/checkout", "pulumi/actions"} <= used, "the table no longer matches the workflows"
+
+
+def test_no_workflow_grants_write_or_oidc_at_workflow_level():
+    # Workflow-level permissions reach every job, including those that run a pull request's code
+    # or third-party actions; each job states its own (docs.github.com, "Controlling permissions
+    # for GITHUB_TOKEN"; docs.zizmor.sh/audits/#excessive-permissions).
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        workflow = load(path.name)
+        assert workflow.get("permissions", "missing") == {}, f"{path.name}: `permissions: {{}}` at workflow level"
+        for name, job in workflow["jobs"].items():
+            if "steps" in job and "uses" not in job:
+                assert "permissions" in job or not checks_out_code(job), f"{path.name}: {name}: no permissions"
+
+
+def test_checkouts_keep_no_credentials_in_the_clone():
+    # actions/checkout writes the token into .git/config unless told not to; an artifact or a
+    # later step's code could then carry it off (docs.zizmor.sh/audits/#artipacked).
+    for where, step in steps_of_every_workflow():
+        if step.get("uses", "").startswith("actions/checkout@"):
+            assert step.get("with", {}).get("persist-credentials") is False, where
 
 
 def test_every_job_has_a_timeout():
@@ -512,7 +575,7 @@ def test_e2e_runs_make_e2e_on_pull_requests_touching_what_it_deploys_and_nightly
 
 def test_e2e_runs_pull_request_code_with_a_read_only_token_and_no_secrets():
     workflow = load("e2e.yml")
-    assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["permissions"] == {}
     for job in workflow["jobs"].values():
         assert job.get("permissions", {"contents": "read"}) == {"contents": "read"}
         assert "environment" not in job
@@ -524,7 +587,7 @@ def test_e2e_runs_pull_request_code_with_a_read_only_token_and_no_secrets():
 def test_drift_previews_every_deployed_stack_nightly_with_the_deploy_credentials():
     workflow = load("drift.yml")
     assert set(workflow["on"]) == {"schedule", "workflow_dispatch"}, "never a pull request's code"
-    assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["permissions"] == {}
     job = workflow["jobs"]["preview"]
     assert set(job["strategy"]["matrix"]["stack"]) == {"dev", "staging", "prod", "eks"}
     assert job["strategy"]["fail-fast"] is False
@@ -643,7 +706,7 @@ def test_no_results_at_all_is_an_error(tmp_path):
 def test_the_catalog_is_published_to_pages_by_a_job_that_alone_may_write_pages():
     workflow = load("catalog.yml")
     assert workflow["on"]["push"]["branches"] == ["main"]
-    assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["permissions"] == {}
     build, deploy = workflow["jobs"]["build"], workflow["jobs"]["deploy"]
     assert build["permissions"] == {"contents": "read"}
     assert deploy["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
@@ -683,7 +746,7 @@ def test_main_keeps_the_plan_cache_that_pull_requests_start_from():
     workflow = load("plan-cache.yml")
     assert workflow["on"]["push"]["branches"] == ["main"]
     assert set(load("preview.yml")["on"]["pull_request"]["paths"]) <= set(workflow["on"]["push"]["paths"])
-    assert workflow["permissions"] == {"contents": "read"}
+    assert workflow["permissions"] == {}
     job = workflow["jobs"]["plan-cache"]
     assert job["permissions"] == {"contents": "read"}
     runs = "\n".join(step.get("run", "") for step in job["steps"])
