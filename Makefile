@@ -57,12 +57,15 @@ test-fast: $(STAMP) $(POLICY_STAMP) shellcheck-installed chromium-installed
 	$(BIN)/python -m pytest -m "not slow"
 
 # actionlint checks every workflow under .github/workflows (and their `run:` blocks with
-# shellcheck); shellcheck checks every shell script that tests/shell_scripts.py lists.
+# shellcheck); shellcheck checks every shell script that tests/shell_scripts.py lists; zizmor
+# audits the workflows' security, --offline (no GitHub API: audits that need it are skipped),
+# failing on any finding not ignored in place with a reason (docs.zizmor.sh/usage).
 lint: $(STAMP) shellcheck-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/actionlint
 	shellcheck $$($(BIN)/python -m tests.shell_scripts)
+	$(BIN)/zizmor --offline .github/workflows
 
 policy-config: $(STAMP)
 	for stack in $$($(BIN)/python -c 'from infra.spec.settings import stack_names; from pathlib import Path; print(*stack_names(Path(".")))'); do $(BIN)/modelctl policy-config --stack $$stack > policy/config/$$stack.json; done

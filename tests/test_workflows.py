@@ -20,6 +20,7 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 UPSERT = ROOT / ".github" / "scripts" / "upsert-comment.sh"
 # requirements-dev.txt installs it beside the interpreter running the tests.
 ACTIONLINT = Path(sys.executable).parent / "actionlint"
+ZIZMOR = Path(sys.executable).parent / "zizmor"
 
 
 def load(name: str) -> dict:
@@ -497,6 +498,53 @@ def test_actionlint_reports_a_node20_action_and_a_shellcheck_finding(tmp_path):
     assert result.returncode == 1
     assert 'runtime "node20" is deprecated' in result.stdout
     assert "SC2086" in result.stdout
+
+
+def zizmor(*inputs: Path) -> subprocess.CompletedProcess:
+    if not ZIZMOR.is_file():
+        pytest.fail(f"{ZIZMOR} is missing: pip install -r requirements-dev.txt")
+    # --offline: no GitHub API here (audits that need it are skipped); as `make lint` runs it.
+    command = [str(ZIZMOR), "--offline", "--no-progress", "--color=never", *map(str, inputs)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_zizmor_finds_nothing_in_any_workflow():
+    result = zizmor(WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Every finding it does not report is ignored in place, each with its reason on that line
+    # or just above (grep `zizmor: ignore`).
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        lines = path.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if "zizmor: ignore[" in line:
+                reason = line.split("]", 1)[1] + lines[number - 1]
+                assert len(reason.strip(" #()")) > 20, f"{path.name}:{number + 1}: say why"
+
+
+def test_zizmor_reports_the_defects_it_is_here_for(tmp_path):
+    # The clean run above means something only if zizmor, offline, does look.
+    workflow = tmp_path / "bad.yml"
+    workflow.write_text(
+        "on: push\n"
+        "permissions:\n"
+        "  contents: read\n"
+        "  id-token: write\n"
+        "jobs:\n"
+        "  build:\n"
+        "    runs-on: ubuntu-latest\n"
+        "    steps:\n"
+        "      - uses: actions/checkout@v5\n"
+        "      - run: echo ${{ github.event.head_commit.message }}\n"
+        # With one job zizmor takes workflow-level permissions as that job's own.
+        "  other:\n"
+        "    runs-on: ubuntu-latest\n"
+        "    steps:\n"
+        "      - run: echo\n"
+    )
+    result = zizmor(workflow)
+    assert result.returncode != 0
+    for audit in ("unpinned-uses", "template-injection", "excessive-permissions", "artipacked"):
+        assert f"[{audit}]" in result.stdout, audit
 
 
 def test_shellcheck_finds_nothing_in_any_shell_script():
