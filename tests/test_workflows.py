@@ -785,7 +785,127 @@ def test_retrain_runs_on_the_manifests_schedule_one_candidate_per_runner():
         for name, job in jobs.items()
         if "write" in (job["permissions"].get("contents"), job["permissions"].get("pull-requests"))
     ]
-    assert writers == ["publish"], "only the final job writes contents and pull requests"
+    assert writers == [], "GITHUB_TOKEN writes nothing: the App's token pushes and opens the pull request"
+
+
+def retrain_step(job: str, name: str) -> dict:
+    return next(s for s in load("retrain.yml")["jobs"][job]["steps"] if s.get("name") == name)
+
+
+def test_retrain_opens_its_pull_request_as_a_github_app_so_that_its_workflows_run():
+    # A pull request opened with GITHUB_TOKEN starts no workflow (docs.github.com, "Triggering a
+    # workflow from a workflow"): no plan comment, no preview, no required checks.
+    jobs = load("retrain.yml")["jobs"]
+    publish = jobs["publish"]
+    steps = publish["steps"]
+    mint = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("actions/create-github-app-token@"))
+    opened = next(i for i, s in enumerate(steps) if s.get("name") == "Open the pull request")
+    assert mint < opened
+    assert steps[mint]["id"] == "app-token" and steps[mint]["if"] == steps[opened]["if"]
+    assert steps[mint]["with"] == {
+        "client-id": "${{ vars.RETRAIN_APP_CLIENT_ID }}",
+        "private-key": "${{ secrets.RETRAIN_APP_PRIVATE_KEY }}",
+        "permission-contents": "write",
+        "permission-pull-requests": "write",
+    }
+    assert steps[opened]["env"]["GH_TOKEN"] == "${{ steps.app-token.outputs.token }}"
+    assert "github.token" not in yaml.safe_dump(publish), "GITHUB_TOKEN neither pushes nor opens it"
+    assert publish["environment"] == "retrain", "the App's key is an Environment secret"
+    # Never trains, publishes or opens anything without the App.
+    assert jobs["candidate"]["needs"] == "pull-request-token"
+    assert "pull-request-token" in publish["needs"]
+    assert "needs.pull-request-token.result == 'success'" in publish["if"]
+
+
+def run_retrain_step(tmp_path, job: str, name: str, **env: str) -> subprocess.CompletedProcess:
+    step = retrain_step(job, name)
+    script = tmp_path / "step.sh"
+    script.write_text(step["run"])
+    return subprocess.run(
+        ["bash", "-eo", "pipefail", str(script)], env=os.environ | env, capture_output=True, text=True, cwd=tmp_path
+    )
+
+
+@pytest.mark.parametrize(
+    ("client_id", "private_key", "named"),
+    [
+        ("", "", ["RETRAIN_APP_CLIENT_ID", "RETRAIN_APP_PRIVATE_KEY"]),
+        ("Iv23li0example", "", ["RETRAIN_APP_PRIVATE_KEY"]),
+        ("", "-----BEGIN RSA PRIVATE KEY-----", ["RETRAIN_APP_CLIENT_ID"]),
+    ],
+)
+def test_retrain_refuses_at_once_and_names_what_to_set_without_the_app(tmp_path, client_id, private_key, named):
+    step = retrain_step("pull-request-token", "Refuse without the GitHub App that opens the pull request")
+    assert step["env"] == {
+        "RETRAIN_APP_CLIENT_ID": "${{ vars.RETRAIN_APP_CLIENT_ID }}",
+        "RETRAIN_APP_PRIVATE_KEY": "${{ secrets.RETRAIN_APP_PRIVATE_KEY }}",
+    }
+    result = run_retrain_step(
+        tmp_path,
+        "pull-request-token",
+        step["name"],
+        RETRAIN_APP_CLIENT_ID=client_id,
+        RETRAIN_APP_PRIVATE_KEY=private_key,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == len(named)
+    for error, name in zip(errors, named, strict=True):
+        assert name in error and "retrain Environment" in error and "docs/security.md" in error
+
+
+def test_retrain_goes_on_when_the_app_is_configured(tmp_path):
+    result = run_retrain_step(
+        tmp_path,
+        "pull-request-token",
+        "Refuse without the GitHub App that opens the pull request",
+        RETRAIN_APP_CLIENT_ID="Iv23li0example",
+        RETRAIN_APP_PRIVATE_KEY="-----BEGIN RSA PRIVATE KEY-----",
+    )
+    assert result.returncode == 0 and "::error" not in result.stdout
+
+
+def test_retrain_pushes_and_opens_the_pull_request_with_the_apps_token_only(tmp_path):
+    """The step's script against a fake `gh` and a `git` that records its environment: the App's
+    token reaches the push through git's environment, never argv or .git/config."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    (bin_dir / "gh").write_text(
+        f'#!/bin/sh\necho "gh $* token=$GH_TOKEN" >> {log}\ncase "$*" in "api users/"*) echo 12345 ;; esac\n'
+    )
+    (bin_dir / "git").write_text(
+        f'#!/bin/sh\necho "git $* count=${{GIT_CONFIG_COUNT:-}} key=${{GIT_CONFIG_KEY_0:-}} '
+        f'value=${{GIT_CONFIG_VALUE_0:-}}" >> {log}\n'
+    )
+    for tool in ("gh", "git"):
+        (bin_dir / tool).chmod(0o755)
+    result = run_retrain_step(
+        tmp_path,
+        "publish",
+        "Open the pull request",
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        GH_TOKEN="ghs_apptoken",
+        APP_SLUG="model-retrain",
+        SERVER_URL="https://github.com",
+        MODEL="taxi-fare",
+        ENVIRONMENT="staging",
+        GITHUB_RUN_ID="9",
+    )
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    basic = "eC1hY2Nlc3MtdG9rZW46Z2hzX2FwcHRva2Vu"  # base64("x-access-token:ghs_apptoken")
+    assert f"::add-mask::{basic}" in result.stdout
+    assert "gh api users/model-retrain[bot] --jq .id token=ghs_apptoken" in calls
+    assert "git config user.email 12345+model-retrain[bot]@users.noreply.github.com count= key= value=" in calls
+    (push,) = [c for c in calls if c.startswith("git push")]
+    assert push == (
+        "git push origin retrain/taxi-fare-9 count=1 key=http.https://github.com/.extraheader "
+        f"value=AUTHORIZATION: basic {basic}"
+    )
+    assert not any("ghs_apptoken" in c or basic in c for c in calls if c.startswith("git") and c != push)
+    (create,) = [c for c in calls if c.startswith("gh pr create")]
+    assert "--head retrain/taxi-fare-9" in create and create.endswith("token=ghs_apptoken")
 
 
 def test_main_keeps_the_plan_cache_that_pull_requests_start_from():
