@@ -62,6 +62,10 @@ def test_pulumi_preview_has_read_only_oidc_credentials_for_the_artifact_checks()
     workflow = load("preview.yml")
     job = workflow["jobs"]["pulumi-preview"]
     assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    # A pull request's code: the `preview` Environment's read-only identity, never a deploy one.
+    assert job["environment"] == "preview"
+    text = yaml.safe_dump(job)
+    assert "secrets.READONLY_KUBECONFIG_DATA" in text and "secrets.READONLY_PULUMI_ACCESS_TOKEN" in text
     steps = job["steps"]
     login = next(
         i for i, s in enumerate(steps) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
@@ -73,7 +77,10 @@ def test_pulumi_preview_has_read_only_oidc_credentials_for_the_artifact_checks()
     preview = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("pulumi/actions@"))
     assert login < preview, "credentials before the preview runs the artifact checks"
     # Without the role the preview would fail its artifact checks: the job is skipped instead.
-    check = workflow["jobs"]["credentials"]["steps"][0]
+    credentials = workflow["jobs"]["credentials"]
+    assert credentials["environment"] == "preview", "its secrets are visible in that Environment only"
+    assert SAME_REPOSITORY in credentials["if"]
+    check = credentials["steps"][0]
     assert check["env"]["AWS_PREVIEW_ROLE_ARN"] == "${{ vars.AWS_PREVIEW_ROLE_ARN }}"
     assert '[ -n "$AWS_PREVIEW_ROLE_ARN" ]' in check["run"]
     # Nothing else in the workflow may write with OIDC: the offline plan runs with no credentials.
@@ -317,6 +324,7 @@ def test_a_stage_runs_pulumi_up_with_the_policy_pack_in_its_environment_then_smo
     assert workflow["on"]["workflow_call"]["inputs"]["stack"]["required"] is True
     (job,) = workflow["jobs"].values()
     assert job["environment"]["name"] == "${{ inputs.stack }}"
+    assert job["permissions"] == {"contents": "read", "id-token": "write"}
     steps = job["steps"]
     up = next(i for i, s in enumerate(steps) if s.get("uses", "").startswith("pulumi/actions@"))
     assert steps[up]["with"]["command"] == "up"
@@ -632,7 +640,7 @@ def test_e2e_runs_pull_request_code_with_a_read_only_token_and_no_secrets():
     assert "pull_request_target" not in workflow["on"]
 
 
-def test_drift_previews_every_deployed_stack_nightly_with_the_deploy_credentials():
+def test_drift_previews_every_deployed_stack_nightly_with_a_read_only_identity():
     workflow = load("drift.yml")
     assert set(workflow["on"]) == {"schedule", "workflow_dispatch"}, "never a pull request's code"
     assert workflow["permissions"] == {}
@@ -640,17 +648,20 @@ def test_drift_previews_every_deployed_stack_nightly_with_the_deploy_credentials
     assert set(job["strategy"]["matrix"]["stack"]) == {"dev", "staging", "prod", "eks"}
     assert job["strategy"]["fail-fast"] is False
     assert job["permissions"] == {"contents": "read", "id-token": "write"}
+    # Drift only looks: the `drift` Environment's read-only identity, not prod's deploy one (which
+    # lives behind prod's reviewers), and no reviewers to hold it every night.
+    assert job["environment"] == "drift"
     steps = job["steps"]
     login = next(
         i for i, s in enumerate(steps) if s.get("uses", "").startswith("aws-actions/configure-aws-credentials@")
     )
-    assert steps[login]["with"]["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
-    kubeconfig = next(i for i, s in enumerate(steps) if "KUBECONFIG_DATA" in s.get("env", {}))
+    assert steps[login]["with"]["role-to-assume"] == "${{ vars.AWS_DRIFT_ROLE_ARN }}"
+    kubeconfig = next(i for i, s in enumerate(steps) if "READONLY_KUBECONFIG_DATA" in s.get("env", {}))
     preview = next(i for i, s in enumerate(steps) if "pulumi preview" in s.get("run", ""))
     assert login < preview and kubeconfig < preview
     command = steps[preview]["run"]
     assert "--expect-no-changes" in command and "--refresh" in command
-    assert steps[preview]["env"]["PULUMI_ACCESS_TOKEN"] == "${{ secrets.PULUMI_ACCESS_TOKEN }}"
+    assert steps[preview]["env"]["PULUMI_ACCESS_TOKEN"] == "${{ secrets.READONLY_PULUMI_ACCESS_TOKEN }}"
     # Drift and a failed preview are told apart by the CLI's own message for --expect-no-changes.
     assert "no changes were expected" in command and "echo error" in command
     upload = next(s for s in steps[preview:] if s.get("uses", "").startswith("actions/upload-artifact@"))
@@ -928,3 +939,78 @@ def test_main_keeps_the_plan_cache_that_pull_requests_start_from():
     assert saved["with"]["path"] == restored["with"]["path"] == "build/.plan-cache"
     assert saved["with"]["key"].startswith(restored["with"]["restore-keys"])
     assert "${{ github.sha }}" in saved["with"]["key"], "one key per commit: a GitHub cache is never overwritten"
+
+
+# Credentials that can change a cluster or a stack. Each exists only as a secret of the GitHub
+# Environment named like its stack (dev, staging, prod): a job reads an Environment's secrets only
+# once that Environment's protection rules (prod: required reviewers, main only) have passed
+# (docs.github.com, "Managing environments for deployment"), so the approval is a boundary.
+DEPLOY_SECRETS = ("secrets.KUBECONFIG_DATA", "secrets.PULUMI_ACCESS_TOKEN")
+DEPLOY_ROLE = "vars.AWS_DEPLOY_ROLE_ARN"
+DEPLOY_ENVIRONMENTS = {"${{ inputs.stack }}"}  # deploy-stack.yml, called with dev, staging, prod
+# Identities that can only look, each in its own Environment (its own OIDC subject).
+READ_ONLY_ENVIRONMENTS = {"preview", "drift"}
+READ_ONLY_SECRETS = ("secrets.READONLY_KUBECONFIG_DATA", "secrets.READONLY_PULUMI_ACCESS_TOKEN")
+
+
+def environment_of(job: dict) -> str | None:
+    environment = job.get("environment")
+    return environment.get("name") if isinstance(environment, dict) else environment
+
+
+def every_job():
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        for name, job in load(path.name)["jobs"].items():
+            yield f"{path.name}: {name}", job
+
+
+def test_deploy_credentials_are_read_only_in_the_deploy_environments():
+    readers = []
+    for where, job in every_job():
+        text = yaml.safe_dump(job, width=1000)
+        environment = environment_of(job)
+        for secret in (*DEPLOY_SECRETS, DEPLOY_ROLE):
+            if secret in text:
+                readers.append(where)
+                assert environment in DEPLOY_ENVIRONMENTS, f"{where} reads {secret} outside a deploy Environment"
+        for secret in READ_ONLY_SECRETS:
+            if secret in text:
+                assert environment in READ_ONLY_ENVIRONMENTS, f"{where} reads {secret} outside preview/drift"
+        # A deploy Environment runs only the default branch's code (deploy.yml: push to main).
+        if environment in DEPLOY_ENVIRONMENTS:
+            assert not set(triggers(load(where.split(":")[0]))) & set(PULL_REQUEST_EVENTS), where
+    assert set(readers) == {"deploy-stack.yml: up"}, "only the deploy stage holds deploy credentials"
+
+
+def test_no_workflow_passes_every_secret_to_a_called_workflow():
+    # `secrets: inherit` would hand repository secrets to the called workflow whatever it needs
+    # (docs.zizmor.sh/audits/#secrets-inherit); deploy-stack.yml reads its Environment's own.
+    for where, job in every_job():
+        assert "secrets" not in job, where
+
+
+def test_pull_request_code_never_runs_in_a_deploy_environment_nor_with_a_deploy_identity():
+    for path in sorted(WORKFLOWS.glob("*.yml")):
+        workflow = load(path.name)
+        if not triggers(workflow) & set(PULL_REQUEST_EVENTS):
+            continue
+        for name, job in workflow["jobs"].items():
+            environment = environment_of(job)
+            assert environment in (None, "preview"), f"{path.name}: {name} runs in {environment}"
+            text = yaml.safe_dump(job, width=1000)
+            assert DEPLOY_ROLE not in text and not any(s in text for s in DEPLOY_SECRETS), f"{path.name}: {name}"
+
+
+def test_the_stages_oidc_subjects_are_their_environments():
+    # With `environment:` the job's OIDC token has the subject repo:<owner>/<repo>:environment:<name>
+    # (docs.github.com, "OpenID Connect reference"): each role's trust policy names one of these.
+    subjects = set()
+    for _, job in every_job():
+        if job.get("permissions", {}).get("id-token") == "write" and "steps" in job:
+            environment = environment_of(job)
+            if any("configure-aws-credentials@" in s.get("uses", "") for s in job["steps"]):
+                subjects.add(environment)
+    assert {"${{ inputs.stack }}", "preview", "drift"} <= subjects
+    docs = (ROOT / "docs" / "security.md").read_text()
+    for environment in ("prod", "staging", "dev", "preview", "drift"):
+        assert f"repo:OWNER/REPO:environment:{environment}" in docs, environment
