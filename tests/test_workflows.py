@@ -355,7 +355,8 @@ def test_every_job_of_every_workflow_has_steps_or_calls_a_workflow():
 # aws-actions/configure-aws-credentials@v6 L4, pulumi/actions@v7 L143, actions/github-script@v8 L39,
 # actions/deploy-pages@v5 L5, actions/configure-pages@v6 (v6.0.0: "upgrade to node 24", its #186;
 # v5's L5 is node20), actions/upload-pages-artifact@v5 (composite; L84 runs upload-artifact@v7.0.0,
-# v4 ran upload-artifact@v4.6.2)).
+# v4 ran upload-artifact@v4.6.2)), actions/create-github-app-token@v3 (v3.0.0 action.yml L139;
+# v2.2.2 is node20).
 FIRST_NODE24_MAJOR = {
     "actions/checkout": 5,
     "actions/setup-python": 6,
@@ -368,6 +369,7 @@ FIRST_NODE24_MAJOR = {
     "actions/upload-pages-artifact": 5,
     "actions/deploy-pages": 5,
     "actions/cache": 5,
+    "actions/create-github-app-token": 3,
 }
 
 
