@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -1016,3 +1017,16 @@ def test_the_stages_oidc_subjects_are_their_environments():
     docs = (ROOT / "docs" / "security.md").read_text()
     for environment in ("prod", "staging", "dev", "preview", "drift"):
         assert f"repo:OWNER/REPO:environment:{environment}" in docs, environment
+
+
+def test_the_preview_identitys_admission_policy_in_the_docs_is_valid_kubernetes():
+    """docs/security.md gives the dry-run-only policy as YAML to apply: it must be what the API accepts."""
+    import kubernetes_validate
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    section = text[text.index("## Read-only identities") :]
+    block = section[section.index("```yaml") + len("```yaml") : section.index("```", section.index("```yaml") + 7)]
+    documents = [d for d in yaml.safe_load_all(textwrap.dedent(block)) if d]
+    assert [d["kind"] for d in documents] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    for document in documents:
+        kubernetes_validate.validate(document, "1.30.0", strict=True)
