@@ -101,7 +101,7 @@ def test_comments_come_from_the_artifact_without_running_pull_request_code():
     assert post["env"]["HEAD_SHA"] == "${{ github.event.workflow_run.head_sha }}"
     assert '"$head" != "$HEAD_SHA"' in post["run"]
     # The comment it may edit is its own: the GITHUB_TOKEN's identity, passed explicitly.
-    assert 'upsert-comment.sh "$REPOSITORY" "$pr" artifact/plan.md "github-actions[bot]"' in post["run"]
+    assert 'upsert-comment.sh "$REPOSITORY" "$pr" comment.md "github-actions[bot]"' in post["run"]
 
 
 # `if:` of a job that may hold credentials: only pull requests from this repository's branches.
@@ -175,7 +175,8 @@ def test_the_comment_job_runs_no_pull_request_code_and_may_only_comment():
                     # No `ref:`: the default branch, never the pull request's head.
                     assert "ref" not in step.get("with", {}), f"{path.name}: {name}"
                     assert "repository" not in step.get("with", {}), f"{path.name}: {name}"
-                run = step.get("run", "")
+                # The default branch's own stdlib script (the checkout above is never the PR's).
+                run = step.get("run", "").replace("python3 .github/scripts/plan_comment.py", "")
                 for runs_code in ("make", "modelctl", "pip ", "python", ".venv", "npm", "./"):
                     assert runs_code not in run, f"{path.name}: {name} runs {runs_code!r}"
             assert "secrets." not in yaml.safe_dump(job)
@@ -1030,3 +1031,77 @@ def test_the_preview_identitys_admission_policy_in_the_docs_is_valid_kubernetes(
     assert [d["kind"] for d in documents] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     for document in documents:
         kubernetes_validate.validate(document, "1.30.0", strict=True)
+
+
+# The trusted header of the plan comment (.github/scripts/plan_comment.py) -------------------------
+
+
+def _plan_comment(
+    tmp_path: Path, plan: str, changed: list[str], count: int | None = None
+) -> subprocess.CompletedProcess:
+    (tmp_path / "plan.md").write_text(plan)
+    (tmp_path / "changed").write_text("\n".join(changed) + "\n")
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / ".github" / "scripts" / "plan_comment.py"),
+            str(tmp_path / "plan.md"),
+            str(tmp_path / "changed"),
+            str(len(changed) if count is None else count),
+            "https://github.com/o/r/actions/runs/1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def _blocks_before_the_plan(comment: str) -> list[str]:
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").parse(comment)
+    end = next(i for i, t in enumerate(tokens) if t.type == "hr")
+    return [t.type for t in tokens[:end]]
+
+
+def test_the_comment_job_posts_the_plan_under_a_header_the_pull_request_cannot_write():
+    job = load("preview-comment.yml")["jobs"]["comment"]
+    script = "\n".join(step.get("run", "") for step in job["steps"])
+    assert "pulls/$pr/files" in script and "plan_comment.py artifact/plan.md" in script
+    assert 'upsert-comment.sh "$REPOSITORY" "$pr" comment.md' in script
+
+
+def test_a_manifest_only_change_gets_no_warning_and_one_marker(tmp_path):
+    plan = "<!-- modelctl-plan -->\n## Offline plan\n\n- **prod**: 1 to update\n"
+    result = _plan_comment(tmp_path, plan, ["models/iris.yaml", "stacks/Pulumi.prod.yaml"])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<!-- modelctl-plan -->\n")
+    assert result.stdout.count("<!-- modelctl-plan -->") == 1
+    assert "CAUTION" not in result.stdout and "- **prod**: 1 to update" in result.stdout
+    assert "https://github.com/o/r/actions/runs/1" in result.stdout
+
+
+def test_a_change_to_the_plans_code_is_named_above_whatever_that_code_wrote(tmp_path):
+    # The pull request's own report.py can write anything, including a fake "no changes" and an
+    # unclosed comment or code block; the header comes first and its blocks close before the plan.
+    forged = "<!-- modelctl-plan -->\n- **prod**: no changes\n\n<!--\n```\n"
+    changed = ["scripts/modelctl/report.py", "models/iris.yaml", "weird`` name\x1b[2J.py"]
+    result = _plan_comment(tmp_path, forged, changed)
+    assert result.returncode == 0, result.stderr
+    header = result.stdout[: result.stdout.index("\n---\n")]
+    assert "[!CAUTION]" in header and "` scripts/modelctl/report.py `" in header
+    assert "``` weird`` name?[2J.py ```" in header and "models/iris.yaml" not in header
+    assert "blockquote_open" in _blocks_before_the_plan(result.stdout)
+
+
+def test_files_beyond_the_apis_listing_count_as_code(tmp_path):
+    result = _plan_comment(tmp_path, "plan\n", ["models/iris.yaml"], count=3500)
+    assert "changes 3499 file(s) outside" in result.stdout and "and 3499 more" in result.stdout
+
+
+def test_a_plan_of_any_size_fits_githubs_comment_limit(tmp_path):
+    plan = "<!-- modelctl-plan -->\n" + "| `iris` | 1 → 2 | 0.5 → 1 | 512Mi → 1Gi |\n" * 20_000
+    result = _plan_comment(tmp_path, plan, ["infra/model/workload.py"])
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) < 65_536
+    assert "The plan was cut to 60,000 characters" in result.stdout
+    assert result.stdout.endswith("|\n")  # cut at a line, never inside one
