@@ -31,6 +31,7 @@ def cli(project: Path, *argv: str) -> subprocess.CompletedProcess:
 
 
 PROD = "stacks/Pulumi.prod.yaml"
+KIND = "stacks/Pulumi.kind.yaml"
 
 
 @pytest.mark.parametrize(
@@ -194,6 +195,13 @@ BAD_INPUT = [
         "a label value is",
     ),
     (
+        "node label key",
+        KIND,
+        _set("config.model-serving:cluster.nodePools.0.labels", {"-bad": "x"}),
+        f"{KIND}: config.model-serving:cluster.nodePools.0.labels.-bad: ",
+        "not a Kubernetes qualified name",
+    ),
+    (
         "label of the project",
         PROD,
         _set("config.model-serving:monitoring.selectorLabels", {"model-serving.dev/model": "x"}),
@@ -214,6 +222,17 @@ def test_a_bad_value_is_one_error_naming_file_and_field(project, capsys, file, c
 def test_the_largest_int64_is_a_version(project, capsys):
     edit_yaml(project / IRIS, _publish_as(BIG - 1))
     edit_yaml(project / IRIS, _set("environments.prod.stable", BIG - 1))
+    assert validate(project, capsys)[0] == 0
+
+
+def test_nodes_may_carry_the_project_labels(project, capsys):
+    # Node labels describe what exists (the GPU pool's model-serving.dev/node-pool); only the
+    # labels the project merges with its own refuse its prefix.
+    labels = {"model-serving.dev/node-pool": "gpu", "Example.com/x": ""}
+    edit_yaml(project / KIND, _set("config.model-serving:cluster.nodePools.0.labels", labels))
+    assert validate(project, capsys)[0] == 1  # the prefix must be lower case, as a DNS subdomain
+    del labels["Example.com/x"]
+    edit_yaml(project / KIND, _set("config.model-serving:cluster.nodePools.0.labels", labels))
     assert validate(project, capsys)[0] == 0
 
 

@@ -1,8 +1,8 @@
 """Kubernetes label and annotation keys and values, checked as the API server checks them.
 
 Rules from k8s.io/apimachinery@eed236c: a key is a "qualified name" (`IsQualifiedName`, now
-`IsLabelKey`, pkg/api/validate/content/kube.go:36-70): an optional DNS-1123 subdomain prefix
-of at most 253 characters (content/dns.go:57-64) and `/`, then a name of at most 63
+`IsLabelKey`, pkg/api/validate/content/kube.go:36-72): an optional DNS-1123 subdomain prefix
+of at most 253 characters (content/dns.go:57-66) and `/`, then a name of at most 63
 characters matching `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]` (kube.go:24-28). A label value
 is empty or such a name (`IsLabelValue`, kube.go:74-95). Annotation keys are qualified names
 compared in lower case, and all keys and values of one object together hold at most 256 KiB
@@ -63,10 +63,11 @@ def label_value_problem(value: str) -> str | None:
     )
 
 
-def _key_problems(keys: Mapping[str, str], reserved: bool) -> list[tuple[str, str]]:
+def _key_problems(keys: Mapping[str, str], reserved: bool, caseless: bool = False) -> list[tuple[str, str]]:
+    # Annotation keys are checked in lower case (objectmeta.go:50-51); label keys as written.
     problems = []
     for key in keys:
-        problem = qualified_name_problem(key.lower())
+        problem = qualified_name_problem(key.lower() if caseless else key)
         if problem is not None:
             problems.append((key, f"not a Kubernetes qualified name: {problem}"))
         elif reserved and key.lower().rpartition("/")[0] == PROJECT_PREFIX:
@@ -86,7 +87,7 @@ def _labels(labels: Mapping[str, str], reserved: bool) -> Mapping[str, str]:
 
 
 def _annotations(annotations: Mapping[str, str]) -> Mapping[str, str]:
-    problems = _key_problems(annotations, reserved=True)
+    problems = _key_problems(annotations, reserved=True, caseless=True)
     size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
     if size > TOTAL_ANNOTATION_SIZE_LIMIT_B:
         problems.append(("", f"{size} bytes of keys and values; Kubernetes allows {TOTAL_ANNOTATION_SIZE_LIMIT_B}"))

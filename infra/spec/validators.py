@@ -84,9 +84,9 @@ FiniteValue = Annotated[Any, AfterValidator(finite)]
 
 
 # Pulumi's stack names: at most 100 of [A-Za-z0-9_.-] (pulumi/pulumi@1b59498
-# sdk/go/common/tokens/stack_name.go:51-64, ParseStackName, which the service and the file
-# backends call from ValidateStackName, pkg/backend/httpstate/backend.go:1159). Pulumi allows
-# a leading '-', but a name is an argument of `pulumi --stack` and of our own subprocesses,
+# sdk/go/common/tokens/stack_name.go:51-86, ParseStackName, which the Pulumi Cloud backend's
+# ValidateStackName calls, pkg/backend/httpstate/backend.go:1159-1181). Pulumi allows a
+# leading '-', but a name is an argument of `pulumi --stack` and of our own subprocesses,
 # where `--output` would be an option: refused. `.` and `..` would be path segments.
 STACK_NAME = r"(?!-)(?![.]{1,2}$)[A-Za-z0-9_.-]{1,100}"
 
