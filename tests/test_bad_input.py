@@ -215,8 +215,8 @@ CASES = [
         "version zero",
         IRIS,
         data(IRIS, lambda d: d["versions"].update({0: copy.deepcopy(d["versions"][1])})),  # a copy: no alias
-        f"{IRIS}: versions.0.[key]: ",
-        "greater than 0",
+        f"{IRIS}: versions.0: ",
+        "Got 0; a version is a whole number from 1 to 2^63-1",
     ),
     Case(
         "invalid promotion goal",
@@ -482,7 +482,8 @@ def test_a_bad_command_line_exits_1(capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["promote", "iris", "--env", "dev", "--version", "0"], "argument --version: 0: versions start at 1"),
+        (["promote", "iris", "--env", "dev", "--version", "0"], "argument --version: Got 0; a version is a whole"),
+        (["publish", "iris", "x", "--stack", "dev", "--version", str(2**63)], f"Got {2**63}; a version is"),
         (["promote", "iris", "--env", "dev", "--version", "two"], "argument --version: 'two' is not a whole number"),
         (["retrain", "taxi-fare", "--env", "local", "--jobs", "0"], "argument --jobs: 0: at least 1"),
         (["plan", "--all-stacks", "--jobs", "3"], "argument --jobs: invalid choice: 3"),

@@ -428,7 +428,7 @@ CASES = [
     Case(
         "bad label key",
         _in_cluster(podSelector={"app/name/x": "minio"}),
-        "inCluster.podSelector.app/name/x.[key]",
+        "inCluster.podSelector.app/name/x",
         "pattern",
     ),
     Case(

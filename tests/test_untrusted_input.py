@@ -176,7 +176,9 @@ def test_a_stack_file_linked_outside_is_refused_by_name(project, capsys, tmp_pat
 
 
 def test_a_stack_name_is_never_a_path(project, capsys):
-    assert main(["--root", str(project), "plan", "--stack", "../../etc/passwd"]) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["--root", str(project), "plan", "--stack", "../../etc/passwd"])
+    assert exc.value.code == 1
     err = capsys.readouterr().err
     assert "is not a stack name" in err and "Traceback" not in err
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+# pydantic's `finite_number` error, and the same rule for numbers inside free-form values.
+NON_FINITE = "not a finite number: .inf, -.inf and .nan have no JSON form (plans, Flagger, charts); write a number"
+
 
 @dataclass(frozen=True, order=True)
 class ErrorItem:
@@ -45,7 +48,8 @@ class FieldProblemsError(ValueError):
 
 
 def dotted(loc: Iterable[object]) -> str:
-    return ".".join(str(part) for part in loc)
+    # pydantic locates a dict key's error at `<key>.[key]`; the key alone names it.
+    return ".".join(str(part) for part in loc if part != "[key]")
 
 
 def pydantic_errors(file: str, exc: ValidationError, prefix: str = "") -> list[ErrorItem]:
@@ -70,6 +74,8 @@ def _message(err: dict) -> str:
         return "unknown field (check the spelling; `modelctl schema` lists the fields)"
     if kind == "missing":
         return "required field is missing"
+    if kind == "finite_number":
+        return f"Got {got!r}; {NON_FINITE}"
     message = err["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]

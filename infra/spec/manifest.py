@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -24,6 +25,7 @@ from pydantic import (
 
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
 from infra.spec.paths import OUTSIDE, is_inside
+from infra.spec.validators import FiniteValue, VersionNumber, finite
 from infra.spec.yamlio import MAX_FILE_BYTES, decode_text, parse_yaml, read_bounded
 
 MODELS_DIR = "models"
@@ -68,13 +70,14 @@ ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN, min_len
 Quantity = Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
 Digest = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, strip_whitespace=True)]
-VersionNumber = Annotated[int, Field(gt=0, strict=True)]
 
 
 class Frozen(BaseModel):
-    """Base of every manifest model: immutable, strict about unknown fields and types."""
+    """Base of every manifest model: immutable, strict about unknown fields and types, and
+    about numbers: `.inf` and `.nan` would reach the JSON plan, Flagger's MetricTemplates and
+    the catalog's charts, none of which can hold them."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Goal(StrEnum):
@@ -155,7 +158,7 @@ class TensorContract(Frozen):
     shape: list[Annotated[int, Field(ge=-1, strict=True)]] | None = Field(
         description="Dimensions; -1 is any size (the first is the batch). null: unknown rank."
     )
-    default: Any = Field(
+    default: FiniteValue = Field(
         default=None,
         description="Inputs only: the value TF-Serving feeds when a request omits the input (SignatureDef "
         "`defaults`); an input with a default is optional.",
@@ -279,7 +282,7 @@ class Serving(Frozen):
     )
     slo: Slo = Field(default_factory=Slo, description="Objectives for alerts and metric-gated rollouts.")
     rollout: Rollout | None = Field(default=None, description="Metric-gated rollout settings (stacks with Flagger).")
-    example_request: dict[str, Any] | None = Field(
+    example_request: dict[str, FiniteValue] | None = Field(
         default=None,
         description='A TF-Serving REST predict body (`{"instances": [...]}`) used by `modelctl smoke`.',
     )
@@ -376,7 +379,11 @@ class CandidateSpace(Frozen):
     seeds: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
         min_length=1, description="Random seeds; each is a candidate per parameter combination."
     )
-    parameters: dict[Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")], list[ParameterValue]] = Field(
+    # Non-finite numbers are refused before the union, which would report each member's error.
+    parameters: Annotated[
+        dict[Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")], list[ParameterValue]],
+        BeforeValidator(finite),
+    ] = Field(
         default_factory=dict,
         description="Hyperparameter name -> values to try (e.g. learning_rate: [0.01, 0.003]); passed to the "
         "entrypoint, and `epochs`, `learning_rate`, `batch_size`, `hidden_units` override the recipe's.",

@@ -22,8 +22,10 @@ from pydantic.alias_generators import to_camel
 
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
 from infra.spec.instances import INSTANCE_TYPES
+from infra.spec.kubernetes_names import Annotations, Labels, OwnLabels
 from infra.spec.manifest import QUANTITY_PATTERN, key_path_problem
 from infra.spec.paths import OUTSIDE, is_inside
+from infra.spec.validators import FiniteValue, stack_name_problem
 from infra.spec.yamlio import read_yaml
 
 PROJECT = "model-serving"
@@ -33,8 +35,6 @@ STACK_FILE_SUFFIX = ".yaml"
 # Each stack is planned in full by `modelctl plan --all-stacks`: a bound on the work one
 # checkout can ask for, like MAX_MANIFESTS.
 MAX_STACKS = 50
-# Pulumi's stack names (pulumi/pkg/tokens: alphanumerics, '-', '_', '.'); never a path.
-STACK_NAME = r"(?![.]{1,2}$)[A-Za-z0-9_.-]{1,100}"
 # Keys of a stack file's `config:` that belong to Pulumi itself or to providers the program
 # may use (aws, for a managed object store); they are passed through untouched and may be
 # secrets (`secure:`), which offline runs mask.
@@ -59,10 +59,16 @@ Hostname = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=25
 
 
 class Settings(BaseModel):
-    """Base of the settings models: immutable, camelCase keys as Pulumi config spells them."""
+    """Base of the settings models: immutable, camelCase keys as Pulumi config spells them,
+    numbers finite (as in the manifests: see manifest.Frozen)."""
 
     model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, alias_generator=to_camel, populate_by_name=False
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        alias_generator=to_camel,
+        populate_by_name=False,
+        allow_inf_nan=False,
     )
 
 
@@ -185,7 +191,7 @@ class NodePoolSettings(Settings):
     max_count: int | None = Field(
         default=None, ge=0, description="The most nodes a node autoscaler may scale the pool to; absent: none does."
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Labels every node of the pool carries.")
+    labels: Labels = Field(default_factory=dict, description="Labels every node of the pool carries.")
     taints: tuple[TaintSettings, ...] = Field(default=(), strict=False, description="Taints of every node.")
 
     @model_validator(mode="after")
@@ -247,7 +253,7 @@ class AddonSettings(Settings):
         description="Cluster Autoscaler with its own IAM role, scaling the EKS managed node groups between "
         "minSize and maxSize (cluster.mode: eks only).",
     )
-    values: dict[Annotated[str, StringConstraints(pattern=DNS_LABEL)], dict[str, Any]] = Field(
+    values: dict[Annotated[str, StringConstraints(pattern=DNS_LABEL)], dict[str, FiniteValue]] = Field(
         default_factory=dict,
         description="Helm values merged over an add-on's defaults, keyed by release name (envoy-gateway, "
         "metrics-server, kube-prometheus-stack, flagger), for what one cluster needs: e.g. metrics-server's "
@@ -601,7 +607,7 @@ class MonitoringSettings(Settings):
     dashboard_namespace: DnsLabel | None = Field(
         default=None, description="Where Grafana's dashboard sidecar looks; default: the models' namespace."
     )
-    selector_labels: dict[str, str] = Field(
+    selector_labels: OwnLabels = Field(
         default_factory=dict,
         description="Labels Prometheus selects monitors and rules by (kube-prometheus-stack: `release`).",
     )
@@ -678,7 +684,7 @@ class StackSettings(Settings):
     production: bool = Field(
         default=False, description="A production stack: the policies require two replicas and a disruption budget."
     )
-    service_account_annotations: dict[str, str] = Field(
+    service_account_annotations: Annotations = Field(
         default_factory=dict, description="Annotations on every model ServiceAccount (e.g. an IRSA role ARN)."
     )
     external: tuple[ExternalObject, ...] = Field(
@@ -804,19 +810,26 @@ def stack_names(root: Path) -> list[str]:
     if not directory.is_dir():
         return []
     names = []
+    problems = []
     for path in directory.glob(f"{STACK_FILE_PREFIX}*{STACK_FILE_SUFFIX}"):
-        names.append(path.name[len(STACK_FILE_PREFIX) : -len(STACK_FILE_SUFFIX)])
+        name = path.name[len(STACK_FILE_PREFIX) : -len(STACK_FILE_SUFFIX)]
+        names.append(name)
         if len(names) > MAX_STACKS:
             raise ConfigError([ErrorItem(f"{STACKS_DIR}/", "", f"more than {MAX_STACKS} stack files, the limit")])
+        # A discovered name becomes an argument of subprocesses and of `pulumi --stack`.
+        problem = stack_name_problem(name)
+        if problem is not None:
+            problems.append(ErrorItem(f"{STACKS_DIR}/{path.name}", "", f"{problem}; rename the file"))
+    if problems:
+        raise ConfigError(sorted(problems))
     return sorted(names)
 
 
 def read_stack_config(root: Path, stack: str) -> dict[str, Any]:
     """The `config:` mapping of a stack file, keys as written (`model-serving:namespace`)."""
-    if not re.fullmatch(STACK_NAME, stack):
-        raise ConfigError(
-            [ErrorItem(f"{STACKS_DIR}/", "", f"{stack!r} is not a stack name (letters, digits, '-', '_', '.')")]
-        )
+    problem = stack_name_problem(stack)
+    if problem is not None:
+        raise ConfigError([ErrorItem(f"{STACKS_DIR}/", "", problem)])
     path = stack_file(root, stack)
     display = f"{STACKS_DIR}/{path.name}"
     if (root / STACKS_DIR).is_symlink() and not is_inside(root, root / STACKS_DIR):

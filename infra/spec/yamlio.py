@@ -50,8 +50,8 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _error(display: str, message: str) -> ConfigError:
-    return ConfigError([ErrorItem(display, "", message)])
+def _error(display: str, message: str, field: str = "") -> ConfigError:
+    return ConfigError([ErrorItem(display, field, message)])
 
 
 def read_bounded(path: Path, display: str, limit: int = MAX_FILE_BYTES) -> bytes:
@@ -93,7 +93,8 @@ def _where(mark: Any) -> str:
 
 
 def check_events(text: str, display: str) -> None:
-    """Refuse anchors/aliases, nesting deeper than MAX_DEPTH and more than MAX_NODES nodes.
+    """Refuse anchors/aliases, nesting deeper than MAX_DEPTH, more than MAX_NODES nodes, and
+    mapping keys that are sequences or mappings.
 
     Runs over the parser's events (a stream: no tree is built, and it stops at the first
     problem), before the document is composed. Aliases are why: PyYAML composes an alias as
@@ -103,9 +104,16 @@ def check_events(text: str, display: str) -> None:
     The CSafeLoader composes in C (PyYAML yaml/_yaml.pyx, `CParser._compose_node`), so a
     Python `compose_node` override would never run; scanning the events works for both the C
     and the pure-Python loader. Nothing in a manifest or stack file needs an alias.
+
+    A complex key (`? [a, b]`, `{[a]: 1}`) is valid YAML, but PyYAML constructs it as a list or
+    dict, which cannot be a Python dict key: construction fails with a TypeError naming no file.
+    Every key this project reads is a scalar, so a collection in key position is refused here.
     """
     depth = 0
     nodes = 0
+    # Per open collection: [is a mapping, its next node is a key, the key or index of the node
+    # being read], for the field path of a complex key.
+    open_collections: list[list[Any]] = []
     try:
         for event in yaml.parse(text, Loader=_SafeLoader):
             if isinstance(event, yaml.AliasEvent):
@@ -124,11 +132,31 @@ def check_events(text: str, display: str) -> None:
                 )
             if isinstance(event, _COLLECTION_END):
                 depth -= 1
+                open_collections.pop()
                 continue
+            if open_collections:
+                parent = open_collections[-1]
+                if not parent[0]:
+                    parent[2] += 1
+                elif parent[1]:
+                    if isinstance(event, _COLLECTION_START):
+                        kind = "mapping" if isinstance(event, yaml.MappingStartEvent) else "sequence"
+                        raise _error(
+                            display,
+                            f"a {kind} as a mapping key{_where(event.start_mark)}: keys are plain values "
+                            "(a name or a number)",
+                            ".".join(str(c[2]) for c in open_collections[:-1]),
+                        )
+                    parent[2] = getattr(event, "value", "")
+                    parent[1] = False
+                else:
+                    parent[1] = True
             nodes += 1
             if nodes > MAX_NODES:
                 raise _error(display, f"more than {MAX_NODES} YAML nodes{_where(event.start_mark)}; the limit")
             if isinstance(event, _COLLECTION_START):
+                is_mapping = isinstance(event, yaml.MappingStartEvent)
+                open_collections.append([is_mapping, is_mapping, "" if is_mapping else -1])
                 depth += 1
                 if depth > MAX_DEPTH:
                     raise _error(
@@ -152,6 +180,10 @@ def parse_yaml(text: str, display: str) -> Any:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
         raise _error(display, f"invalid YAML{_where(mark)}: {problem}") from None
+    except TypeError as exc:
+        # Not reached past check_events, which refuses collections as keys; kept so that no
+        # unhashable key can end in a traceback naming no file.
+        raise _error(display, f"invalid YAML: a mapping key that is not a plain value ({exc})") from None
     except RecursionError:
         # Not reached within MAX_DEPTH; kept so that no nesting can end in a traceback.
         raise _error(display, "invalid YAML: nesting too deep") from None

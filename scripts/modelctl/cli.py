@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from infra.platform.object_store import StoreError
 from infra.spec.errors import ConfigError, ErrorItem
+from infra.spec.validators import stack_name_problem, version_problem
 from scripts.modelctl.catalog import CatalogError
 from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.render import RenderError
@@ -486,8 +487,27 @@ def _whole_number_from_one(below_one: str) -> Callable[[str], int]:
     return parse
 
 
-_positive = _whole_number_from_one("versions start at 1")
 _count = _whole_number_from_one("at least 1")
+
+
+def _version(text: str) -> int:
+    """An argparse type: a version number TF-Serving can hold (infra/spec/validators.py)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    problem = version_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _stack(text: str) -> str:
+    """An argparse type: a stack name (never one that reads as an option, e.g. `--stack=--output`)."""
+    problem = stack_name_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _seconds(text: str) -> float:
@@ -501,7 +521,7 @@ def _seconds(text: str) -> float:
 
 
 def _percent(text: str) -> int:
-    value = _positive(text)
+    value = _count(text)
     if value > 99:
         raise argparse.ArgumentTypeError(f"{value}: a canary's weight is 1 to 99")
     return value
@@ -523,7 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="run the program offline under Pulumi's mocks and diff it")
     which = plan.add_mutually_exclusive_group(required=True)
-    which.add_argument("--stack", action="append", help="stack name (stacks/Pulumi.<stack>.yaml); repeatable")
+    which.add_argument(
+        "--stack", type=_stack, action="append", help="stack name (stacks/Pulumi.<stack>.yaml); repeatable"
+    )
     which.add_argument("--all-stacks", action="store_true", help="every stack under stacks/")
     plan.add_argument("--base", metavar="REF", help="git revision to diff against (its own program and manifests)")
     plan.add_argument("--format", choices=("text", "markdown", "json"), default="text")
@@ -597,28 +619,28 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     contract.add_argument("model")
-    contract.add_argument("--version", type=_positive, help="default: the newest published")
+    contract.add_argument("--version", type=_version, help="default: the newest published")
     contract.add_argument("--output", type=Path, metavar="FILE", help="write to FILE instead of stdout")
     contract.set_defaults(func=cmd_contract)
 
     policy = commands.add_parser("policy-config", help="print a stack's --policy-pack-config JSON")
-    policy.add_argument("--stack", required=True)
+    policy.add_argument("--stack", type=_stack, required=True)
     policy.set_defaults(func=cmd_policy_config)
 
     train = commands.add_parser(
         "train", help="train a model by its manifest's training entrypoint and export a SavedModel"
     )
     train.add_argument("model")
-    train.add_argument("--version", type=_positive, required=True)
+    train.add_argument("--version", type=_version, required=True)
     train.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes DIR/<model>/<version>/")
-    train.add_argument("--stack", help="whose object store holds training.data when it is an s3:// prefix")
+    train.add_argument("--stack", type=_stack, help="whose object store holds training.data when it is an s3:// prefix")
     train.set_defaults(func=cmd_train)
 
     publish = commands.add_parser("publish", help="publish a SavedModel as an immutable version")
     publish.add_argument("model")
     publish.add_argument("savedmodel", type=Path, metavar="SAVEDMODEL_DIR")
-    publish.add_argument("--stack", required=True, help="whose object store (stacks/Pulumi.<stack>.yaml)")
-    publish.add_argument("--version", type=_positive, help="default: the next after the newest published")
+    publish.add_argument("--stack", type=_stack, required=True, help="whose object store (stacks/Pulumi.<stack>.yaml)")
+    publish.add_argument("--version", type=_version, help="default: the next after the newest published")
     publish.add_argument("--takeover", action="store_true", help="replace the claim of an interrupted publish")
     publish.add_argument("--quiet", action="store_true", help="no progress bar")
     publish.set_defaults(func=cmd_publish)
@@ -663,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="serve a version if it beats the champion")
     promote.add_argument("model")
     promote.add_argument("--env", required=True, help="environment (a stack's `environment`)")
-    promote.add_argument("--version", type=_positive, help="default: the newest published")
+    promote.add_argument("--version", type=_version, help="default: the newest published")
     promote.add_argument("--canary", action="store_true", help="serve it as the canary instead of stable")
     promote.add_argument(
         "--weight", type=_percent, default=10, help="with --canary: its share of the traffic, %% (default 10)"
@@ -692,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    smoke.add_argument("--stack", required=True)
+    smoke.add_argument("--stack", type=_stack, required=True)
     smoke.add_argument("--base-url", help="default: https://<the stack's host>")
     smoke.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     smoke.add_argument(
@@ -742,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_argument("--stack", help="only this stack's environment (needed by --live)")
+    status.add_argument("--stack", type=_stack, help="only this stack's environment (needed by --live)")
     status.add_argument("--live", action="store_true", help="ask TF-Serving which versions it has loaded")
     status.add_argument("--base-url", help="with --live: where to ask (default: https://<the stack's host>)")
     status.add_argument("--timeout", type=_seconds, default=10.0, help="seconds per request (default 10)")
@@ -772,7 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     catalog.add_argument("--out", type=Path, required=True, metavar="DIR")
     catalog.add_argument(
-        "--stack", help="the stack whose host the example curl calls (default: a production stack serving the model)"
+        "--stack",
+        type=_stack,
+        help="the stack whose host the example curl calls (default: a production stack serving the model)",
     )
     catalog.add_argument("--grafana-url", metavar="URL", help="Grafana's base URL; without it, dashboards are named")
     catalog.add_argument(

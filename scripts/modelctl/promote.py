@@ -12,6 +12,7 @@ from infra.spec.errors import ConfigError
 from infra.spec.manifest import DEFAULT_CANARY_WEIGHT, LABEL_CANARY, LABEL_STABLE, MODELS_DIR, Goal, ModelManifest
 from infra.spec.project import validate_project
 from infra.spec.settings import StackSettings
+from infra.spec.validators import version_problem
 from infra.spec.yamlio import parse_yaml
 from scripts.modelctl import manifest_edit
 
@@ -185,7 +186,8 @@ def stable_history(root: Path, model: str, environment: str) -> list[int]:
             stable = document["environments"][environment]["stable"]
         except (ConfigError, KeyError, TypeError):
             continue
-        if isinstance(stable, int):
+        # A rollback target is a version like any other: 1..2^63-1 (infra/spec/validators.py).
+        if isinstance(stable, int) and not isinstance(stable, bool) and version_problem(stable) is None:
             history.append(stable)
     return history
 

@@ -77,8 +77,11 @@ def _take_in_subprocess(
         if only_models is not None:
             (Path(scratch) / "only-models.json").write_text(json.dumps(sorted(only_models)))
             subset = ["--only-models", str(Path(scratch) / "only-models.json")]
+        # `--`: a stack name is validated where it is found (stack_names), and is still never
+        # read as an option (argparse: "--" ends the options, Python docs, argparse "Arguments
+        # containing -").
         result = subprocess.run(
-            [sys.executable, str(DRIVER), "--root", str(root), "--output", str(output), *subset, *stacks],
+            [sys.executable, str(DRIVER), "--root", str(root), "--output", str(output), *subset, "--", *stacks],
             cwd=root,
             env=env,
             capture_output=True,
