@@ -16,8 +16,15 @@ response"; for If-Match: "If the ETag values do not match, the operation returns
 So on 412 the object is read back (HEAD with checksum mode): our publisher id and our SHA-256
 mean the write was ours and succeeded; anything else means another publisher wrote it.
 A 409 ConditionalRequestConflict means a concurrent conditional write to the same key was in
-flight (same page: "If you receive a 409 Conflict response, ... retry"); it is not in
-botocore's retryable codes, so it is retried here, a few times.
+flight (S3 API reference, PutObject `If-None-Match`: "If a concurrent operation occurs during
+the upload S3 returns a 409 ConditionalRequestConflict response. On a 409 failure you should
+retry the upload"; CompleteMultipartUpload `If-None-Match`: "re-initiate the multipart upload
+with CreateMultipartUpload and re-upload each part", which a retry of `_send` does). 409 is in
+none of botocore's retryable lists (standard.py: transient 500/502/503/504 and RequestTimeout,
+throttling codes such as SlowDown), so it is retried here, a few times.
+Deletes are conditional too (`If-Match: <ETag>`; S3 User Guide, "How to perform conditional
+deletes", general purpose and directory buckets): 412 if the object changed since it was
+read, 404 NoSuchKey if it is gone, which for a retried delete means done.
 """
 
 from __future__ import annotations
