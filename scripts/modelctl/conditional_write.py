@@ -22,6 +22,12 @@ retry the upload"; CompleteMultipartUpload `If-None-Match`: "re-initiate the mul
 with CreateMultipartUpload and re-upload each part", which a retry of `_send` does). 409 is in
 none of botocore's retryable lists (standard.py: transient 500/502/503/504 and RequestTimeout,
 throttling codes such as SlowDown), so it is retried here, a few times.
+The tests run this against moto 5.2.5 (moto/s3/responses.py): PutObject honours
+`If-None-Match: *` and `If-Match` with 412; CompleteMultipartUpload honours `If-None-Match: *`,
+but answers a repeated completion of the same upload id with the object before checking it
+(so a lost completion reply is a plain success there; S3 may answer 412 or NoSuchUpload, and
+the read-back covers both); moto does not check a body against `x-amz-checksum-sha256` (its
+`_get_checksum` keeps the value as sent), hence the size check in `is_own`.
 Deletes are conditional too (`If-Match: <ETag>`; S3 User Guide, "How to perform conditional
 deletes", general purpose and directory buckets): 412 if the object changed since it was
 read, 404 NoSuchKey if it is gone, which for a retried delete means done.
@@ -37,7 +43,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.platform.object_store import NOT_FOUND, StoreError, describe, error_code, sha256_of_checksum
+from infra.platform.object_store import (
+    MULTIPART_ETAG,
+    NOT_FOUND,
+    StoreError,
+    describe,
+    error_code,
+    sha256_of_checksum,
+)
 
 PRECONDITION_FAILED = ("PreconditionFailed", "412")
 CONDITIONAL_CONFLICT = ("ConditionalRequestConflict", "409")
@@ -102,6 +115,8 @@ class ConditionalWriter:
             raise StoreError(f"{self.url(key)}: cannot reach the object store: {describe(exc)}") from None
         metadata = head.get("Metadata", {})
         checksum = head.get("ChecksumSHA256")
+        if MULTIPART_ETAG.search(head["ETag"]) or head.get("ChecksumType") == "COMPOSITE":
+            checksum = None  # a checksum of the parts' checksums, not the object's (see stored_sha256)
         return StoredObject(
             etag=head["ETag"],
             publisher=metadata.get(PUBLISHER_METADATA),
