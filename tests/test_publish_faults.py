@@ -200,8 +200,12 @@ def test_a_rerun_over_its_own_committed_version_finishes_recording_it(project, s
         savedmodel, VERSION, progress=False
     )
     assert recorded_digest(project) is None
-    code, err = run_publish(project, savedmodel, capsys, "--version", str(VERSION))
+    capsys.readouterr()
+    code = main(["--root", str(project), "publish", "iris", str(savedmodel), "--stack", "prod", "--quiet"])
+    out, err = capsys.readouterr()
     assert code == 0, err
+    assert out.startswith(f"iris version {VERSION} was already committed with this content; verified -> s3://")
+    assert out.rstrip().endswith("recorded in models/iris.yaml")
     assert_committed_once_and_correct(project, store, savedmodel)
 
 
