@@ -240,7 +240,8 @@ def test_an_upload_error_leaves_nothing_committed_and_a_retry_succeeds(trained, 
         proxy.deny_puts = re.compile(r"/variables/")
         assert main(["--root", str(repo), "publish", "iris", str(trained / "1"), "--stack", "prod", "--quiet"]) == 1
         err = capsys.readouterr().err
-        assert "upload failed: AccessDenied" in err and "version 4 was not committed" in err
+        assert "/variables/variables." in err and "cannot write: AccessDenied" in err
+        assert "version 4 was not committed" in err
         assert "Traceback" not in err
         assert proxy.denied
         assert keys(store, 4) == {}, "nothing left behind, the claim released"

@@ -310,10 +310,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     published = publish_model(
         args.root, args.model, args.savedmodel, args.stack, args.version, args.takeover, progress=not args.quiet
     )
-    print(
-        f"published {args.model} version {published.version}: {published.files} files, {published.bytes} bytes "
-        f"-> {published.url} ({published.digest}); recorded in models/{args.model}.yaml"
-    )
+    if published.already_committed:  # an earlier run committed it and lost the reply, or died before recording it
+        done = f"{args.model} version {published.version} was already committed with this content; verified"
+    else:
+        done = f"published {args.model} version {published.version}: {published.files} files, {published.bytes} bytes"
+    print(f"{done} -> {published.url} ({published.digest}); recorded in models/{args.model}.yaml")
     return EXIT_OK
 
 

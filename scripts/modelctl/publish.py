@@ -1,27 +1,35 @@
 """Publishing a SavedModel as an immutable version: claim, parallel upload, checksum list, commit marker.
 
-Protocol, per version prefix `s3://<bucket>/<prefix>/<path>/<version>/`:
-1. `_CLAIM` is written with `If-None-Match: *` (S3 conditional writes): one publisher per
-   version, ever; a committed version keeps its claim, so it can never be claimed again.
-   The claim is then written a second time, again with `If-None-Match: *`: a store that
-   honours the header answers 412, one that ignores it (and would let two publishers commit
-   one version) accepts it, and the publish stops there.
-2. The files go up through boto3's transfer manager (parallel across files), each with S3's
-   SHA-256 additional checksum and in one request, so the store keeps each file's SHA-256.
+Protocol, per version prefix `s3://<bucket>/<prefix>/<path>/<version>/`; every object is written
+through conditional_write.ConditionalWriter: `If-None-Match: *`, the publisher's id and the
+object's SHA-256 in its metadata, S3's SHA-256 additional checksum; a write refused because the
+object exists is a success when the object is this publisher's (a retry after a lost reply):
+1. `_CLAIM` (one publisher per version, ever; a committed version keeps its claim). The claim
+   is then written a second time, again with `If-None-Match: *`: a store that honours the
+   header answers 412, one that ignores it (and would let two publishers commit one version)
+   accepts it, and the publish stops there.
+2. The files, 8 at a time, each in one request up to S3's 5 GiB single-PUT limit.
 3. The listing is compared with the local files (names and sizes), and, when the stack's
    `objectStore.integrity` is `checksums`, the SHA-256 the store keeps for each file with
    the file's own.
-4. `CHECKSUMS.sha256` (the digest is its SHA-256), then `_COMMITTED`, again `If-None-Match: *`.
-A failure before 4 removes what this publish wrote, claim included; if even that fails
-(the store went away), a later `--takeover` replaces the stale claim (`If-Match` on its ETag).
+4. `CHECKSUMS.sha256` (the digest is its SHA-256), then `_COMMITTED`.
+A version is committed when `_COMMITTED` exists, and then holds exactly what its checksum list
+names: no object of it can be overwritten (If-None-Match), and a late write of a publisher that
+lost the version finds the winner's object in place. A failure before 4 removes this
+publisher's own objects (each by a conditional delete on the ETag it read), claim included; if
+even that fails, a later `--takeover` replaces the stale claim (`If-Match` on its ETag).
+A re-run over a version already committed with the same digest (the first run lost the reply to
+its `_COMMITTED` and gave up) verifies it and records it instead of refusing it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import sys
 import uuid
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,27 +43,29 @@ from infra.platform.object_store import (
     checksum_list,
     describe,
     digest_of,
-    error_code,
     list_version,
+    parse_checksum_list,
     s3_client,
     stored_sha256,
+    verify_version,
     version_prefix,
 )
-from infra.spec.manifest import Contract, ModelManifest
+from infra.spec.manifest import ModelManifest
 from infra.spec.settings import Integrity, ObjectStoreSettings
+from scripts.modelctl.conditional_write import ConditionalWriter, ObjectTakenError
+from scripts.modelctl.savedmodel_prep import prepare_savedmodel, read_metrics
 
-# 412 when the object exists; 409 when a concurrent conditional write to the key won
-# (S3 API reference, PutObject, If-None-Match).
-PRECONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 TRANSFER_CONCURRENCY = 8
 # Every file goes up in one PutObject, up to S3's single-PUT limit of 5 GiB (S3 User Guide,
-# "Uploading objects"): then the store keeps the file's own SHA-256 (`ChecksumAlgorithm:
-# SHA256`). A multipart upload's SHA-256 is a checksum of its parts' checksums (COMPOSITE;
-# S3 User Guide, "Checking object integrity"; S3's FULL_OBJECT type exists only for the CRC
-# algorithms), which the plan-time check cannot compare with the checksum list. Larger files
-# go up in parts and need `objectStore.integrity: download`.
+# "Uploading objects"): then the store keeps the file's own SHA-256 (`ChecksumSHA256`). A
+# multipart upload's SHA-256 is a checksum of its parts' checksums (COMPOSITE; S3 User Guide,
+# "Checking object integrity"; S3's FULL_OBJECT type exists only for the CRC algorithms), which
+# the plan-time check cannot compare with the checksum list. Larger files go up in parts (with
+# `If-None-Match` on CompleteMultipartUpload) and need `objectStore.integrity: download`.
 MULTIPART_THRESHOLD = 5 * 1024**3
-CHECKSUM_ALGORITHM = "SHA256"
+# Attempts at writing one object whose key holds a stray of the publisher this one took over
+# from (its upload was still in flight when the claim changed hands): delete it, write again.
+STRAY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,13 @@ class Published:
     url: str
     files: int
     bytes: int
+    # True when an earlier run had committed this very content (its reply to `_COMMITTED` was
+    # lost): nothing was written now, the version was verified and is recorded.
+    already_committed: bool = False
+
+
+class VersionLostError(StoreError):
+    """Another publisher holds or committed the version this publish was writing."""
 
 
 def local_files(directory: Path) -> dict[str, Path]:
@@ -87,7 +104,7 @@ def local_files(directory: Path) -> dict[str, Path]:
 
 
 class _Progress:
-    """A tqdm bar over all bytes, fed by the transfer manager's callbacks (from its threads)."""
+    """A tqdm bar over all bytes, advanced as each file is stored (from the upload threads)."""
 
     def __init__(self, total: int, label: str, enabled: bool):
         from tqdm import tqdm
@@ -101,6 +118,10 @@ class _Progress:
         self.bar.close()
 
 
+def _sha256(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 class Publisher:
     """Publishes versions of one model to one stack's object store."""
 
@@ -109,6 +130,7 @@ class Publisher:
         self.manifest = manifest
         self.client = client or s3_client(store)
         self.publisher_id = uuid.uuid4().hex
+        self.writer = ConditionalWriter(self.client, store.bucket, self.publisher_id)
 
     def url(self, key: str) -> str:
         return f"s3://{self.store.bucket}/{key}"
@@ -119,33 +141,44 @@ class Publisher:
     def publish(self, directory: Path, version: int, takeover: bool = False, progress: bool = True) -> Published:
         files = local_files(directory)
         checksums = checksum_list(files)
+        digest = digest_of(checksums)
+        expected, _ = parse_checksum_list(checksums)
         prefix = self.prefix(version)
+        total = sum(path.stat().st_size for path in files.values())
         self._require_bucket()
-        if self._exists(prefix + COMMIT_MARKER):
-            raise StoreError(f"{self.url(prefix)} is already committed; versions are immutable, publish a new one")
-        claim_etag = self._claim(prefix, takeover)
+        if self.writer.head(prefix + COMMIT_MARKER) is not None:
+            self._require_same_commit(prefix, digest)
+            return Published(version, digest, self.url(prefix), len(files), total, already_committed=True)
+        self._claim(prefix, version, takeover)
         try:
             self._require_conditional_writes(prefix + CLAIM_FILE)
-            total = self._upload(files, prefix, progress)
+            self._upload(files, expected, prefix, progress, total)
             self._verify_listing(files, prefix)
             if self.store.integrity is Integrity.checksums:
-                self._verify_checksums(files, checksums, prefix)
-            self._put(prefix + CHECKSUMS_FILE, checksums, exclusive=True)
+                self._verify_checksums(files, expected, prefix)
+            self._write(prefix, CHECKSUMS_FILE, checksums)
             marker = {
                 "model": self.manifest.name,
                 "version": version,
-                "digest": digest_of(checksums),
+                "digest": digest,
                 "publisher": self.publisher_id,
                 "committed_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             }
-            self._put(prefix + COMMIT_MARKER, json.dumps(marker).encode(), exclusive=True)
+            commit_body = json.dumps(marker).encode()
+            self._write(prefix, COMMIT_MARKER, commit_body)
         except BaseException as exc:
-            cleaned = self._abandon(prefix, claim_etag)
+            if self._committed_by_me(prefix):
+                # The marker is in place, ours (its reply, and the retries' replies, were lost).
+                return Published(version, digest, self.url(prefix), len(files), total)
+            lost = self._lost_to(prefix, version) if isinstance(exc, StoreError) else None
+            cleaned = self._abandon(prefix)
+            if lost is not None:
+                raise lost from None
             hint = "" if cleaned else "; once no other publish of it runs, retry with --takeover"
             if isinstance(exc, StoreError):
                 raise StoreError(f"{exc}; version {version} was not committed{hint}") from None
             raise
-        return Published(version, digest_of(checksums), self.url(prefix), len(files), total)
+        return Published(version, digest, self.url(prefix), len(files), total)
 
     # steps -------------------------------------------------------------------------------------
 
@@ -159,35 +192,68 @@ class Publisher:
         except BotoCoreError as exc:
             raise StoreError(f"s3://{self.store.bucket}: cannot reach the object store: {describe(exc)}") from None
 
-    def _exists(self, key: str) -> bool:
+    def _require_same_commit(self, prefix: str, digest: str) -> None:
+        """A committed version is accepted again only with the same content, verified in the store."""
+        marker = self._read_json(prefix + COMMIT_MARKER)
+        committed = marker.get("digest")
+        if committed != digest:
+            raise StoreError(
+                f"{self.url(prefix)} is already committed; versions are immutable, publish a new one "
+                f"(it holds {committed or 'an unreadable digest'}, this SavedModel is {digest})"
+            )
+        problems = verify_version(self.client, self.store.bucket, prefix, digest, self.store.integrity.value)
+        if problems:
+            raise StoreError(
+                f"{self.url(prefix)} is committed with this SavedModel's digest but does not verify "
+                f"({problems[0].key}: {problems[0].message}); publish a new version"
+            )
+
+    def _read_json(self, key: str) -> dict[str, Any]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.head_object(Bucket=self.store.bucket, Key=key)
-            return True
-        except ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StoreError(f"{self.url(key)}: {describe(exc)}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"{self.url(key)}: cannot reach the object store: {describe(exc)}") from None
-
-    def _put(self, key: str, body: bytes, exclusive: bool = False, if_match: str | None = None) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        extra: dict[str, str] = {"ChecksumAlgorithm": CHECKSUM_ALGORITHM}
-        if exclusive:
-            extra["IfNoneMatch"] = "*"
-        if if_match:
-            extra["IfMatch"] = if_match
+            body = self.client.get_object(Bucket=self.store.bucket, Key=key)["Body"].read(1 << 16)
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"{self.url(key)}: cannot read: {describe(exc)}") from None
         try:
-            return self.client.put_object(Bucket=self.store.bucket, Key=key, Body=body, **extra)["ETag"]
-        except ClientError as exc:
-            if error_code(exc) in PRECONDITION_FAILED:
-                raise _ConflictError(key) from None
-            raise StoreError(f"{self.url(key)}: cannot write: {describe(exc)}") from None
-        except BotoCoreError as exc:
-            raise StoreError(f"{self.url(key)}: cannot reach the object store: {describe(exc)}") from None
+            document = json.loads(body)
+        except ValueError:
+            return {}
+        return document if isinstance(document, dict) else {}
+
+    def _claim(self, prefix: str, version: int, takeover: bool) -> str:
+        claim = json.dumps(
+            {"publisher": self.publisher_id, "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        ).encode()
+        self._claim_body = claim
+        key = prefix + CLAIM_FILE
+        try:
+            return self.writer.create(key, claim, _sha256(claim))
+        except ObjectTakenError as taken:
+            holder_etag = taken.etag
+        details = json.dumps(self._read_json(key)) if holder_etag else "gone meanwhile"
+        if not takeover:
+            raise StoreError(
+                f"{self.url(key)}: another publish holds this version ({details}); if it was interrupted "
+                "and no other publish of this version runs, retry with --takeover"
+            )
+        if self.writer.head(prefix + COMMIT_MARKER) is not None:
+            raise StoreError(f"{self.url(prefix)} was committed meanwhile; versions are immutable")
+        try:
+            etag = self.writer.create(key, claim, _sha256(claim), if_match=holder_etag)
+        except ObjectTakenError as taken:
+            raise VersionLostError(
+                f"model {self.manifest.name} version {version}: another publish "
+                f"({taken.holder or 'unknown publisher'}) took this version over first; this one wrote nothing"
+            ) from None
+        # The claim is ours: the stale publisher's objects go, never a commit marker written meanwhile.
+        if self.writer.head(prefix + COMMIT_MARKER) is not None:
+            raise VersionLostError(
+                f"model {self.manifest.name} version {version}: it was committed while being taken over; "
+                "versions are immutable, publish a new one"
+            )
+        self._delete_all(prefix, keep=(key, prefix + COMMIT_MARKER))
+        return etag
 
     def _require_conditional_writes(self, claim_key: str) -> None:
         """Write our own claim again with `If-None-Match: *`: it exists, so the store must refuse.
@@ -196,25 +262,71 @@ class Publisher:
         "How to prevent object overwrites with conditional writes"). A store, gateway or proxy
         that drops or ignores the header lets the write through; then two concurrent publishes
         of one version would both "win" the claim, so nothing is published. The probe rewrites
-        the claim with the same body, so accepting it changes nothing.
+        the claim with the same body and metadata, so accepting it changes nothing.
         """
-        try:
-            self._put(claim_key, self._claim_body, exclusive=True)
-        except _ConflictError:
-            return
-        raise StoreError(
-            f"{self.url(claim_key)}: the store ignored `If-None-Match: *`: a second conditional write of the "
-            "claim succeeded instead of failing with 412 Precondition Failed, so two publishers could commit "
-            "the same version; refusing to publish. Use a store (and any proxy in front of it) that supports "
-            "S3 conditional writes"
+        if self.writer.accepts_overwrite(claim_key, self._claim_body, _sha256(self._claim_body)):
+            raise StoreError(
+                f"{self.url(claim_key)}: the store ignored `If-None-Match: *`: a second conditional write of "
+                "the claim succeeded instead of failing with 412 Precondition Failed, so two publishers could "
+                "commit the same version; refusing to publish. Use a store (and any proxy in front of it) that "
+                "supports S3 conditional writes"
+            )
+
+    def _write(self, prefix: str, relative: str, body: bytes | Path, sha256_hex: str | None = None) -> str:
+        """Create one object of the version; a stray left under our claim by the publisher we took
+        over from (its request still in flight then) is deleted, by its ETag, and the write retried."""
+        key = prefix + relative
+        sha256_hex = sha256_hex or _sha256(body)  # type: ignore[arg-type]
+        for attempt in range(STRAY_ATTEMPTS):
+            try:
+                return self.writer.create(key, body, sha256_hex, multipart_over=MULTIPART_THRESHOLD)
+            except ObjectTakenError as taken:
+                if attempt + 1 == STRAY_ATTEMPTS or taken.etag is None or not self._holds_uncommitted(prefix):
+                    raise
+                self.writer.delete(key, taken.etag)
+        raise AssertionError("unreachable")
+
+    def _holds_uncommitted(self, prefix: str) -> bool:
+        claim = self.writer.head(prefix + CLAIM_FILE)
+        return (
+            claim is not None
+            and claim.publisher == self.publisher_id
+            and self.writer.head(prefix + COMMIT_MARKER) is None
         )
 
-    def _verify_checksums(self, files: dict[str, Path], checksums: bytes, prefix: str) -> None:
+    def _upload(
+        self, files: dict[str, Path], expected: dict[str, str], prefix: str, progress: bool, total: int
+    ) -> None:
+        # One PutObject (or multipart upload) per file through the writer, not boto3's transfer
+        # manager: the manager refuses `IfNoneMatch` in extra_args (s3transfer/manager.py,
+        # ALLOWED_UPLOAD_ARGS), so it could overwrite a committed version's file.
+        bar = _Progress(total, f"{self.manifest.name} -> {self.url(prefix)}", progress)
+
+        def upload(relative: str) -> None:
+            self._write(prefix, relative, files[relative], expected[relative])
+            bar(files[relative].stat().st_size)
+
+        try:
+            with ThreadPoolExecutor(max_workers=TRANSFER_CONCURRENCY) as pool:
+                futures = [pool.submit(upload, relative) for relative in files]
+                _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in pending:
+                    future.cancel()
+                for future in futures:
+                    if future.done() and not future.cancelled() and future.exception() is not None:
+                        exc = future.exception()
+                        if isinstance(exc, StoreError):
+                            raise exc
+                        if isinstance(exc, OSError):
+                            raise StoreError(f"{self.url(prefix)}: upload failed: {exc}") from None
+                        raise exc  # type: ignore[misc]
+        finally:
+            bar.close()
+
+    def _verify_checksums(self, files: dict[str, Path], expected: dict[str, str], prefix: str) -> None:
         """Each uploaded file's SHA-256, as the store keeps it, against the local file's."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        lines = checksums.decode().splitlines()
-        expected = {path: hexdigest for hexdigest, path in (line.split("  ", 1) for line in lines)}
         for relative in files:
             key = prefix + relative
             try:
@@ -227,70 +339,6 @@ class Publisher:
                 raise StoreError(
                     f"{self.url(key)}: the store's SHA-256 is {actual.hexdigest}, the file's {expected[relative]}"
                 )
-
-    def _claim(self, prefix: str, takeover: bool) -> str:
-        claim = json.dumps(
-            {"publisher": self.publisher_id, "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-        ).encode()
-        self._claim_body = claim
-        key = prefix + CLAIM_FILE
-        try:
-            return self._put(key, claim, exclusive=True)
-        except _ConflictError:
-            pass
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            holder = self.client.get_object(Bucket=self.store.bucket, Key=key)
-            details = holder["Body"].read().decode(errors="replace")
-        except (ClientError, BotoCoreError) as exc:
-            raise StoreError(f"{self.url(key)}: cannot read the claim: {describe(exc)}") from None
-        if not takeover:
-            raise StoreError(
-                f"{self.url(key)}: another publish holds this version ({details}); if it was interrupted "
-                "and no other publish of this version runs, retry with --takeover"
-            )
-        if self._exists(prefix + COMMIT_MARKER):
-            raise StoreError(f"{self.url(prefix)} was committed meanwhile; versions are immutable")
-        try:
-            etag = self._put(key, claim, if_match=holder["ETag"])
-        except _ConflictError:
-            raise StoreError(f"{self.url(key)}: another publish took this version over first") from None
-        self._delete_all(prefix, keep=key)
-        return etag
-
-    def _upload(self, files: dict[str, Path], prefix: str, progress: bool) -> int:
-        from boto3.s3.transfer import ProgressCallbackInvoker, TransferConfig, create_transfer_manager
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        total = sum(path.stat().st_size for path in files.values())
-        config = TransferConfig(
-            max_concurrency=TRANSFER_CONCURRENCY, multipart_threshold=MULTIPART_THRESHOLD, use_threads=True
-        )
-        bar = _Progress(total, f"{self.manifest.name} -> {self.url(prefix)}", progress)
-        subscriber = ProgressCallbackInvoker(bar)
-        try:
-            with create_transfer_manager(self.client, config) as manager:
-                futures = {
-                    relative: manager.upload(
-                        str(path),
-                        self.store.bucket,
-                        prefix + relative,
-                        extra_args={"ChecksumAlgorithm": CHECKSUM_ALGORITHM},
-                        subscribers=[subscriber],
-                    )
-                    for relative, path in files.items()
-                }
-                for relative, future in futures.items():
-                    try:
-                        future.result()
-                    except (ClientError, BotoCoreError, OSError) as exc:
-                        for other in futures.values():
-                            other.cancel()
-                        raise StoreError(f"{self.url(prefix + relative)}: upload failed: {describe(exc)}") from None
-        finally:
-            bar.close()
-        return total
 
     def _listing(self, prefix: str) -> dict[str, int]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -312,54 +360,60 @@ class Publisher:
                 f"(missing {missing or 'none'}, unexpected {unexpected or 'none'})"
             )
 
-    def _delete_all(self, prefix: str, keep: str | None = None) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def _delete_all(self, prefix: str, keep: tuple[str, ...]) -> None:
+        """Every object under the prefix but `keep`, each only while it is the object just listed."""
         for relative in self._listing(prefix):
             key = prefix + relative
-            if key == keep:
-                continue
-            try:
-                self.client.delete_object(Bucket=self.store.bucket, Key=key)
-            except (ClientError, BotoCoreError) as exc:
-                raise StoreError(f"{self.url(key)}: cannot delete: {describe(exc)}") from None
+            stored = None if key in keep else self.writer.head(key)
+            if stored is not None:
+                self.writer.delete(key, stored.etag)
 
-    def _abandon(self, prefix: str, claim_etag: str) -> bool:
-        """Remove what this publish wrote, then its claim (only if still ours). False if it could not."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
+    def _committed_by_me(self, prefix: str) -> bool:
         try:
-            if self._exists(prefix + COMMIT_MARKER):
-                return True  # committed after all (a lost response); nothing to undo
-            self._delete_all(prefix, keep=prefix + CLAIM_FILE)
-            self.client.delete_object(Bucket=self.store.bucket, Key=prefix + CLAIM_FILE, IfMatch=claim_etag)
-            return True
-        except (StoreError, ClientError, BotoCoreError):
+            commit = self.writer.head(prefix + COMMIT_MARKER)
+        except StoreError:
             return False
+        return commit is not None and commit.publisher == self.publisher_id
 
+    def _lost_to(self, prefix: str, version: int) -> VersionLostError | None:
+        """If another publisher committed the version or holds its claim, the error that says so."""
+        try:
+            commit = self.writer.head(prefix + COMMIT_MARKER)
+            claim = self.writer.head(prefix + CLAIM_FILE)
+        except StoreError:
+            return None
+        name = self.manifest.name
+        if commit is not None and commit.publisher != self.publisher_id:
+            return VersionLostError(
+                f"model {name} version {version}: publisher {commit.publisher or 'unknown'} committed it first; "
+                f"this publish lost the race and left none of its objects ({self.url(prefix)})"
+            )
+        if claim is not None and claim.publisher != self.publisher_id:
+            return VersionLostError(
+                f"model {name} version {version}: publisher {claim.publisher or 'unknown'} took this version over "
+                f"(--takeover) while this publish ran; this one lost and left none of its objects ({self.url(prefix)})"
+            )
+        return None
 
-class _ConflictError(Exception):
-    """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
-
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def read_metrics(directory: Path) -> dict[str, float]:
-    """`metrics.json` written by `modelctl train`, if the directory has one."""
-    path = directory / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: not readable JSON: {exc}") from None
-    if not isinstance(metrics, dict) or not all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in metrics.items()
-    ):
-        raise StoreError(f"{path}: expected an object of metric names to numbers")
-    return {k: float(v) for k, v in metrics.items()}
+    def _abandon(self, prefix: str) -> bool:
+        """Remove this publish's own objects, then its claim (only if still ours). False if it could not."""
+        try:
+            commit = self.writer.head(prefix + COMMIT_MARKER)
+            if commit is not None and commit.publisher == self.publisher_id:
+                return True  # committed after all; nothing to undo
+            for relative in self._listing(prefix):
+                key = prefix + relative
+                if relative == CLAIM_FILE:
+                    continue
+                stored = self.writer.head(key)
+                if stored is not None and stored.publisher == self.publisher_id:
+                    self.writer.delete(key, stored.etag)
+            claim = self.writer.head(prefix + CLAIM_FILE)
+            if claim is not None and claim.publisher == self.publisher_id:
+                self.writer.delete(prefix + CLAIM_FILE, claim.etag)
+            return True
+        except StoreError:
+            return False
 
 
 def publish_model(
@@ -400,51 +454,3 @@ def publish_model(
         ),
     )
     return published
-
-
-def prepare_savedmodel(manifest: ModelManifest, directory: Path) -> Contract:
-    """Before anything is uploaded: the SavedModel has the manifest's signature, its contract is
-    read, the example request satisfies it and runs through it, and TF-Serving's warmup file is
-    written into it (so it is checksummed and published with the version).
-
-    The warmup requests run while TF-Serving loads the version, before it is AVAILABLE
-    (saved_model_bundle_source_adapter.cc calls RunSavedModelWarmup inside the load), so the
-    readiness probe, which asks for the version's metadata, passes only once the version is
-    warm; and a request that fails there fails the load, hence it is run here first.
-    """
-    from scripts.modelctl.contract import check_request
-    from scripts.training.savedmodel import (
-        SavedModelError,
-        load_signature,
-        predict,
-        read_contract,
-        warmup_requests,
-        write_warmup,
-    )
-
-    signature_name = manifest.serving.signature
-    signature = load_signature(directory, signature_name)  # refuses a model without the signature
-    contract = read_contract(directory, signature_name)
-    example = manifest.serving.example_request
-    if example is None:
-        print(
-            f"warning: models/{manifest.name}.yaml has no serving.example_request: no warmup requests are "
-            "written, so the first requests of a new pod pay TensorFlow's lazy initialisation",
-            file=sys.stderr,
-        )
-        return contract
-    problems = check_request(contract, signature_name, example)
-    if problems:
-        listed = "; ".join(f"{path or 'body'}: {problem}" for path, problem in problems)
-        raise SavedModelError(
-            f"models/{manifest.name}.yaml: serving.example_request does not fit the contract of {directory}: {listed}"
-        )
-    try:
-        predict(signature, example, contract)
-    except Exception as exc:  # TensorFlow raises many types; the graph's own checks among them
-        raise SavedModelError(
-            f"models/{manifest.name}.yaml: serving.example_request fails in {directory} "
-            f"({' '.join(str(exc).split())[:300]}); TF-Serving would fail to load the version while warming up"
-        ) from None
-    write_warmup(directory, warmup_requests(manifest.name, signature_name, contract, [example]))
-    return contract
