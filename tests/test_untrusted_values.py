@@ -292,3 +292,19 @@ def test_stacks_reach_the_snapshot_subprocess_after_its_options(monkeypatch, tmp
     with pytest.raises(snapshot.RevisionError):
         snapshot._take_in_subprocess(tmp_path, ["prod", "-weird"], "base")
     assert seen[0][-3:] == ["--", "prod", "-weird"]
+
+
+@pytest.mark.parametrize(
+    "text", ['{"accuracy": NaN}', '{"accuracy": Infinity}', '{"accuracy": -Infinity}', '{"accuracy": 1e999}']
+)
+def test_publish_refuses_non_finite_metrics_before_uploading(tmp_path, text):
+    # read_metrics runs before Publisher.publish: a version whose metrics the manifest would
+    # refuse is never uploaded first.
+    from infra.platform.object_store import StoreError
+    from scripts.modelctl.savedmodel_prep import read_metrics
+
+    (tmp_path / "metrics.json").write_text(text)
+    with pytest.raises(StoreError, match=r"metrics\.json: .*(not a number|not a finite number)"):
+        read_metrics(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"accuracy": 0.97, "loss": 1}')
+    assert read_metrics(tmp_path) == {"accuracy": 0.97, "loss": 1.0}

@@ -52,6 +52,7 @@ from infra.platform.object_store import (
 )
 from infra.spec.manifest import ModelManifest
 from infra.spec.settings import Integrity, ObjectStoreSettings
+from infra.spec.validators import version_problem
 from scripts.modelctl.conditional_write import ConditionalWriter, ObjectTakenError
 from scripts.modelctl.savedmodel_prep import prepare_savedmodel, read_metrics
 
@@ -436,8 +437,9 @@ def publish_model(
     if not directory.is_dir():
         raise StoreError(f"{directory}: no such directory")
     number = version if version is not None else max(manifest.versions, default=0) + 1
-    if number < 1:
-        raise StoreError(f"--version {number}: versions are positive integers")
+    problem = version_problem(number)
+    if problem is not None:
+        raise StoreError(f"models/{model}.yaml: versions: {problem}")
     if number in manifest.versions:
         raise StoreError(
             f"models/{model}.yaml: version {number} is already published; versions are immutable, "

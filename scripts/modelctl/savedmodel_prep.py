@@ -3,26 +3,41 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 from infra.platform.object_store import StoreError
+from infra.spec.errors import NON_FINITE
 from infra.spec.manifest import Contract, ModelManifest
+from infra.spec.yamlio import read_bounded
+
+
+def _no_constant(name: str) -> float:
+    # Python's json accepts NaN, Infinity and -Infinity, which RFC 8259 section 6 excludes.
+    raise ValueError(f"{name} is not a number")
 
 
 def read_metrics(directory: Path) -> dict[str, float]:
-    """`metrics.json` written by `modelctl train`, if the directory has one."""
+    """`metrics.json` written by `modelctl train`, if the directory has one; numbers only, finite.
+
+    Checked before anything is uploaded: the manifest refuses a non-finite metric, and a version
+    whose metrics the manifest cannot record must not be published first."""
     path = directory / "metrics.json"
     if not path.is_file():
         return {}
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(read_bounded(path, str(path)), parse_constant=_no_constant)
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: not readable JSON: {exc}") from None
     if not isinstance(metrics, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in metrics.items()
     ):
         raise StoreError(f"{path}: expected an object of metric names to numbers")
+    for name, value in metrics.items():
+        # 1e999 parses as inf: the literal is a number, its value is not finite.
+        if not math.isfinite(float(value)):
+            raise StoreError(f"{path}: {name}: Got {value!r}; {NON_FINITE}")
     return {k: float(v) for k, v in metrics.items()}
 
 
