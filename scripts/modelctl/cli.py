@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from infra.platform.object_store import StoreError
 from infra.spec.errors import ConfigError, ErrorItem
+from scripts.modelctl import sinks
 from scripts.modelctl.catalog import CatalogError
+from scripts.modelctl.comment import COMMENT_BUDGET, GITHUB_COMMENT_LIMIT
 from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.render import RenderError
 from scripts.modelctl.report import DIFF_BUDGET
@@ -88,9 +90,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not stacks:
         print("modelctl plan: name a --stack or use --all-stacks", file=sys.stderr)
         return EXIT_ERROR
-    if args.max_diff_chars < 0:
-        print("modelctl plan: --max-diff-chars takes 0 (no limit) or a positive number", file=sys.stderr)
-        return EXIT_ERROR
+    for option, value in (("--max-diff-chars", args.max_diff_chars), ("--max-chars", args.max_chars)):
+        if value < 0:
+            print(f"modelctl plan: {option} takes 0 (no limit) or a positive number", file=sys.stderr)
+            return EXIT_ERROR
     if args.no_cache and args.prune_cache:
         print("modelctl plan: --prune-cache needs the cache; drop --no-cache", file=sys.stderr)
         return EXIT_ERROR
@@ -126,7 +129,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(render_json(report), indent=2, sort_keys=False))
     elif args.format == "markdown":
-        sys.stdout.write(render_markdown(report, diff_budget=args.max_diff_chars))
+        sys.stdout.write(
+            render_markdown(
+                report, diff_budget=args.max_diff_chars, budget=args.max_chars, full_plan=args.full_plan_note
+            )
+        )
     else:
         sys.stdout.write(render_text(report))
     if args.render:
@@ -533,7 +540,21 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DIFF_BUDGET,
         metavar="N",
-        help=f"markdown: YAML diffs up to N characters (default {DIFF_BUDGET}, within GitHub's comment limit; 0: all)",
+        help=f"markdown: YAML diffs up to N characters (default {DIFF_BUDGET}; 0: as many as --max-chars leaves room)",
+    )
+    plan.add_argument(
+        "--max-chars",
+        type=int,
+        default=COMMENT_BUDGET,
+        metavar="N",
+        help=f"markdown: the whole comment up to N characters (default {COMMENT_BUDGET}, under GitHub's "
+        f"{GITHUB_COMMENT_LIMIT} limit; 0: no limit); diffs, then contract reviews, then tables are cut first",
+    )
+    plan.add_argument(
+        "--full-plan-note",
+        metavar="TEXT",
+        help="markdown: where the full plan is, said when something is cut (e.g. the workflow run's artifact "
+        "and job summary); shown as plain text",
     )
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 on changes, 1 on error"
@@ -793,7 +814,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminalStream:
+    """A text stream whose every write goes through sinks.terminal_document: whatever a command
+    prints (manifest text, a server's answer, an error quoting either), no control sequence in it
+    reaches the terminal raw."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(sinks.terminal_document(text))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _TerminalStream(sys.stdout), _TerminalStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if not args.root.is_dir():
         print(f"modelctl: --root {args.root}: not a directory", file=sys.stderr)
