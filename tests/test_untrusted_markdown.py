@@ -121,6 +121,17 @@ def test_text_and_html_hold_any_value_whole(value):
     assert "<" not in sinks.md_html_inline(value) and "\n" not in sinks.md_html_inline(value)
 
 
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_link_goes_where_it_says_or_is_text(value):
+    url = "https://github.com/o/r/actions/runs/1?" + value
+    (paragraph,) = [t for t in MARKDOWN.parse("see " + sinks.md_link(value, url) + " now") if t.type == "inline"]
+    kinds = [c.type for c in paragraph.children]
+    assert kinds[:2] == ["text", "link_open"] and kinds[-2:] == ["link_close", "text"]
+    assert set(kinds[2:-2]) <= {"text"}
+    assert paragraph.children[1].attrs["href"].startswith("https://github.com/o/r/actions/runs/1?")
+    assert sinks.md_link(value, "javascript:alert(1)") == sinks.md_text("javascript:alert(1)")
+
+
 def test_the_terminal_sees_every_control_as_an_escape():
     assert sinks.terminal("\x1b[2J\u202eab\n\x7f") == "\\x1b[2J\\u202eab\\x0a\\x7f"
     assert sinks.terminal_document("a\n\tb\r\x1b") == "a\n\tb\\x0d\\x1b"
@@ -389,14 +400,15 @@ def test_a_change_to_every_model_of_a_big_fleet_stays_under_githubs_limit(runs):
     assert len(report.blast_radius()) >= 60
     full = render_markdown(report, diff_budget=0, budget=0)
     assert len(full) > 2 * GITHUB_COMMENT_LIMIT  # what was posted before: refused by GitHub
-    where = "the plan artifact and the job summary of run https://github.com/o/r/actions/runs/1"
-    text = render_markdown(report, full_plan=where)
+    where = "the plan artifact and the job summary of this workflow run"
+    url = "https://github.com/o/r/actions/runs/1"
+    text = render_markdown(report, full_plan=where, full_plan_url=url)
     assert len(text) <= COMMENT_BUDGET < GITHUB_COMMENT_LIMIT
     assert text.splitlines()[0] == COMMENT_MARKER
     summary = [line for line in full.splitlines() if line.startswith(("- **", "**Blast radius:**"))]
     assert summary and all(line in text.splitlines() for line in summary)
     (note,) = [line for line in text.splitlines() if "Cut to stay within" in line]
-    assert "YAML diffs" in note and sinks.md_text(where) in note
+    assert "YAML diffs" in note and sinks.md_text(where) in note and f"(<{url}>)" in note
     blocks(text)  # parses; and no table row, code block or details element is cut open:
     assert text.count("<details>") == text.count("</details>")
     assert all(line.endswith("|") for line in text.splitlines() if line.startswith("|"))
@@ -407,6 +419,8 @@ def test_a_huge_acknowledgement_stays_under_githubs_limit(runs):
     report = _report(runs, value[:-1], [])
     text = render_markdown(report)
     assert len(text) <= COMMENT_BUDGET
+    assert text.splitlines()[0] == COMMENT_MARKER
+    assert any(line.startswith("- **we told everyone") for line in text.splitlines())
     assert "**breaking (acknowledged)**" in text and "more characters)" in text
     assert any(line.startswith("**Blast radius:** ") for line in text.splitlines())
 

@@ -131,7 +131,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         sys.stdout.write(
             render_markdown(
-                report, diff_budget=args.max_diff_chars, budget=args.max_chars, full_plan=args.full_plan_note
+                report,
+                diff_budget=args.max_diff_chars,
+                budget=args.max_chars,
+                full_plan=args.full_plan_note,
+                full_plan_url=args.full_plan_url,
             )
         )
     else:
@@ -555,6 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="markdown: where the full plan is, said when something is cut (e.g. the workflow run's artifact "
         "and job summary); shown as plain text",
+    )
+    plan.add_argument(
+        "--full-plan-url",
+        metavar="URL",
+        help="markdown: a link (http or https) to the full plan, said with --full-plan-note when something is cut, "
+        "e.g. the workflow run's page",
     )
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 on changes, 1 on error"

@@ -48,11 +48,13 @@ def assemble(
     group_budgets: dict[str, int] | None = None,
     full_plan: str | None = None,
     local_command: str = "",
+    full_plan_url: str | None = None,
 ) -> str:
     """The blocks in their order, those that fit in `budget` characters (0: no limit) chosen by
     priority (lowest first; in order within one priority), each cut whole, a table after a row.
     What is cut is said in one note after the block marked `note_here` (else at the end), with
-    where the full text is: `full_plan` (untrusted text, escaped), else `local_command`."""
+    where the full text is: `full_plan` (untrusted text, escaped) and `full_plan_url` (a link, http(s)
+    only), else `local_command`."""
     unlimited = budget <= 0
     remaining = budget - NOTE_RESERVE
     groups = {name: limit for name, limit in (group_budgets or {}).items() if limit > 0}
@@ -81,7 +83,7 @@ def assemble(
                     groups[block.group] -= block.size(rows)
             kept_rows[index] = rows
     out: list[str] = []
-    note = _cut_note(cut, cut_rows, full_plan, local_command)
+    note = _cut_note(cut, cut_rows, full_plan, local_command, full_plan_url)
     marked = any(b.note_here for i, b in enumerate(blocks) if i in kept_rows)
     for index, block in enumerate(blocks):
         if index in kept_rows:
@@ -93,13 +95,18 @@ def assemble(
     return "\n".join(out[:-1] if out and out[-1] == "" else out) + "\n"
 
 
-def _cut_note(cut: Counter[str], cut_rows: Counter[str], full_plan: str | None, local_command: str) -> str:
+def _cut_note(
+    cut: Counter[str], cut_rows: Counter[str], full_plan: str | None, local_command: str, url: str | None
+) -> str:
     if not cut and not cut_rows:
         return ""
     parts = [_plural(count, kind) for kind, count in sorted(cut.items())]
     parts += [f"{_plural(count, 'row')} of {kind}s" for kind, count in sorted(cut_rows.items())]
-    if full_plan:
-        where = sinks.md_text(full_plan[:NOTE_LOCATION_LIMIT])
+    if full_plan or url:
+        where = sinks.md_text((full_plan or "")[:NOTE_LOCATION_LIMIT])
+        if url:
+            link = sinks.md_link(url[:NOTE_LOCATION_LIMIT], url[:NOTE_LOCATION_LIMIT])
+            where = f"{where} ({link})" if where else link
     else:
         where = f"`{local_command}` prints it all" if local_command else "not kept"
     return (

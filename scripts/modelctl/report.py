@@ -252,9 +252,14 @@ def _code(text: str) -> str:
     return sinks.md_code(text, in_table=True)
 
 
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 # How many models the blast radius names before "and N more": its line stays readable and
 # small next to the budget (a model name is a DNS label, at most 63 characters).
 BLAST_RADIUS_NAMES = 200
+SEPARATE_WARNINGS = 5  # untouched models that change, each with its own warning; more: one for all
 # The order the budget is spent in (comment.assemble): what a reviewer needs first, first.
 HEAD, RADIUS, TABLES, CONTRACTS, DIFFS = range(5)
 LOCAL_FULL_PLAN = "modelctl plan --format markdown --max-chars 0 --max-diff-chars 0"
@@ -265,33 +270,41 @@ def render_markdown(
     diff_budget: int = DIFF_BUDGET,
     budget: int = COMMENT_BUDGET,
     full_plan: str | None = None,
+    full_plan_url: str | None = None,
 ) -> str:
     """The pull-request comment: at most `budget` characters (0: no limit), of which YAML diffs
     `diff_budget` at most (0: no limit but the budget). What does not fit is cut whole, in the
     reverse order of `comment.assemble`'s priorities, and a note says what and where the full
-    plan is: `full_plan` (e.g. the workflow run's artifact and job summary), else the local
-    command. Every value from the change (refs, stacks, models, resources, paths, contract
-    details) goes through `sinks`, so none can change the comment's structure."""
-    title = [COMMENT_MARKER]
-    source = f"{_code(report.base_label)} → {report.head_label}" if report.base_label else report.head_label
-    title += [f"## Offline plan: {source}", ""]
+    plan is: `full_plan` (e.g. the workflow run's artifact and job summary) and `full_plan_url`
+    (a link), else the local command. Every value from the change (refs, stacks, models,
+    resources, paths, contract details) goes through `sinks`, so none can change the comment's
+    structure."""
+    # The head is bounded whatever the change holds: names are clipped, so it always fits.
+    source = f"{_code(_clip(report.base_label))} → {report.head_label}" if report.base_label else report.head_label
+    title = [COMMENT_MARKER, f"## Offline plan: {source}", ""]
     if report.scope is not None:
-        title += [f"_{sinks.md_text(report.scope.describe().capitalize())}._", ""]
-    title += [f"- **{sinks.md_text(plan.stack)}**: {summary_line(plan)}" for plan in report.plans]
+        title += [f"_{sinks.md_text(_clip(report.scope.describe().capitalize(), 2_000))}._", ""]
+    title += [f"- **{sinks.md_text(_clip(plan.stack))}**: {summary_line(plan)}" for plan in report.plans]
     blocks = [comment.Block(title, HEAD, "summary")]
     if not report.has_changes:
         blocks.append(comment.Block(["No stack changes."], HEAD, "summary"))
         return comment.assemble(blocks, budget)
     radius = report.blast_radius()
-    named = ", ".join(_code(m) for m in radius[:BLAST_RADIUS_NAMES])
-    if len(radius) > BLAST_RADIUS_NAMES:
-        named += f" and {len(radius) - BLAST_RADIUS_NAMES} more"
-    lines = [f"**Blast radius:** {named if radius else 'no model'}"]
+    lines = [f"**Blast radius:** {_names(radius) if radius else 'no model'}"]
     platform_stacks = [p.stack for p in report.plans if p.platform_changed]
     if platform_stacks:
         lines.append(f" and the platform of {', '.join(sinks.md_text(s) for s in platform_stacks)}")
     blocks.append(comment.Block(lines, HEAD, "summary", note_here=True))
-    for model in report.untouched_but_affected():
+    untouched = report.untouched_but_affected()
+    if len(untouched) > SEPARATE_WARNINGS:
+        # A change of the program reaches the whole fleet: one warning, not one per model.
+        warning = [
+            "> [!WARNING]",
+            f"> {len(untouched)} models change although this change does not touch their manifests "
+            f"(a code, stack or shared-config change reaches them): {_names(untouched)}.",
+        ]
+        blocks.append(comment.Block(warning, RADIUS, "warning"))
+    for model in untouched if len(untouched) <= SEPARATE_WARNINGS else []:
         warning = [
             "> [!WARNING]",
             f"> {_code(model)} changes although this change does not touch its manifest "
@@ -302,8 +315,18 @@ def render_markdown(
         if plan.changes:
             blocks += _stack_blocks(report, plan)
     return comment.assemble(
-        blocks, budget, {"diff": diff_budget}, full_plan, LOCAL_FULL_PLAN if budget > 0 or diff_budget > 0 else ""
+        blocks,
+        budget,
+        {"diff": diff_budget},
+        full_plan,
+        LOCAL_FULL_PLAN if budget > 0 or diff_budget > 0 else "",
+        full_plan_url,
     )
+
+
+def _names(models: list[str]) -> str:
+    named = ", ".join(_code(m) for m in models[:BLAST_RADIUS_NAMES])
+    return named + (f" and {len(models) - BLAST_RADIUS_NAMES} more" if len(models) > BLAST_RADIUS_NAMES else "")
 
 
 def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import string
+from urllib.parse import quote, urlsplit
 
 # C0 and C1 controls and DEL (ECMA-48 controls: ESC starts a terminal escape sequence, CR
 # rewrites a line), the line and paragraph separators U+2028/U+2029, and the bidi embeddings,
@@ -90,6 +91,22 @@ def md_fenced(text: str, info: str = "") -> str:
     longest = max((len(run) for run in _BACKTICK_RUN.findall(content)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}{info}\n{content}\n{fence}"
+
+
+# Inside a `<...>` link destination: line endings, `<`, `>` (CommonMark §6.3, "link destination"),
+# and what would read differently than it links (spaces, controls, bidi overrides, backslashes).
+_UNSAFE_IN_URL = re.compile("[\x00-\x20\x7f-\x9f<>\\\\`\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def md_link(text: object, url: str) -> str:
+    """A markdown link to an http(s) `url` with `text` as its literal label; any other URL is
+    shown as text. The destination is written between `<` and `>` (CommonMark §6.3), with
+    every character that could end or disguise it percent-encoded (RFC 3986 §2.1)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return md_text(url)
+    destination = _UNSAFE_IN_URL.sub(lambda match: quote(match.group(), safe=""), url)
+    return f"[{md_text(text)}](<{destination}>)"
 
 
 def html_text(text: object) -> str:
