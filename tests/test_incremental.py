@@ -137,7 +137,10 @@ ALL_STACKS = ["dev", "staging", "prod", "eks", "local"]
 
 
 def without_mode(text: str) -> str:
-    return "\n".join(line for line in text.splitlines() if "plan: " not in line.lower() or "Offline" in line)
+    # The markdown escapes the mode line's punctuation (`plan\: ...`).
+    return "\n".join(
+        line for line in text.splitlines() if "plan: " not in line.lower().replace("\\", "") or "Offline" in line
+    )
 
 
 def violations(root: Path, report: PlanReport) -> dict[str, list[str]]:
