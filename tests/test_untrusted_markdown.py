@@ -338,6 +338,10 @@ def test_no_value_changes_the_plan_comments_structure(runs, value):
     defanged = render_markdown(_report(runs, benign(value), accepted), diff_budget=0, budget=0)
     assert "**breaking (acknowledged)**" in hostile
     assert_same_structure(hostile, defanged)
+    # And what is shown is the value itself (the base ref in the title, clipped at 200).
+    title = next(t for t in MARKDOWN.parse(hostile) if t.type == "inline")
+    shown = value if len(value) <= 200 else value[:200] + "…"
+    assert [c.content for c in title.children if c.type == "code_inline"] == [sinks.visible_controls(shown)]
     # The summary says what the plan found, not what a value says.
     summary = [line for line in defanged.splitlines() if line.startswith(("- **", "**Blast radius:**"))]
     assert [line.replace(benign(value), sinks.md_text(value)) for line in summary] == [

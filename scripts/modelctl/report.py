@@ -249,6 +249,10 @@ def unified_yaml_diff(step: Step) -> str:
 
 
 def _code(text: str) -> str:
+    return sinks.md_code(text)
+
+
+def _cell_code(text: str) -> str:
     return sinks.md_code(text, in_table=True)
 
 
@@ -340,7 +344,7 @@ def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:
             "| --- | --- | --- | --- |",
         ]
         cells = [
-            f"| {'**total**' if model == 'total' else _code(model)} | {replicas} | {cpu} | {memory} |"
+            f"| {'**total**' if model == 'total' else _cell_code(model)} | {replicas} | {cpu} | {memory} |"
             for model, replicas, cpu, memory in rows
         ]
         blocks.append(comment.Block(head, TABLES, "capacity table", cells))
@@ -356,7 +360,10 @@ def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:
             "| resource | operation | why |",
             "| --- | --- | --- |",
         ]
-        cells = [f"| {_code(s.type)} {_code(s.name)} | {s.op.value} | {_why(s, quote=_code)} |" for s in changes]
+        cells = [
+            f"| {_cell_code(s.type)} {_cell_code(s.name)} | {s.op.value} | {_why(s, quote=_cell_code)} |"
+            for s in changes
+        ]
         blocks.append(comment.Block(head, TABLES, "resource table", cells))
         for step in changes:
             summary = sinks.md_html_inline(f"{step.type.rsplit(':', 1)[-1]} {step.name}: {step.op.value}")
