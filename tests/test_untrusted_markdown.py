@@ -135,6 +135,7 @@ def test_a_link_goes_where_it_says_or_is_text(value):
 def test_the_terminal_sees_every_control_as_an_escape():
     assert sinks.terminal("\x1b[2J\u202eab\n\x7f") == "\\x1b[2J\\u202eab\\x0a\\x7f"
     assert sinks.terminal_document("a\n\tb\r\x1b") == "a\n\tb\\x0d\\x1b"
+    assert sinks.terminal_output("a\n\tb\r\x1b[A") == "a\n\tb\r\\x1b[A"
 
 
 # Every string field of the manifest ---------------------------------------------------------------

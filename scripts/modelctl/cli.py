@@ -825,15 +825,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _TerminalStream:
-    """A text stream whose every write goes through sinks.terminal_document: whatever a command
-    prints (manifest text, a server's answer, an error quoting either), no control sequence in it
+    """A text stream whose every write goes through sinks.terminal_output: whatever a command
+    prints (manifest text, a server's answer, an error quoting either), no escape sequence in it
     reaches the terminal raw."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._stream.write(sinks.terminal_document(text))
+        return self._stream.write(sinks.terminal_output(text))
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)

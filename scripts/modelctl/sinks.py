@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 # make a terminal or a browser show text in another order than it is read.
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_BUT_LINES_AND_CR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 # CommonMark 0.31.2 §2.4 (Backslash escapes): "Any ASCII punctuation character may be
 # backslash-escaped", and the escaped character is then literal text: it can start no emphasis,
 # link, heading, list, block quote, HTML tag (`<`), entity (`&`, §2.5) or table cell (`|`).
@@ -40,6 +41,13 @@ def terminal(text: object) -> str:
 def terminal_document(text: str) -> str:
     """A whole document for a terminal: its line breaks and tabs kept, every other control escaped."""
     return _CONTROLS_BUT_LINES.sub(_visible, text)
+
+
+def terminal_output(text: str) -> str:
+    """What a command writes to its terminal, as a last layer under the per-value `terminal`: line
+    breaks, tabs and carriage returns kept (a progress bar, tqdm's in `modelctl publish`, redraws
+    its line with CR), every other control (ESC first) escaped."""
+    return _CONTROLS_BUT_LINES_AND_CR.sub(_visible, text)
 
 
 def md_text(text: object) -> str:
