@@ -287,8 +287,10 @@ def openapi_document(manifest: ModelManifest, version: int, servers: Iterable[tu
             "title": f"{manifest.name}: TensorFlow Serving REST API",
             "version": str(version),
             "summary": manifest.description,
-            "description": f"Version {version} of model `{manifest.name}`, signature `{signature}`. Requests and "
-            f"responses follow TF-Serving's REST API ({API_REST_DOC}); the schemas come from the version's "
+            # OpenAPI 3.1 `description` fields are CommonMark: the signature is manifest text.
+            "description": f"Version {version} of model {sinks.md_code(manifest.name)}, signature "
+            f"{sinks.md_code(signature)}. Requests and responses follow TF-Serving's REST API ({API_REST_DOC}); "
+            "the schemas come from the version's "
             "recorded contract (its SignatureDef).",
             "contact": {"email": manifest.owner},
         },

@@ -7,6 +7,10 @@ import re
 import string
 from urllib.parse import quote, urlsplit
 
+# Specifications cited: CommonMark 0.31.2 (https://spec.commonmark.org/0.31.2/), whose section
+# numbers are used below, and GitHub Flavored Markdown 0.29 (https://github.github.com/gfm/), which
+# adds tables (§4.10) to it; GitHub renders comments with cmark-gfm, its reference implementation.
+
 # C0 and C1 controls and DEL (ECMA-48 controls: ESC starts a terminal escape sequence, CR
 # rewrites a line), the line and paragraph separators U+2028/U+2029, and the bidi embeddings,
 # overrides and isolates U+202A-202E and U+2066-2069 ("Trojan Source", CVE-2021-42574), which
