@@ -389,7 +389,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
             target = args.grpc_target or grpc_target(model.name, settings)
             checks.append(grpc_predict(model, target, args.timeout, plaintext=args.grpc_plaintext))
     for check in checks:
-        print(check)
+        print(sinks.terminal(check))
     failed = [c for c in checks if not c.ok]
     print(f"{len(models)} models at {base_url}: {len(checks) - len(failed)} checks passed, {len(failed)} failed")
     return EXIT_ERROR if failed else EXIT_OK
@@ -447,7 +447,7 @@ def _await_flagger(args: argparse.Namespace, settings, models: list[str]) -> boo
             reader,
             timeout=args.rollout_timeout,
             poll_interval=args.poll_interval,
-            report=lambda verdict: print(f"rollout {verdict}", flush=True),
+            report=lambda verdict: print(sinks.terminal(f"rollout {verdict}"), flush=True),
         )
     except RolloutError as exc:
         print(f"modelctl smoke: {exc}", file=sys.stderr)
@@ -455,11 +455,13 @@ def _await_flagger(args: argparse.Namespace, settings, models: list[str]) -> boo
     unsettled = [v for v in verdicts if v.outcome is not Outcome.promoted]
     for verdict in unsettled:
         if verdict.outcome is Outcome.failed:
-            print(f"modelctl smoke: {verdict.model}: rollout failed: {verdict.detail}", file=sys.stderr)
+            print(sinks.terminal(f"modelctl smoke: {verdict.model}: rollout failed: {verdict.detail}"), file=sys.stderr)
         else:
             print(
-                f"modelctl smoke: {verdict.model}: no verdict from Flagger within {args.rollout_timeout:g} s "
-                f"(last phase: {verdict.phase or 'none'}; {verdict.detail})",
+                sinks.terminal(
+                    f"modelctl smoke: {verdict.model}: no verdict from Flagger within {args.rollout_timeout:g} s "
+                    f"(last phase: {verdict.phase or 'none'}; {verdict.detail})"
+                ),
                 file=sys.stderr,
             )
     return not unsettled
