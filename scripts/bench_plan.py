@@ -228,7 +228,8 @@ def plan_child(report: Path, options: list[str]) -> int:
         json.dumps(
             {
                 "exit": code,
-                "mode": mode.strip("_").split(":")[0],
+                # The comment escapes the line's punctuation (sinks.md_text): `plan\: ...`.
+                "mode": mode.strip("_").replace("\\", "").split(":")[0],
                 "self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )

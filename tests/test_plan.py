@@ -251,7 +251,7 @@ def test_markdown_leaves_out_diffs_past_the_budget(project, runs):
     assert full.count("<details>") == 2
     short = render_markdown(report, diff_budget=500)
     assert short.count("<details>") < 2
-    assert "YAML diff(s) left out" in short
+    assert "YAML diff" in short and "left out" in short
 
 
 def test_bench_prints_its_table():

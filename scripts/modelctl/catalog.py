@@ -1,7 +1,7 @@
 """`modelctl catalog`: the model shelf as a static web site (index, one page per model, OpenAPI files).
 
 Manifests arrive through pull requests, so everything they say is untrusted here: every value is
-written through `html.escape` (text and attributes alike), file names come from validated model
+written through `sinks.html_text` (text and attributes alike), file names come from validated model
 names only, and a Content-Security-Policy lets the pages load nothing but this site's own CSS and
 script (GitHub Pages sets no headers, so the policy is a `<meta>`). No CDN, no web font, no
 server: the site works from a folder or from Pages.
@@ -9,7 +9,6 @@ server: the site works from a folder or from Pages.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 from infra.model.routing import route_path
 from infra.spec.manifest import MODEL_NAME_PATTERN, Contract, TensorContract
+from scripts.modelctl import sinks
 from scripts.modelctl.contract import openapi_document
 from scripts.modelctl.shelf import Shelf, ShelfModel, load_shelf, stack_base_url, stack_servers
 
@@ -59,9 +59,8 @@ class Site:
     notes: list[str] = field(default_factory=list)
 
 
-def e(value: object) -> str:
-    """Escaped for HTML text and for double-quoted attributes alike."""
-    return html.escape(str(value), quote=True)
+# Escaped for HTML text and for double-quoted attributes alike: the one HTML sink (sinks.py).
+e = sinks.html_text
 
 
 def dashboard_uid(model: str) -> str:

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 from infra.platform.object_store import StoreError
 from infra.spec.errors import ConfigError, ErrorItem
 from infra.spec.validators import stack_name_problem, version_problem
+from scripts.modelctl import sinks
 from scripts.modelctl.catalog import CatalogError
+from scripts.modelctl.comment import COMMENT_BUDGET, GITHUB_COMMENT_LIMIT
 from scripts.modelctl.promote import PromotionError
 from scripts.modelctl.render import RenderError
 from scripts.modelctl.report import DIFF_BUDGET
@@ -89,9 +91,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not stacks:
         print("modelctl plan: name a --stack or use --all-stacks", file=sys.stderr)
         return EXIT_ERROR
-    if args.max_diff_chars < 0:
-        print("modelctl plan: --max-diff-chars takes 0 (no limit) or a positive number", file=sys.stderr)
-        return EXIT_ERROR
+    for option, value in (("--max-diff-chars", args.max_diff_chars), ("--max-chars", args.max_chars)):
+        if value < 0:
+            print(f"modelctl plan: {option} takes 0 (no limit) or a positive number", file=sys.stderr)
+            return EXIT_ERROR
     if args.no_cache and args.prune_cache:
         print("modelctl plan: --prune-cache needs the cache; drop --no-cache", file=sys.stderr)
         return EXIT_ERROR
@@ -127,7 +130,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(render_json(report), indent=2, sort_keys=False))
     elif args.format == "markdown":
-        sys.stdout.write(render_markdown(report, diff_budget=args.max_diff_chars))
+        sys.stdout.write(
+            render_markdown(
+                report,
+                diff_budget=args.max_diff_chars,
+                budget=args.max_chars,
+                full_plan=args.full_plan_note,
+                full_plan_url=args.full_plan_url,
+            )
+        )
     else:
         sys.stdout.write(render_text(report))
     if args.render:
@@ -380,7 +391,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
             target = args.grpc_target or grpc_target(model.name, settings)
             checks.append(grpc_predict(model, target, args.timeout, plaintext=args.grpc_plaintext))
     for check in checks:
-        print(check)
+        print(sinks.terminal(check))
     failed = [c for c in checks if not c.ok]
     print(f"{len(models)} models at {base_url}: {len(checks) - len(failed)} checks passed, {len(failed)} failed")
     return EXIT_ERROR if failed else EXIT_OK
@@ -438,7 +449,7 @@ def _await_flagger(args: argparse.Namespace, settings, models: list[str]) -> boo
             reader,
             timeout=args.rollout_timeout,
             poll_interval=args.poll_interval,
-            report=lambda verdict: print(f"rollout {verdict}", flush=True),
+            report=lambda verdict: print(sinks.terminal(f"rollout {verdict}"), flush=True),
         )
     except RolloutError as exc:
         print(f"modelctl smoke: {exc}", file=sys.stderr)
@@ -446,11 +457,13 @@ def _await_flagger(args: argparse.Namespace, settings, models: list[str]) -> boo
     unsettled = [v for v in verdicts if v.outcome is not Outcome.promoted]
     for verdict in unsettled:
         if verdict.outcome is Outcome.failed:
-            print(f"modelctl smoke: {verdict.model}: rollout failed: {verdict.detail}", file=sys.stderr)
+            print(sinks.terminal(f"modelctl smoke: {verdict.model}: rollout failed: {verdict.detail}"), file=sys.stderr)
         else:
             print(
-                f"modelctl smoke: {verdict.model}: no verdict from Flagger within {args.rollout_timeout:g} s "
-                f"(last phase: {verdict.phase or 'none'}; {verdict.detail})",
+                sinks.terminal(
+                    f"modelctl smoke: {verdict.model}: no verdict from Flagger within {args.rollout_timeout:g} s "
+                    f"(last phase: {verdict.phase or 'none'}; {verdict.detail})"
+                ),
                 file=sys.stderr,
             )
     return not unsettled
@@ -556,7 +569,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DIFF_BUDGET,
         metavar="N",
-        help=f"markdown: YAML diffs up to N characters (default {DIFF_BUDGET}, within GitHub's comment limit; 0: all)",
+        help=f"markdown: YAML diffs up to N characters (default {DIFF_BUDGET}; 0: as many as --max-chars leaves room)",
+    )
+    plan.add_argument(
+        "--max-chars",
+        type=int,
+        default=COMMENT_BUDGET,
+        metavar="N",
+        help=f"markdown: the whole comment up to N characters (default {COMMENT_BUDGET}, under GitHub's "
+        f"{GITHUB_COMMENT_LIMIT} limit; 0: no limit); diffs, then contract reviews, then tables are cut first",
+    )
+    plan.add_argument(
+        "--full-plan-note",
+        metavar="TEXT",
+        help="markdown: where the full plan is, said when something is cut (e.g. the workflow run's artifact "
+        "and job summary); shown as plain text",
+    )
+    plan.add_argument(
+        "--full-plan-url",
+        metavar="URL",
+        help="markdown: a link (http or https) to the full plan, said with --full-plan-note when something is cut, "
+        "e.g. the workflow run's page",
     )
     plan.add_argument(
         "--detailed-exitcode", action="store_true", help="exit 0 when nothing changes, 2 on changes, 1 on error"
@@ -818,7 +851,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TerminalStream:
+    """A text stream whose every write goes through sinks.terminal_output: whatever a command
+    prints (manifest text, a server's answer, an error quoting either), no escape sequence in it
+    reaches the terminal raw."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(sinks.terminal_output(text))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _TerminalStream(sys.stdout), _TerminalStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if not args.root.is_dir():
         print(f"modelctl: --root {args.root}: not a directory", file=sys.stderr)

@@ -35,6 +35,7 @@ from infra.spec.manifest import (
     TensorContract,
     parse_manifest,
 )
+from scripts.modelctl import sinks
 
 RULE = "contract-compatibility"
 RULE_DESCRIPTION = (
@@ -286,8 +287,10 @@ def openapi_document(manifest: ModelManifest, version: int, servers: Iterable[tu
             "title": f"{manifest.name}: TensorFlow Serving REST API",
             "version": str(version),
             "summary": manifest.description,
-            "description": f"Version {version} of model `{manifest.name}`, signature `{signature}`. Requests and "
-            f"responses follow TF-Serving's REST API ({API_REST_DOC}); the schemas come from the version's "
+            # OpenAPI 3.1 `description` fields are CommonMark: the signature is manifest text.
+            "description": f"Version {version} of model {sinks.md_code(manifest.name)}, signature "
+            f"{sinks.md_code(signature)}. Requests and responses follow TF-Serving's REST API ({API_REST_DOC}); "
+            "the schemas come from the version's "
             "recorded contract (its SignatureDef).",
             "contact": {"email": manifest.owner},
         },
@@ -382,7 +385,23 @@ class ContractChange:
     kind: str  # input-added, input-removed, input-renamed, input-changed, output-added, ...
     name: str
     breaking: bool
-    detail: str
+    # Trusted wording with a `{}` where each of `values` goes (names quoted `{}`): values come from
+    # manifests (names, defaults), so each sink quotes them its own way (`markdown`), never by
+    # parsing `detail`, which a backtick in a name would confuse.
+    template: str
+    values: tuple[str, ...] = ()
+
+    @property
+    def detail(self) -> str:
+        return self.template.format(*self.values)
+
+    def markdown(self) -> str:
+        """The detail for a table cell: the wording as text, each value as a code span."""
+        pieces = self.template.replace("`{}`", "{}").split("{}")
+        cell = sinks.md_cell(pieces[0])
+        for value, piece in zip(self.values, pieces[1:], strict=True):
+            cell += sinks.md_code(_clip(value), in_table=True) + sinks.md_cell(piece)
+        return cell
 
     def __str__(self) -> str:
         return self.detail
@@ -400,23 +419,31 @@ def _tensor_changes(where: str, name: str, old: TensorContract, new: TensorContr
     if old.dtype != new.dtype:
         changes.append(
             ContractChange(
-                f"{where}-changed", name, True, f"{where} `{name}`: dtype {old.dtype.value} → {new.dtype.value}"
+                f"{where}-changed", name, True, f"{where} `{{}}`: dtype {old.dtype.value} → {new.dtype.value}", (name,)
             )
         )
     if old.shape != new.shape:
         changes.append(
-            ContractChange(f"{where}-changed", name, True, f"{where} `{name}`: shape {_shape(old)} → {_shape(new)}")
+            ContractChange(
+                f"{where}-changed", name, True, f"{where} `{{}}`: shape {_shape(old)} → {_shape(new)}", (name,)
+            )
         )
     if where == "input" and old.default != new.default:
         if new.default is None:
             changes.append(
                 ContractChange(
-                    "input-changed", name, True, f"input `{name}`: no default any more (was {old.default!r}): required"
+                    "input-changed",
+                    name,
+                    True,
+                    "input `{}`: no default any more (was {}): required",
+                    (name, repr(old.default)),
                 )
             )
         elif old.default is None:
             changes.append(
-                ContractChange("input-changed", name, False, f"input `{name}`: optional now (default {new.default!r})")
+                ContractChange(
+                    "input-changed", name, False, "input `{}`: optional now (default {})", (name, repr(new.default))
+                )
             )
         else:
             changes.append(
@@ -424,8 +451,8 @@ def _tensor_changes(where: str, name: str, old: TensorContract, new: TensorContr
                     "input-changed",
                     name,
                     False,
-                    f"input `{name}`: default {old.default!r} → {new.default!r} "
-                    "(clients that omit it get other results)",
+                    "input `{}`: default {} → {} (clients that omit it get other results)",
+                    (name, repr(old.default), repr(new.default)),
                 )
             )
     return changes
@@ -464,11 +491,15 @@ def compare(old: Contract, new: Contract) -> list[ContractChange]:
         if name in renamed:
             changes.append(
                 ContractChange(
-                    "input-renamed", name, True, f"input `{name}` renamed to `{renamed[name]}` (same dtype and shape)"
+                    "input-renamed",
+                    name,
+                    True,
+                    "input `{}` renamed to `{}` (same dtype and shape)",
+                    (name, renamed[name]),
                 )
             )
         else:
-            changes.append(ContractChange("input-removed", name, True, f"input `{name}` removed"))
+            changes.append(ContractChange("input-removed", name, True, "input `{}` removed", (name,)))
     for name in added:
         if name in renamed.values():
             continue
@@ -476,13 +507,13 @@ def compare(old: Contract, new: Contract) -> list[ContractChange]:
         if tensor.default is None:
             changes.append(
                 ContractChange(
-                    "input-added", name, True, f"input `{name}` added without a default: clients must send it"
+                    "input-added", name, True, "input `{}` added without a default: clients must send it", (name,)
                 )
             )
         else:
             changes.append(
                 ContractChange(
-                    "input-added", name, False, f"input `{name}` added, optional (default {tensor.default!r})"
+                    "input-added", name, False, "input `{}` added, optional (default {})", (name, repr(tensor.default))
                 )
             )
     for name in old.inputs:
@@ -500,12 +531,12 @@ def compare(old: Contract, new: Contract) -> list[ContractChange]:
         )
     for name in old.outputs:
         if name not in new.outputs:
-            changes.append(ContractChange("output-removed", name, True, f"output `{name}` removed"))
+            changes.append(ContractChange("output-removed", name, True, "output `{}` removed", (name,)))
         else:
             changes += _tensor_changes("output", name, old.outputs[name], new.outputs[name])
     for name in new.outputs:
         if name not in old.outputs:
-            changes.append(ContractChange("output-added", name, False, f"output `{name}` added"))
+            changes.append(ContractChange("output-added", name, False, "output `{}` added", (name,)))
     if (len(old.outputs) == 1) != (len(new.outputs) == 1):
         changes.append(
             ContractChange(
@@ -653,7 +684,8 @@ def review(
                             "signature-renamed",
                             before.serving.signature,
                             True,
-                            f"serving signature `{before.serving.signature}` → `{manifest.serving.signature}`",
+                            "serving signature `{}` → `{}`",
+                            (before.serving.signature, manifest.serving.signature),
                         ),
                     )
                 found.append(ContractReview(**common, changes=tuple(changes)))
@@ -733,26 +765,39 @@ def stack_reviews(root: Path, stacks: Iterable[str], base_ref: str | None) -> di
 
 
 def text_lines(reviews: Iterable[ContractReview]) -> list[str]:
-    return [f"  contract {r.summary()}" for r in reviews]
+    return [sinks.terminal(f"  contract {r.summary()}") for r in reviews]
 
 
-def markdown_lines(reviews: list[ContractReview]) -> list[str]:
+# A manifest value shown in a review cell: enough to recognise it, never a comment's worth.
+CELL_VALUE_LIMIT = 500
+
+
+def _clip(text: str, limit: int = CELL_VALUE_LIMIT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
+def markdown_table(reviews: list[ContractReview]) -> tuple[list[str], list[str]]:
+    """The review as a GFM table: (the lines before its rows, one line per row); nothing without
+    reviews. Every manifest value goes through `sinks` (names and defaults as code spans, the
+    acknowledgement as text, clipped), so no value can end a cell, a row or the table."""
     if not reviews:
-        return []
-    lines = [
+        return [], []
+    head = [
         "Contract changes (the version each label serves, against the stable version clients called before):",
         "",
         "| model | label | versions | verdict | changes |",
         "| --- | --- | --- | --- | --- |",
     ]
+    rows = []
     for r in reviews:
         verdict = f"**{r.verdict}**" if r.breaking else r.verdict
-        details = "<br>".join(("⚠️ " if c.breaking else "") + c.detail.replace("|", "\\|") for c in r.changes) or (
+        details = "<br>".join(("⚠️ " if c.breaking else "") + c.markdown() for c in r.changes) or sinks.md_cell(
             r.not_compared or "–"
         )
         if r.acknowledged and r.breaking:
-            reason = r.acknowledged.replace("|", "\\|")
-            details += f"<br>acknowledged: {reason}"
-        lines.append(f"| `{r.model}` | {r.label} | {r.base_version} → {r.head_version} | {verdict} | {details} |")
-    lines.append("")
-    return lines
+            details += f"<br>acknowledged: {sinks.md_cell(_clip(r.acknowledged))}"
+        rows.append(
+            f"| {sinks.md_code(r.model, in_table=True)} | {sinks.md_cell(r.label)} | {r.base_version} → "
+            f"{r.head_version} | {verdict} | {details} |"
+        )
+    return head, rows

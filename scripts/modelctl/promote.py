@@ -14,7 +14,7 @@ from infra.spec.project import validate_project
 from infra.spec.settings import StackSettings
 from infra.spec.validators import version_problem
 from infra.spec.yamlio import parse_yaml
-from scripts.modelctl import manifest_edit
+from scripts.modelctl import manifest_edit, sinks
 
 # Metric differences below this are float noise (0.972 - 0.967 is not exactly 0.005).
 EPSILON = 1e-9
@@ -48,10 +48,12 @@ class Comparison:
 
     def describe(self) -> str:
         direction = "higher" if self.goal is Goal.maximize else "lower"
-        candidate = f"candidate v{self.candidate}: {self.metric} = {self.candidate_value:g}"
+        # The metric's name is manifest text, and this is printed line by line.
+        metric = sinks.terminal(self.metric)
+        candidate = f"candidate v{self.candidate}: {metric} = {self.candidate_value:g}"
         if self.champion is None:
             return f"{candidate}; no stable version yet, nothing to beat"
-        champion = f"champion v{self.champion}: {self.metric} = {self.champion_value:g}"
+        champion = f"champion v{self.champion}: {metric} = {self.champion_value:g}"
         verdict = "passes" if self.passed else "fails"
         return (
             f"{candidate}\n{champion}\n"

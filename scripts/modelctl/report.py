@@ -11,13 +11,14 @@ from typing import Any
 from infra.offline import DeclaredResource, OfflineRun, mask_secrets
 from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
 from infra.spec.settings import read_stack_config
-from scripts.modelctl import contract, incremental, snapshot
+from scripts.modelctl import comment, contract, incremental, sinks, snapshot
+from scripts.modelctl.comment import COMMENT_BUDGET
 from scripts.modelctl.plan import Capacity, Op, StackPlan, Step, capacity, plan_stack
 from scripts.modelctl.plancache import PlanCache
 from scripts.modelctl.render import dump_yaml
 
 COMMENT_MARKER = "<!-- modelctl-plan -->"
-# GitHub refuses comments over 65,536 characters; YAML diffs past this budget are left out.
+# Of the comment's budget (comment.COMMENT_BUDGET), at most this much goes to YAML diffs by default.
 DIFF_BUDGET = 50_000
 SYMBOLS = {Op.same: " ", Op.create: "+", Op.update: "~", Op.replace: "+-", Op.delete: "-"}
 SUMMARY_ORDER = (Op.create, Op.update, Op.replace, Op.delete, Op.same)
@@ -171,7 +172,8 @@ def render_text(report: PlanReport) -> str:
         lines += contract.text_lines(report.contracts.get(plan.stack, []))
     for model in report.untouched_but_affected():
         lines.append(f"warning: {model} changes although its manifest is untouched")
-    return "\n".join(lines) + "\n"
+    # Each line quotes the change (refs, names, paths): a control in a value stays in its line.
+    return "\n".join(sinks.terminal(line) for line in lines) + "\n"
 
 
 # Capacity -------------------------------------------------------------------------------------
@@ -247,86 +249,133 @@ def unified_yaml_diff(step: Step) -> str:
 
 
 def _code(text: str) -> str:
-    return "`" + text.replace("`", "'") + "`"
+    return sinks.md_code(text)
 
 
-def render_markdown(report: PlanReport, diff_budget: int = DIFF_BUDGET) -> str:
-    """The pull-request comment; `diff_budget` characters of YAML diffs at most (0: no limit)."""
-    limited = diff_budget > 0
-    out = [COMMENT_MARKER]
-    source = f"{_code(report.base_label)} → {report.head_label}" if report.base_label else report.head_label
-    out.append(f"## Offline plan: {source}")
-    out.append("")
+def _cell_code(text: str) -> str:
+    return sinks.md_code(text, in_table=True)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+# How many models the blast radius names before "and N more": its line stays readable and
+# small next to the budget (a model name is a DNS label, at most 63 characters).
+BLAST_RADIUS_NAMES = 200
+SEPARATE_WARNINGS = 5  # untouched models that change, each with its own warning; more: one for all
+# The order the budget is spent in (comment.assemble): what a reviewer needs first, first.
+HEAD, RADIUS, TABLES, CONTRACTS, DIFFS = range(5)
+LOCAL_FULL_PLAN = "modelctl plan --format markdown --max-chars 0 --max-diff-chars 0"
+
+
+def render_markdown(
+    report: PlanReport,
+    diff_budget: int = DIFF_BUDGET,
+    budget: int = COMMENT_BUDGET,
+    full_plan: str | None = None,
+    full_plan_url: str | None = None,
+) -> str:
+    """The pull-request comment: at most `budget` characters (0: no limit), of which YAML diffs
+    `diff_budget` at most (0: no limit but the budget). What does not fit is cut whole, in the
+    reverse order of `comment.assemble`'s priorities, and a note says what and where the full
+    plan is: `full_plan` (e.g. the workflow run's artifact and job summary) and `full_plan_url`
+    (a link), else the local command. Every value from the change (refs, stacks, models,
+    resources, paths, contract details) goes through `sinks`, so none can change the comment's
+    structure."""
+    # The head is bounded whatever the change holds: names are clipped, so it always fits.
+    source = f"{_code(_clip(report.base_label))} → {report.head_label}" if report.base_label else report.head_label
+    title = [COMMENT_MARKER, f"## Offline plan: {source}", ""]
     if report.scope is not None:
-        out.append(f"_{report.scope.describe().capitalize()}._")
-        out.append("")
-    for plan in report.plans:
-        out.append(f"- **{plan.stack}**: {summary_line(plan)}")
-    out.append("")
+        title += [f"_{sinks.md_text(_clip(report.scope.describe().capitalize(), 2_000))}._", ""]
+    title += [f"- **{sinks.md_text(_clip(plan.stack))}**: {summary_line(plan)}" for plan in report.plans]
+    blocks = [comment.Block(title, HEAD, "summary")]
     if not report.has_changes:
-        out.append("No stack changes.")
-        return "\n".join(out) + "\n"
+        blocks.append(comment.Block(["No stack changes."], HEAD, "summary"))
+        return comment.assemble(blocks, budget)
     radius = report.blast_radius()
-    out.append(f"**Blast radius:** {', '.join(_code(m) for m in radius) if radius else 'no model'}")
+    lines = [f"**Blast radius:** {_names(radius) if radius else 'no model'}"]
     platform_stacks = [p.stack for p in report.plans if p.platform_changed]
     if platform_stacks:
-        out.append(f" and the platform of {', '.join(platform_stacks)}")
-    out.append("")
-    for model in report.untouched_but_affected():
-        out.append("> [!WARNING]")
-        out.append(
+        lines.append(f" and the platform of {', '.join(sinks.md_text(s) for s in platform_stacks)}")
+    blocks.append(comment.Block(lines, HEAD, "summary", note_here=True))
+    untouched = report.untouched_but_affected()
+    if len(untouched) > SEPARATE_WARNINGS:
+        # A change of the program reaches the whole fleet: one warning, not one per model.
+        warning = [
+            "> [!WARNING]",
+            f"> {len(untouched)} models change although this change does not touch their manifests "
+            f"(a code, stack or shared-config change reaches them): {_names(untouched)}.",
+        ]
+        blocks.append(comment.Block(warning, RADIUS, "warning"))
+    for model in untouched if len(untouched) <= SEPARATE_WARNINGS else []:
+        warning = [
+            "> [!WARNING]",
             f"> {_code(model)} changes although this change does not touch its manifest "
-            f"(a code, stack or shared-config change reaches it)."
-        )
-        out.append("")
-    omitted = 0
+            "(a code, stack or shared-config change reaches it).",
+        ]
+        blocks.append(comment.Block(warning, RADIUS, "warning"))
     for plan in report.plans:
-        if not plan.changes:
-            continue
-        out.append(f"### Stack {_code(plan.stack)}: {summary_line(plan)}")
-        out.append("")
-        rows = _capacity_rows(report, plan.stack)
-        if rows:
-            out.append("Capacity (replicas min–max × requests), before → after:")
-            out.append("")
-            out.append("| model | replicas | CPU (cores) | memory |")
-            out.append("| --- | --- | --- | --- |")
-            for model, replicas, cpu, memory in rows:
-                name = "**total**" if model == "total" else _code(model)
-                out.append(f"| {name} | {replicas} | {cpu} | {memory} |")
-            out.append("")
-        out += contract.markdown_lines(report.contracts.get(plan.stack, []))
-        for component in _components_in_order(plan):
-            title = "platform" if component == "platform" else "stack" if component == "" else "model"
-            changes = [s for s in plan.changes if s.component == component]
-            out.append(f"#### {title.capitalize()} {_code(component) if component else ''}".rstrip())
-            out.append("")
-            out.append("| resource | operation | why |")
-            out.append("| --- | --- | --- |")
-            for step in changes:
-                why = _why(step, quote=_code).replace("|", "\\|")
-                out.append(f"| {_code(step.type)} {_code(step.name)} | {step.op.value} | {why} |")
-            out.append("")
-            for step in changes:
-                diff = unified_yaml_diff(step).rstrip("\n")
-                diff_budget -= len(diff)
-                if diff_budget < 0 and limited:
-                    omitted += 1
-                    continue
-                out.append(f"<details><summary>{step.type.rsplit(':', 1)[-1]} {step.name}: {step.op.value}</summary>")
-                out.append("")
-                out.append("```diff")
-                out.append(diff)
-                out.append("```")
-                out.append("")
-                out.append("</details>")
-                out.append("")
-    if omitted:
-        out.append(
-            f"_{omitted} YAML diff(s) left out to keep this comment within GitHub's size limit; "
-            "`modelctl plan --format markdown --max-diff-chars 0` prints them all._"
-        )
-    return "\n".join(out) + "\n"
+        if plan.changes:
+            blocks += _stack_blocks(report, plan)
+    return comment.assemble(
+        blocks,
+        budget,
+        {"diff": diff_budget},
+        full_plan,
+        LOCAL_FULL_PLAN if budget > 0 or diff_budget > 0 else "",
+        full_plan_url,
+    )
+
+
+def _names(models: list[str]) -> str:
+    named = ", ".join(_code(m) for m in models[:BLAST_RADIUS_NAMES])
+    return named + (f" and {len(models) - BLAST_RADIUS_NAMES} more" if len(models) > BLAST_RADIUS_NAMES else "")
+
+
+def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:
+    blocks = [comment.Block([f"### Stack {_code(plan.stack)}: {summary_line(plan)}"], TABLES, "stack heading")]
+    rows = _capacity_rows(report, plan.stack)
+    if rows:
+        head = [
+            "Capacity (replicas min–max × requests), before → after:",
+            "",
+            "| model | replicas | CPU (cores) | memory |",
+            "| --- | --- | --- | --- |",
+        ]
+        cells = [
+            f"| {'**total**' if model == 'total' else _cell_code(model)} | {replicas} | {cpu} | {memory} |"
+            for model, replicas, cpu, memory in rows
+        ]
+        blocks.append(comment.Block(head, TABLES, "capacity table", cells))
+    head, cells = contract.markdown_table(report.contracts.get(plan.stack, []))
+    if cells:
+        blocks.append(comment.Block(head, CONTRACTS, "contract review", cells))
+    for component in _components_in_order(plan):
+        title = "platform" if component == "platform" else "stack" if component == "" else "model"
+        changes = [s for s in plan.changes if s.component == component]
+        head = [
+            f"#### {title.capitalize()} {_code(component) if component else ''}".rstrip(),
+            "",
+            "| resource | operation | why |",
+            "| --- | --- | --- |",
+        ]
+        cells = [
+            f"| {_cell_code(s.type)} {_cell_code(s.name)} | {s.op.value} | {_why(s, quote=_cell_code)} |"
+            for s in changes
+        ]
+        blocks.append(comment.Block(head, TABLES, "resource table", cells))
+        for step in changes:
+            summary = sinks.md_html_inline(f"{step.type.rsplit(':', 1)[-1]} {step.name}: {step.op.value}")
+            details = [
+                f"<details><summary>{summary}</summary>",
+                "",
+                sinks.md_fenced(unified_yaml_diff(step), "diff"),
+                "",
+                "</details>",
+            ]
+            blocks.append(comment.Block(details, DIFFS, "YAML diff", group="diff"))
+    return blocks
 
 
 def _components_in_order(plan: StackPlan) -> list[str]:

@@ -35,7 +35,7 @@ from infra.platform.object_store import (
     version_prefix,
 )
 from infra.spec.manifest import MODELS_DIR, Goal, ModelManifest, PromoteAs
-from scripts.modelctl import manifest_edit
+from scripts.modelctl import manifest_edit, sinks
 from scripts.modelctl.promote import Comparison, PromotionError, promote, stacks_serving
 
 EXIT_NO_WINNER = 3  # nothing published: no candidate beats the champion (or none is usable)
@@ -467,52 +467,65 @@ def report_json(report: RetrainReport) -> dict[str, Any]:
 
 
 def render_markdown(report: RetrainReport) -> str:
+    """The report as markdown (the retrain pull request's body). Names, parameters, metrics,
+    reasons and data locations come from the manifest, the data store or training errors, so each
+    goes through `sinks` as text, table cell or code span: none can change the report's structure."""
+    code, cell, text = sinks.md_code, sinks.md_cell, sinks.md_text
     direction = "higher" if report.goal == Goal.maximize.value else "lower"
     verdict = (
-        f"**Promoted**: candidate {report.winner} published as version {report.version}, "
-        f"{report.promoted_as} in `{report.environment}`."
+        f"**Promoted**: candidate {text(report.winner)} published as version {report.version}, "
+        f"{text(report.promoted_as)} in {code(report.environment)}."
         if report.promoted
         else "**No new version**: nothing was published."
     )
     lines = [
-        f"## Retrain {report.model} for `{report.environment}`",
+        f"## Retrain {text(report.model)} for {code(report.environment)}",
         "",
         verdict,
         "",
-        f"Rule: `{report.metric}`, {direction} is better, by more than {report.min_delta:g} "
+        f"Rule: {code(report.metric)}, {direction} is better, by more than {report.min_delta:g} "
         "(`promotion` in the manifest). Every model below is measured on the same frozen evaluation set.",
         "",
-        "| model | parameters | " + report.metric + " | status |",
+        f"| model | parameters | {cell(report.metric)} | status |",
         "| --- | --- | --- | --- |",
     ]
     champion = report.champion
     if champion.version is not None:
         status = champion.error or f"recorded {_number(champion.recorded)} (not reused)"
         lines.append(
-            f"| champion v{champion.version} | – | {_number(champion.metrics.get(report.metric))} | {status} |"
+            f"| champion v{champion.version} | – | {cell(_number(champion.metrics.get(report.metric)))} "
+            f"| {cell(status)} |"
         )
     for outcome in report.candidates:
         parameters = ", ".join(f"{k}={v}" for k, v in outcome.parameters.items())
         status = outcome.excluded or ("winner" if outcome.name == report.winner else "eligible")
-        status = status.replace("|", "\\|")
-        lines.append(f"| {outcome.name} | {parameters} | {_number(outcome.metrics.get(report.metric))} | {status} |")
-    lines += ["", "Decision:", ""] + [f"- {reason}" for reason in report.reasons]
+        lines.append(
+            f"| {cell(outcome.name)} | {cell(parameters)} | {cell(_number(outcome.metrics.get(report.metric)))} "
+            f"| {cell(status)} |"
+        )
+    lines += ["", "Decision:", ""] + [f"- {text(reason)}" for reason in report.reasons]
     data = report.data
     lines += ["", "Data:", ""]
-    partition = f" (partition `{data['partition']}`)" if data.get("partition") else ""
-    lines.append(f"- training: `{data['source']}`{partition}")
+    partition = f" (partition {code(data['partition'])})" if data.get("partition") else ""
+    lines.append(f"- training: {code(data['source'])}{partition}")
     for entry in data["files"]:
-        identity = ", ".join(f"{k} `{entry[k]}`" for k in ("etag", "version_id") if k in entry)
-        lines.append(f"  - `{entry['uri']}` sha256 `{entry['sha256'][:12]}…`" + (f", {identity}" if identity else ""))
-    lines.append(f"- evaluation: `{report.evaluation['uri']}` sha256 `{report.evaluation['sha256'][:12]}…` (frozen)")
+        identity = ", ".join(f"{k} {code(entry[k])}" for k in ("etag", "version_id") if k in entry)
+        lines.append(
+            f"  - {code(entry['uri'])} sha256 {code(entry['sha256'][:12] + '…')}"
+            + (f", {identity}" if identity else "")
+        )
+    lines.append(
+        f"- evaluation: {code(report.evaluation['uri'])} sha256 {code(report.evaluation['sha256'][:12] + '…')} (frozen)"
+    )
     return "\n".join(lines) + "\n"
 
 
 def pull_request_body(report: RetrainReport) -> str:
     """The retrain pull request's description: what merging does, then the report."""
     head = [
-        f"Scheduled retraining of **{report.model}** published version {report.version} and "
-        f"serves it as {report.promoted_as} in `{report.environment}` once this is merged.",
+        f"Scheduled retraining of **{sinks.md_text(report.model)}** published version {report.version} and "
+        f"serves it as {sinks.md_text(report.promoted_as)} in {sinks.md_code(report.environment)} once this "
+        "is merged.",
         "",
         "Merging runs the usual plan and approvals (the plan comment follows); closing it serves "
         "nothing new (the version stays published, unreferenced).",

@@ -16,6 +16,7 @@ from typing import Any
 
 from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ModelManifest, ServedModel, load_manifests
 from infra.spec.settings import RouteKind, StackSettings, load_stack_settings, stack_names
+from scripts.modelctl import sinks
 from scripts.modelctl.smoke import AVAILABLE, model_status, status_url
 
 
@@ -241,7 +242,8 @@ def render_text(report: StatusReport) -> str:
         where = f"stack {report.stack} at {report.base_url}"
         verdict = f"{len(differ)} differ from the manifests: {', '.join(differ)}" if differ else "all match"
         lines.append(f"{len(report.live)} model(s) live on {where}: {verdict}")
-    return "\n".join(lines) + "\n"
+    # Each line quotes manifests and a server's answers: a control in a value stays in its line.
+    return "\n".join(sinks.terminal(line) for line in lines) + "\n"
 
 
 def render_json(report: StatusReport) -> dict[str, Any]:
