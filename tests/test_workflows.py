@@ -1105,3 +1105,13 @@ def test_a_plan_of_any_size_fits_githubs_comment_limit(tmp_path):
     assert len(result.stdout) < 65_536
     assert "The plan was cut to 60,000 characters" in result.stdout
     assert result.stdout.endswith("|\n")  # cut at a line, never inside one
+
+
+def test_the_comment_says_where_the_whole_plan_is_and_the_artifact_has_it():
+    job = load("preview.yml")["jobs"]["offline-plan"]
+    plan = next(s for s in job["steps"] if "modelctl plan" in s.get("run", ""))
+    assert '--full-plan-url "$RUN_URL"' in plan["run"] and "--full-plan-note" in plan["run"]
+    assert plan["env"]["RUN_URL"].endswith("/actions/runs/${{ github.run_id }}")
+    assert "--max-chars 0 --max-diff-chars 0 > plan-full.md" in plan["run"]
+    upload = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload["with"]["path"].split() == ["plan.md", "plan-full.md", "pr-number"]

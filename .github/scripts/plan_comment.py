@@ -81,10 +81,10 @@ def body(plan: str, changed: list[str], changed_count: int, run_url: str) -> str
     if was_cut:
         header.append(
             f"_The plan was cut to {BODY_BUDGET:,} characters to fit GitHub's comment limit; "
-            f"the whole plan is in the run's job summary and its `offline-plan` artifact: {run_url}_"
+            f"the whole plan is `plan-full.md` in the run's `offline-plan` artifact: {run_url}_"
         )
     else:
-        header.append(f"_Full plan: the run's job summary and its `offline-plan` artifact: {run_url}_")
+        header.append(f"_Full plan: `plan-full.md` in the run's `offline-plan` artifact: {run_url}_")
     # A blank line and a thematic break end every block the header opened before the plan starts.
     header += ["", "---", ""]
     return "\n".join(header) + "\n" + plan
