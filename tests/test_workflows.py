@@ -1088,8 +1088,9 @@ def test_a_change_to_the_plans_code_is_named_above_whatever_that_code_wrote(tmp_
     result = _plan_comment(tmp_path, forged, changed)
     assert result.returncode == 0, result.stderr
     header = result.stdout[: result.stdout.index("\n---\n")]
-    assert "[!CAUTION]" in header and "` scripts/modelctl/report.py `" in header
-    assert "``` weird`` name?[2J.py ```" in header and "models/iris.yaml" not in header
+    assert "[!CAUTION]" in header and "> - `scripts/modelctl/report.py`" in header
+    # The one code-span sink (scripts/modelctl/sinks.py): a longer fence, the ESC shown.
+    assert "> - ```weird`` name\\x1b[2J.py```" in header and "models/iris.yaml" not in header
     assert "blockquote_open" in _blocks_before_the_plan(result.stdout)
 
 

@@ -16,6 +16,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+# The default branch's own sinks (standard library only): one escaping function per sink.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from scripts.modelctl.sinks import md_code
+
 MARKER = "<!-- modelctl-plan -->"
 # GitHub refuses an issue comment body over 65,536 characters ("Body is too long (maximum is
 # 65536 characters)", the REST API's 422 for POST /repos/{owner}/{repo}/issues/{n}/comments).
@@ -29,19 +33,6 @@ SHOWN_FILES = 20
 # The artifact is untrusted: read a bounded amount (a plan may be larger than the budget, never
 # unboundedly so).
 READ_LIMIT = 4 * BODY_BUDGET
-
-
-def _code(text: str) -> str:
-    """A path as a markdown code span that no path can close (CommonMark 6.1: the closing
-    backtick string must be as long as the opening one)."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    longest = 0
-    run = 0
-    for ch in text:
-        run = run + 1 if ch == "`" else 0
-        longest = max(longest, run)
-    fence = "`" * (longest + 1)
-    return f"{fence} {text} {fence}"
 
 
 def code_changes(changed: list[str]) -> list[str]:
@@ -74,7 +65,7 @@ def body(plan: str, changed: list[str], changed_count: int, run_url: str) -> str
             "say anything: review the code diff, not only this plan."
         )
         header.append(">")
-        header += [f"> - {_code(path)}" for path in others[:SHOWN_FILES]]
+        header += [f"> - {md_code(path)}" for path in others[:SHOWN_FILES]]
         if len(others) > SHOWN_FILES or unlisted:
             header.append(f"> - and {len(others) - min(len(others), SHOWN_FILES) + unlisted} more")
         header.append("")
