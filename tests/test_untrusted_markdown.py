@@ -98,7 +98,8 @@ def test_a_table_cell_holds_any_value_whole(value):
     assert [c.type for c in cells[0].children] == ["code_inline"]
     assert cells[0].children[0].content == sinks.visible_controls(value)
     assert {c.type for c in cells[1].children} == {"text"}
-    assert "".join(c.content for c in cells[1].children) == sinks.visible_controls(value)
+    # md_text puts a word joiner after `@` and `#` (no mention, no cross-reference on GitHub).
+    assert "".join(c.content for c in cells[1].children).replace("\u2060", "") == sinks.visible_controls(value)
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -468,3 +469,11 @@ def test_status_and_plan_print_no_control_character(repo, capsys):  # noqa: F811
     assert not CONTROLS.search(out + err)
     assert "acknowledged: \\x1b[2J" in out
     assert not CONTROLS.search(render_text(PlanReport([], None, "x")))
+
+
+def test_manifest_text_mentions_nobody_and_references_nothing():
+    # GitHub makes `@login` a mention and `#12` a cross-reference outside code; a word joiner
+    # after each keeps a manifest value from notifying people or backlinking issues.
+    text = sinks.md_text("ping @octocat about #12 and org/repo#3")
+    assert "@octocat" not in text and "#12" not in text and "#3" not in text
+    assert text.replace("\u2060", "").replace("\\", "") == "ping @octocat about #12 and org/repo#3"

@@ -59,8 +59,14 @@ def md_text(text: object) -> str:
 
     Every ASCII punctuation character is backslash-escaped (§2.4), so no inline construct and
     no `<tag>`/`&entity;` starts from it; every control character and U+2028 is shown as an
-    escape, so no line ending (§2.1: LF, CR or CR LF) can start a block of its own."""
-    return _PUNCTUATION.sub(r"\\\1", visible_controls(str(text)))
+    escape, so no line ending (§2.1: LF, CR or CR LF) can start a block of its own.
+
+    GitHub also turns `@login` into a mention (a notification to that user) and `#123` or
+    `owner/repo#123` into a cross-reference (a backlink on that issue) in comments, outside code
+    ("Basic writing and formatting syntax", "Mentioning people and teams", "Referencing issues and
+    pull requests"); a word joiner (U+2060, invisible, no width) after each `@` and `#` keeps a
+    manifest value from doing either. Not verified against GitHub's renderer here."""
+    return _PUNCTUATION.sub(r"\\\1", visible_controls(str(text))).replace("@", "@\u2060").replace("#", "#\u2060")
 
 
 def md_cell(text: object) -> str:
