@@ -308,3 +308,25 @@ def test_publish_refuses_non_finite_metrics_before_uploading(tmp_path, text):
         read_metrics(tmp_path)
     (tmp_path / "metrics.json").write_text('{"accuracy": 0.97, "loss": 1}')
     assert read_metrics(tmp_path) == {"accuracy": 0.97, "loss": 1.0}
+
+
+@pytest.mark.parametrize(
+    "owner", ["team`x@example.com", "team\x1b[2J@example.com", "#team@example.com", "a@b", "a@-b.com", "a b@c.com"]
+)
+def test_an_owner_that_is_not_a_plain_address_is_refused(project, owner):
+    # `owner` reaches CODEOWNERS, where `#` starts a comment, and the plan and the catalog.
+    from infra.spec.errors import ConfigError
+    from infra.spec.manifest import load_manifests
+
+    edit_yaml(project / "models" / "iris.yaml", lambda document: document.update(owner=owner))
+    with pytest.raises(ConfigError) as raised:
+        load_manifests(project)
+    assert [(e.file, e.field) for e in raised.value.errors] == [("models/iris.yaml", "owner")]
+
+
+def test_plain_team_addresses_are_owners(project):
+    from infra.spec.manifest import load_manifests
+
+    owner = "ml-platform+models@corp.example.co.uk"
+    edit_yaml(project / "models" / "iris.yaml", lambda document: document.update(owner=owner))
+    assert {m.owner for m in load_manifests(project) if m.name == "iris"} == {owner}

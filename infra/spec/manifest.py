@@ -55,7 +55,11 @@ LABEL_CANARY = "canary"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 ARTIFACT_PATH_PATTERN = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*$"
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# The owner's address reaches CODEOWNERS (`modelctl codeowners`), the plan and the catalog: a
+# narrow subset of RFC 5322's dot-atom addr-spec (section 3.4.1) and of a DNS host name, with no
+# character that means something in those sinks (`#` starts a CODEOWNERS comment, backticks and
+# controls would need escaping everywhere).
+EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_TARGET_CPU = 70
