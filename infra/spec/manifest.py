@@ -59,7 +59,8 @@ ARTIFACT_PATH_PATTERN = r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(/[a-z0-9]([a-z0-9._-]
 # narrow subset of RFC 5322's dot-atom addr-spec (section 3.4.1) and of a DNS host name, with no
 # character that means something in those sinks (`#` starts a CODEOWNERS comment, backticks and
 # controls would need escaping everywhere).
-EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_PATTERN = rf"^[A-Za-z0-9._%+-]+@{_DNS_LABEL}(?:\.{_DNS_LABEL})+$"
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_TARGET_CPU = 70
