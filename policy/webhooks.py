@@ -57,12 +57,25 @@ def _url_target(url: str, field: str, tool: str, namespace: str) -> Target | Non
     return Target(field, tool, service[0], service[1], port)
 
 
+def _commands(command: str) -> Iterable[list[str]]:
+    """The simple commands of a shell line, split at `|`, `;`, `&&` and `||` outside quotes."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    words: list[str] = []
+    try:
+        for token in lexer:
+            if token in ("|", ";", "&&", "||", "&"):
+                yield words
+                words = []
+            else:
+                words.append(token)
+    except ValueError:
+        return  # unbalanced quotes: the shell would refuse it too
+    yield words
+
+
 def _command_targets(command: str, field: str, namespace: str) -> Iterable[Target]:
-    for part in command.split("|"):
-        try:
-            words = shlex.split(part)
-        except ValueError:
-            continue
+    for words in _commands(command):
         if not words:
             continue
         if words[0] == "hey":

@@ -155,8 +155,9 @@ def ghz_command(model: ServedModel, settings: StackSettings) -> str:
     (ghz's JSON report: `count`, `errorDistribution`, bojand/ghz runner/reporter.go Report)."""
     data = json.dumps(grpc_request(model), separators=(",", ":"), sort_keys=True)
     target = f"{canary_host(model, settings)}:{tfserving.GRPC_PORT}"
+    # pipefail: a ghz that cannot connect or call fails the step even though jq then reads nothing.
     return (
-        f"ghz --insecure --protoset {loadtester.PROTOSET_PATH} --call {loadtester.PREDICT_METHOD} "
+        f"set -o pipefail; ghz --insecure --protoset {loadtester.PROTOSET_PATH} --call {loadtester.PREDICT_METHOD} "
         f"-d {shlex.quote(data)} -n {GRPC_CALLS} -c 2 --connect-timeout 5s -t 10s -O json {target}"
         f" | jq -e '.count > 0 and (.errorDistribution | length) == 0'"
     )
