@@ -32,7 +32,7 @@ def node_groups_ignore_the_autoscaler(resources: list[Resource], settings: objec
     if not any(r.type == HELM_RELEASE and _chart(r) == "cluster-autoscaler" for r in resources):
         return []
     return [
-        (group, f"{group.type} {group.name}: the Cluster Autoscaler sizes it, but ignoreScalingChanges is not true")
+        (group, "the Cluster Autoscaler sizes this node group, but ignoreScalingChanges is not true")
         for group in resources
         if group.type == EKS_NODE_GROUP and group.props.get("ignoreScalingChanges") is not True
     ]
