@@ -246,3 +246,20 @@ def test_without_the_webhooks_a_grpc_only_failure_was_promoted(runs, tools):
         old = json.loads(json.dumps(canary))
         old["spec"]["analysis"]["webhooks"] = []
         assert analysis(old, tools, _ghz_report(errors=20)) == "promoted"
+
+
+@pytest.mark.parametrize("stack", FLAGGER_STACKS)
+def test_every_models_policy_admits_the_load_tester_on_its_serving_ports(runs, stack):
+    """Policies add up: the load tester's egress is useless unless each model's ingress admits it
+    (a peer `podSelector: {}` is every pod of the policy's own namespace, the load tester's)."""
+    policies = [r.object for r in objects(runs[stack], NETPOL) if r.name.endswith("-netpol")]
+    models = [p for p in policies if "model-serving.dev/model" in p["spec"]["podSelector"].get("matchLabels", {})]
+    assert models
+    for policy in models:
+        admitted = {
+            port["port"]
+            for rule in policy["spec"]["ingress"]
+            if {"podSelector": {}} in rule.get("from", [])
+            for port in rule["ports"]
+        }
+        assert admitted >= set(loadtester.SERVING_PORTS), policy["metadata"]
