@@ -6,7 +6,17 @@ fails `modelctl plan` and the policy pack if the mistake comes back.
 from __future__ import annotations
 
 from policy import webhooks
-from policy.engines import CANARY, Resource, flagger_outcome, is_kubernetes
+from policy.engines import (
+    CANARY,
+    SERVICE,
+    PodTemplate,
+    Resource,
+    flagger_outcome,
+    is_kubernetes,
+    pod_templates,
+    selects,
+)
+from policy.netpol import Endpoint, blocked_by
 
 EKS_NODE_GROUP = "eks:index:ManagedNodeGroup"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -110,4 +120,66 @@ def canaries_drive_their_own_traffic(resources: list[Resource], settings: object
                     f"checks {webhooks.GRPC_PREDICT} there; Flagger shifts HTTPRoutes only, so gRPC is never canaried",
                 )
             )
+    return problems
+
+
+def _pods_behind(service: Resource, templates: list[PodTemplate]) -> list[PodTemplate]:
+    selector = service.spec.get("selector")
+    return [t for t in templates if t.owner.namespace == service.namespace and selects(selector, t.labels)]
+
+
+def _destination(service: Resource, port: int, pod: PodTemplate) -> Endpoint | None:
+    """The pod's side of a connection to `service:port` (kube-proxy's DNAT to the targetPort)."""
+    entry = next((p for p in service.spec.get("ports") or [] if p.get("port") == port), None)
+    if entry is None:
+        return None
+    target = entry.get("targetPort", port)
+    container_ports = [p for c in pod.spec.get("containers") or [] for p in c.get("ports") or []]
+    if isinstance(target, str):
+        number = next((p.get("containerPort") for p in container_ports if p.get("name") == target), None)
+        name: str | None = target
+    else:
+        number = target
+        name = next((p.get("name") for p in container_ports if p.get("containerPort") == target), None)
+    return Endpoint(
+        pod.owner.namespace, pod.labels, number, name, entry.get("protocol", "TCP"), f"{pod.owner.describe()}:{target}"
+    )
+
+
+def webhooks_reach_their_targets(resources: list[Resource], settings: object) -> list[tuple[Resource, str]]:
+    """Through the NetworkPolicies (policy/netpol.py): Flagger reaches the Service each webhook URL
+    names, and the pods behind it reach the Services its `hey`/`ghz` commands target. A default-deny
+    namespace refuses anything not admitted on both sides, and a refused webhook call fails every
+    analysis step (fluxcd/flagger@v1.44.0 pkg/controller/scheduler.go:L752-L762)."""
+    declared = [r for r in resources if is_kubernetes(r)]
+    objects = declared + flagger_outcome(declared).generated
+    templates = pod_templates(objects)
+    services = {(r.namespace, r.object_name): r for r in objects if r.type == SERVICE}
+    flagger_namespaces = [
+        str(r.props.get("namespace")) for r in resources if r.type == HELM_RELEASE and _chart(r) == "flagger"
+    ]
+    problems = []
+    for canary in (r for r in declared if r.type == CANARY):
+        callers: dict[str, list[Endpoint]] = {}
+        for target in webhooks.targets(canary):
+            service = services.get((target.namespace, target.service))
+            if service is None:
+                continue  # references-resolve names it
+            hook = target.field.split(".")[2]
+            if target.tool == "webhook":
+                sources = [Endpoint(ns, {}, description=f"Flagger (namespace {ns})") for ns in flagger_namespaces]
+                callers[hook] = [
+                    Endpoint(t.owner.namespace, t.labels, description=t.owner.describe())
+                    for t in _pods_behind(service, templates)
+                ]
+            else:
+                sources = callers.get(hook, [])
+            for pod in _pods_behind(service, templates):
+                destination = _destination(service, target.port, pod)
+                if destination is None:
+                    continue  # references-resolve names the missing port
+                for source in sources:
+                    reason = blocked_by(objects, source, destination)
+                    if reason:
+                        problems.append((canary, f"{canary.describe()}: {target.field} ({target.tool}): {reason}"))
     return problems

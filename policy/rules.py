@@ -656,6 +656,12 @@ RULES = (
         check_stack=fidelity.canaries_drive_their_own_traffic,
         fix="declare the load tester and the webhooks (infra/model/loadtest.py)",
     ),
+    Rule(
+        "webhooks-reachable",
+        "NetworkPolicies let Flagger call each webhook and the load tester reach each canary it targets.",
+        check_stack=fidelity.webhooks_reach_their_targets,
+        fix="admit Flagger's namespace into the load tester, and the load tester into the models' serving ports",
+    ),
 )
 
 

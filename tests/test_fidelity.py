@@ -13,6 +13,7 @@ from policy.fidelity import (
     flagger_release_is_the_emulated_one,
     gpu_node_groups_carry_the_accelerator_label,
     node_groups_ignore_the_autoscaler,
+    webhooks_reach_their_targets,
 )
 from policy.rules import references_resolve
 from scripts.modelctl.guardrails import check, stack_policy_settings
@@ -26,6 +27,7 @@ FIDELITY_RULES = (
     "gpu-nodes-accelerator-label",
     "flagger-release-emulated",
     "canary-drives-traffic",
+    "webhooks-reachable",
     "references-resolve",
 )
 
@@ -42,7 +44,8 @@ def test_every_shipped_stack_passes_the_fidelity_checks(runs, stack):
 def test_a_node_group_the_autoscaler_sizes_must_ignore_scaling_changes(runs):
     resources = declared(runs, "eks")
     assert node_groups_ignore_the_autoscaler(resources, None) == []
-    old = replaced(resources, NODE_GROUP, lambda props: props.pop("ignoreScalingChanges"), which=1)
+    gpu = _group_index(resources, "platform-gpu-nodes")
+    old = replaced(resources, NODE_GROUP, lambda props: props.pop("ignoreScalingChanges"), which=gpu)
     (problem,) = node_groups_ignore_the_autoscaler(old, None)
     assert problem[0].name == "platform-gpu-nodes" and "ignoreScalingChanges" in problem[1]
 
@@ -63,8 +66,9 @@ def test_without_the_autoscaler_the_declared_size_is_pulumis(runs):
 def test_a_gpu_node_group_without_the_accelerator_label_is_refused(runs):
     groups = [r for r in declared(runs, "eks") if r.type == NODE_GROUP]
     assert [gpu_node_groups_carry_the_accelerator_label(g, None) for g in groups] == [[], []]
-    old = replaced(groups, NODE_GROUP, lambda props: props["labels"].pop("k8s.amazonaws.com/accelerator"), which=1)
-    assert gpu_node_groups_carry_the_accelerator_label(old[1], None) == [
+    gpu = _group_index(groups, "platform-gpu-nodes")
+    old = replaced(groups, NODE_GROUP, lambda props: props["labels"].pop("k8s.amazonaws.com/accelerator"), which=gpu)
+    assert gpu_node_groups_carry_the_accelerator_label(old[gpu], None) == [
         "GPU node group without the k8s.amazonaws.com/accelerator label"
     ]
 
@@ -82,6 +86,11 @@ def test_the_flagger_chart_is_the_emulated_release(runs, stack):
 
 
 # Findings 3 and 4: analyses without traffic, gRPC never canaried ---------------------------------
+
+
+def _group_index(resources, name):
+    """Index among the node groups (their registration order is not fixed under the mocks)."""
+    return [r.name for r in resources if r.type == NODE_GROUP].index(name)
 
 
 def _canary_resources(runs, stack):
@@ -143,3 +152,56 @@ def test_the_webhook_targets_are_read_from_the_commands(runs):
         ("hey", "iris-canary", "models-flagger", 8501),
         ("ghz", "iris-canary", "models-flagger", 8500),
     }
+
+
+# The webhooks through the NetworkPolicies ------------------------------------------------------------
+
+NETPOL = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+
+
+def _changed_policy(resources, name, change):
+    which = [r.name for r in resources if r.type == NETPOL].index(name)
+    return replaced(resources, NETPOL, change, which)
+
+
+@pytest.mark.parametrize("stack", ["eks", "kind-flagger"])
+def test_flagger_reaches_the_load_tester_and_it_reaches_each_canary(runs, stack):
+    assert webhooks_reach_their_targets(declared(runs, stack), None) == []
+
+
+def test_a_load_tester_closed_to_flagger_is_refused(runs):
+    resources = _changed_policy(declared(runs, "kind-flagger"), "platform-loadtester-netpol", _no_ingress)
+    messages = [m for _, m in webhooks_reach_their_targets(resources, None)]
+    assert messages and all("admits no connection from Flagger (namespace flagger-system)" in m for m in messages)
+    assert {m.split(": ")[1].split(" (")[0] for m in messages} == {
+        "analysis.webhooks.rest-traffic.url",
+        "analysis.webhooks.grpc-predict.url",
+    }
+
+
+def _no_ingress(props):
+    props["spec"]["ingress"] = []
+
+
+def test_a_load_tester_without_egress_to_grpc_is_refused(runs):
+    def rest_only(props):
+        props["spec"]["egress"][0]["ports"] = [p for p in props["spec"]["egress"][0]["ports"] if p["port"] == 8501]
+
+    resources = _changed_policy(declared(runs, "kind-flagger"), "platform-loadtester-netpol", rest_only)
+    (problem,) = webhooks_reach_their_targets(resources, None)
+    assert "grpc-predict.metadata.cmd (ghz): egress of" in problem[1] and "admits no connection to" in problem[1]
+
+
+def test_a_model_closed_to_the_namespace_on_grpc_is_refused(runs):
+    def rest_only_from_the_namespace(props):
+        props["spec"]["ingress"][0]["ports"] = [p for p in props["spec"]["ingress"][0]["ports"] if p["port"] == 8501]
+
+    resources = _changed_policy(declared(runs, "kind-flagger"), "iris-netpol", rest_only_from_the_namespace)
+    (problem,) = webhooks_reach_their_targets(resources, None)
+    assert "(ghz): ingress of" in problem[1] and "admits no connection from" in problem[1]
+
+
+def test_without_the_load_testers_policy_the_default_deny_refuses_everything(runs):
+    resources = [r for r in declared(runs, "kind-flagger") if r.name != "platform-loadtester-netpol"]
+    tools = {m.split("(")[1].split(")")[0] for _, m in webhooks_reach_their_targets(resources, None)}
+    assert tools == {"webhook", "hey", "ghz"}
