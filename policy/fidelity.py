@@ -9,6 +9,7 @@ from policy import webhooks
 from policy.engines import (
     CANARY,
     SERVICE,
+    LabelIndex,
     PodTemplate,
     Resource,
     flagger_outcome,
@@ -16,7 +17,7 @@ from policy.engines import (
     pod_templates,
     selects,
 )
-from policy.netpol import Endpoint, blocked_by
+from policy.netpol import Endpoint, PolicyIndex, blocked_by
 
 EKS_NODE_GROUP = "eks:index:ManagedNodeGroup"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -26,6 +27,15 @@ GPU_RESOURCE = "nvidia.com/gpu"
 # The Flagger release policy/engines.py emulates (every citation there is fluxcd/flagger@v1.44.0);
 # infra/platform/pins.py must install the same (tests/test_pins.py).
 EMULATED_FLAGGER_RELEASE = "1.44.0"
+
+
+def _cluster_view(resources: list[Resource]) -> tuple[list[Resource], list[Resource]]:
+    """(declared Kubernetes objects, those plus what Flagger generates), from the cache the engine
+    rules share for one evaluation (policy/rules.py imports this module, hence the late import)."""
+    from policy import rules
+
+    objects, _ = rules._cluster_view(resources)
+    return [r for r in objects if r.generated_by is None], objects
 
 
 def _chart(release: Resource) -> str:
@@ -123,11 +133,6 @@ def canaries_drive_their_own_traffic(resources: list[Resource], settings: object
     return problems
 
 
-def _pods_behind(service: Resource, templates: list[PodTemplate]) -> list[PodTemplate]:
-    selector = service.spec.get("selector")
-    return [t for t in templates if t.owner.namespace == service.namespace and selects(selector, t.labels)]
-
-
 def _destination(service: Resource, port: int, pod: PodTemplate) -> Endpoint | None:
     """The pod's side of a connection to `service:port` (kube-proxy's DNAT to the targetPort)."""
     entry = next((p for p in service.spec.get("ports") or [] if p.get("port") == port), None)
@@ -141,9 +146,8 @@ def _destination(service: Resource, port: int, pod: PodTemplate) -> Endpoint | N
     else:
         number = target
         name = next((p.get("name") for p in container_ports if p.get("containerPort") == target), None)
-    return Endpoint(
-        pod.owner.namespace, pod.labels, number, name, entry.get("protocol", "TCP"), f"{pod.owner.describe()}:{target}"
-    )
+    where = f"{pod.owner.describe()}:{target}"
+    return Endpoint(pod.owner.namespace, pod.labels, number, name, entry.get("protocol", "TCP"), where, pod)
 
 
 def webhooks_reach_their_targets(resources: list[Resource], settings: object) -> list[tuple[Resource, str]]:
@@ -151,15 +155,24 @@ def webhooks_reach_their_targets(resources: list[Resource], settings: object) ->
     names, and the pods behind it reach the Services its `hey`/`ghz` commands target. A default-deny
     namespace refuses anything not admitted on both sides, and a refused webhook call fails every
     analysis step (fluxcd/flagger@v1.44.0 pkg/controller/scheduler.go:L752-L762)."""
-    declared = [r for r in resources if is_kubernetes(r)]
-    objects = declared + flagger_outcome(declared).generated
+    declared, objects = _cluster_view(resources)
+    canaries = [r for r in declared if r.type == CANARY]
+    if not canaries:
+        return []
     templates = pod_templates(objects)
+    pods = LabelIndex((t.owner.namespace, t.labels, t) for t in templates)
+    policies = PolicyIndex(objects, templates)
     services = {(r.namespace, r.object_name): r for r in objects if r.type == SERVICE}
     flagger_namespaces = [
         str(r.props.get("namespace")) for r in resources if r.type == HELM_RELEASE and _chart(r) == "flagger"
     ]
+
+    def behind(service: Resource) -> list[PodTemplate]:
+        selector = service.spec.get("selector") or {}
+        return [t for t in pods.candidates([service.namespace], selector) if selects(selector, t.labels)]
+
     problems = []
-    for canary in (r for r in declared if r.type == CANARY):
+    for canary in canaries:
         callers: dict[str, list[Endpoint]] = {}
         for target in webhooks.targets(canary):
             service = services.get((target.namespace, target.service))
@@ -169,17 +182,17 @@ def webhooks_reach_their_targets(resources: list[Resource], settings: object) ->
             if target.tool == "webhook":
                 sources = [Endpoint(ns, {}, description=f"Flagger (namespace {ns})") for ns in flagger_namespaces]
                 callers[hook] = [
-                    Endpoint(t.owner.namespace, t.labels, description=t.owner.describe())
-                    for t in _pods_behind(service, templates)
+                    Endpoint(t.owner.namespace, t.labels, description=t.owner.describe(), template=t)
+                    for t in behind(service)
                 ]
             else:
                 sources = callers.get(hook, [])
-            for pod in _pods_behind(service, templates):
+            for pod in behind(service):
                 destination = _destination(service, target.port, pod)
                 if destination is None:
                     continue  # references-resolve names the missing port
                 for source in sources:
-                    reason = blocked_by(objects, source, destination)
+                    reason = blocked_by(policies, source, destination)
                     if reason:
                         problems.append((canary, f"{canary.describe()}: {target.field} ({target.tool}): {reason}"))
     return problems

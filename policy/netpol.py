@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy.engines import Resource, label_selector_matches
+from policy.engines import LabelIndex, PodTemplate, Resource, label_selector_matches
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
@@ -36,6 +36,7 @@ class Endpoint:
     port_name: str | None = None
     protocol: str = "TCP"
     description: str = field(default="", compare=False)
+    template: PodTemplate | None = field(default=None, compare=False)  # the declared pods, when known
 
 
 def _selects(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
@@ -83,16 +84,35 @@ def _types(policy: Resource) -> list[str]:
     return ["Ingress"] + (["Egress"] if policy.spec.get("egress") else [])
 
 
-def blocked_by(policies: Iterable[Resource], source: Endpoint, destination: Endpoint) -> str | None:
+class PolicyIndex:
+    """The NetworkPolicies that select each pod template, found once per policy (a policy's
+    matchLabels narrow the pods to look at), so checking many connections stays linear."""
+
+    def __init__(self, policies: Iterable[Resource], templates: Iterable[PodTemplate]):
+        self._policies = [p for p in policies if p.type == NETWORK_POLICY]
+        templates = list(templates)
+        pods = LabelIndex((t.owner.namespace, t.labels, t) for t in templates)
+        self._selecting: dict[int, list[Resource]] = {id(t): [] for t in templates}
+        for policy in self._policies:
+            selector = policy.spec.get("podSelector") or {}
+            for template in pods.candidates([policy.namespace], selector.get("matchLabels") or {}):
+                if _selects(selector, template.labels):
+                    self._selecting[id(template)].append(policy)
+
+    def selecting(self, endpoint: Endpoint) -> list[Resource]:
+        """Policies of the endpoint's namespace that select it (a scan for a pod not declared here)."""
+        if endpoint.template is not None and id(endpoint.template) in self._selecting:
+            return self._selecting[id(endpoint.template)]
+        return [
+            p
+            for p in self._policies
+            if p.namespace == endpoint.namespace and _selects(p.spec.get("podSelector"), endpoint.labels)
+        ]
+
+
+def blocked_by(index: PolicyIndex, source: Endpoint, destination: Endpoint) -> str | None:
     """None if the connection is allowed, else which direction refuses it and why."""
-    policies = [p for p in policies if p.type == NETWORK_POLICY]
-    egress = [
-        p
-        for p in policies
-        if p.namespace == source.namespace
-        and "Egress" in _types(p)
-        and _selects(p.spec.get("podSelector"), source.labels)
-    ]
+    egress = [p for p in index.selecting(source) if "Egress" in _types(p)]
     if egress and not any(
         (not rule.get("to") or any(_peer_matches(peer, p.namespace, destination) for peer in rule["to"]))
         and _port_matches(rule.get("ports"), destination)
@@ -101,13 +121,7 @@ def blocked_by(policies: Iterable[Resource], source: Endpoint, destination: Endp
     ):
         names = ", ".join(p.object_name for p in egress)
         return f"egress of {source.description} ({names}) admits no connection to {destination.description}"
-    ingress = [
-        p
-        for p in policies
-        if p.namespace == destination.namespace
-        and "Ingress" in _types(p)
-        and _selects(p.spec.get("podSelector"), destination.labels)
-    ]
+    ingress = [p for p in index.selecting(destination) if "Ingress" in _types(p)]
     if ingress and not any(
         (not rule.get("from") or any(_peer_matches(peer, p.namespace, source) for peer in rule["from"]))
         and _port_matches(rule.get("ports"), destination)
