@@ -160,7 +160,11 @@ def service(namespace: pulumi.Input[str]) -> dict[str, Any]:
 
 def network_policy(namespace: pulumi.Input[str], flagger_namespace: str) -> dict[str, Any]:
     """Ingress from Flagger only; egress to the models' serving ports only. DNS comes from the
-    namespace's allow-dns policy (infra/platform/network.py allow_dns); policies add up."""
+    namespace's allow-dns policy (infra/platform/network.py allow_dns); policies add up.
+
+    Flagger is admitted by its namespace, the one our add-on installs it in. A stack whose
+    cluster already runs Flagger (prod: no `addons.flagger`) must run it there too; nothing here
+    can read where it runs, so the `webhooks-reachable` check only covers stacks installing it."""
 
     def tcp(port: int) -> k8s.networking.v1.NetworkPolicyPortArgs:
         return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=port)
