@@ -121,7 +121,7 @@ def canaries_drive_their_own_traffic(resources: list[Resource], settings: object
                 )
             )
         if "grpc" in ports and not any(
-            t.tool == "ghz" and t.port == ports["grpc"] and t.call == webhooks.GRPC_PREDICT for t in reached
+            t.tool == "ghz" and t.port == ports["grpc"] and t.call in webhooks.GRPC_CALLS for t in reached
         ):
             problems.append(
                 (

@@ -20,6 +20,8 @@ from policy.engines import Resource
 HOST_PORT = re.compile(r"^(?P<host>[a-z0-9]([a-z0-9.-]*[a-z0-9])?):(?P<port>[0-9]+)$")
 CLUSTER_SUFFIXES = ("svc.cluster.local", "svc")
 GRPC_PREDICT = "tensorflow.serving.PredictionService/Predict"
+# What a model without a recorded contract is checked with (infra/model/loadtest.py ghz_command).
+GRPC_CALLS = (GRPC_PREDICT, "tensorflow.serving.PredictionService/GetModelMetadata")
 
 
 @dataclass(frozen=True)

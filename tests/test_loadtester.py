@@ -263,3 +263,37 @@ def test_every_models_policy_admits_the_load_tester_on_its_serving_ports(runs, s
             for port in rule["ports"]
         }
         assert admitted >= set(loadtester.SERVING_PORTS), policy["metadata"]
+
+
+def _without_contracts(model):
+    versions = model.manifest.versions
+    return dataclasses.replace(
+        model,
+        manifest=model.manifest.model_copy(
+            update={"versions": {v: p.model_copy(update={"contract": None}) for v, p in versions.items()}}
+        ),
+    )
+
+
+def test_a_version_without_a_contract_is_checked_by_get_model_metadata_not_by_guessed_dtypes():
+    model, settings = served("iris", "eks")
+    bare = _without_contracts(model)
+    hooks = {h["name"]: h for h in loadtest.webhooks(bare, settings, "1m")}
+    assert set(hooks) == {loadtest.REST_TRAFFIC, loadtest.GRPC_CHECK}  # REST uses the example request
+    words = ghz_words(hooks[loadtest.GRPC_CHECK]["metadata"]["cmd"])
+    assert words[words.index("--call") + 1] == loadtester.METADATA_METHOD
+    files = descriptor_pb2.FileDescriptorSet.FromString(loadtester.PROTOSET_SOURCE.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    method = pool.FindServiceByName("tensorflow.serving.PredictionService").FindMethodByName("GetModelMetadata")
+    request = json_format.Parse(words[words.index("-d") + 1], message_factory.GetMessageClass(method.input_type)())
+    assert request.model_spec.name == "iris" and list(request.metadata_field) == ["signature_def"]
+
+
+def test_without_example_or_contract_the_canary_has_no_rest_traffic_and_the_rule_says_so():
+    model, settings = served("iris", "eks")
+    bare = dataclasses.replace(
+        _without_contracts(model), serving=model.serving.model_copy(update={"example_request": None})
+    )
+    assert [h["name"] for h in loadtest.webhooks(bare, settings, "1m")] == [loadtest.GRPC_CHECK]

@@ -152,12 +152,23 @@ def hey_command(model: ServedModel, settings: StackSettings, interval: str) -> s
 
 def ghz_command(model: ServedModel, settings: StackSettings) -> str:
     """ghz against the canary's gRPC port; `jq -e` fails the step unless every call succeeded
-    (ghz's JSON report: `count`, `errorDistribution`, bojand/ghz runner/reporter.go Report)."""
-    data = json.dumps(grpc_request(model), separators=(",", ":"), sort_keys=True)
+    (ghz's JSON report: `count`, `errorDistribution`, bojand/ghz runner/reporter.go Report).
+
+    Predict, with the example typed by the served version's contract. A version published before
+    contracts were recorded has none, and a request with guessed dtypes would fail a good release
+    (TF-Serving checks each tensor's dtype against the signature), so such a model's check calls
+    GetModelMetadata instead: the canary's gRPC server answers and the version is loaded, but a
+    Predict broken only on gRPC is not seen until the version carries a contract."""
+    try:
+        call, request = loadtester.PREDICT_METHOD, grpc_request(model)
+    except RequestError:
+        call = loadtester.METADATA_METHOD
+        request = {"model_spec": {"name": model.name}, "metadata_field": ["signature_def"]}
+    data = json.dumps(request, separators=(",", ":"), sort_keys=True)
     target = f"{canary_host(model, settings)}:{tfserving.GRPC_PORT}"
     # pipefail: a ghz that cannot connect or call fails the step even though jq then reads nothing.
     return (
-        f"set -o pipefail; ghz --insecure --protoset {loadtester.PROTOSET_PATH} --call {loadtester.PREDICT_METHOD} "
+        f"set -o pipefail; ghz --insecure --protoset {loadtester.PROTOSET_PATH} --call {call} "
         f"-d {shlex.quote(data)} -n {GRPC_CALLS} -c 2 --connect-timeout 5s -t 10s -O json {target}"
         f" | jq -e '.count > 0 and (.errorDistribution | length) == 0'"
     )
@@ -166,20 +177,24 @@ def ghz_command(model: ServedModel, settings: StackSettings) -> str:
 def webhooks(model: ServedModel, settings: StackSettings, interval: str) -> list[dict[str, Any]]:
     """The Canary's `analysis.webhooks`: REST traffic for the metrics, and the gRPC gate. Every
     model's pods serve gRPC on 8500 and Flagger's canary Service exposes it (`portDiscovery`), so
-    every Canary gets the gRPC check, whether or not the stack also routes gRPC from outside."""
+    every Canary gets the gRPC check, whether or not the stack also routes gRPC from outside.
+    Without an example request or a contract no REST traffic can be built: the webhook is left
+    out and the plan's `canary-drives-traffic` rule refuses the Canary, naming why."""
     url = loadtester.url(settings.namespace)
-    return [
-        {
-            "name": REST_TRAFFIC,
-            "type": "rollout",
-            "url": url,
-            "metadata": {"type": "cmd", "cmd": hey_command(model, settings, interval)},
-        },
+    hooks = []
+    try:
+        rest = hey_command(model, settings, interval)
+    except RequestError:
+        rest = None
+    if rest is not None:
+        hooks.append({"name": REST_TRAFFIC, "type": "rollout", "url": url, "metadata": {"type": "cmd", "cmd": rest}})
+    hooks.append(
         {
             "name": GRPC_CHECK,
             "type": "rollout",
             "url": url,
             "timeout": GRPC_WEBHOOK_TIMEOUT,
             "metadata": {"type": "bash", "cmd": ghz_command(model, settings)},
-        },
-    ]
+        }
+    )
+    return hooks

@@ -46,6 +46,7 @@ PROTOSET_DIR = "/protos"
 PROTOSET_PATH = f"{PROTOSET_DIR}/{PROTOSET_FILE}"
 PROTOSET_SOURCE = Path(__file__).with_name("protos") / PROTOSET_FILE
 PREDICT_METHOD = "tensorflow.serving.PredictionService/Predict"
+METADATA_METHOD = "tensorflow.serving.PredictionService/GetModelMetadata"
 # Where serving pods take connections from the load tester: TF-Serving's gRPC and REST ports.
 SERVING_PORTS = (8500, 8501)
 MODEL_LABEL = "model-serving.dev/model"
