@@ -132,11 +132,14 @@ def grpc_request(model: ServedModel) -> dict[str, Any]:
     if signature is None:
         raise RequestError(f"model {model.name}: the served version has no contract to type a gRPC request")
     body = rest_body(model)
-    inputs = {
-        name: _tensor(model, name, signature.inputs[name].dtype, values)
-        for name, values in _columns(model, body, signature).items()
-        if name in signature.inputs
-    }
+    try:
+        inputs = {
+            name: _tensor(model, name, signature.inputs[name].dtype, values)
+            for name, values in _columns(model, body, signature).items()
+            if name in signature.inputs
+        }
+    except (KeyError, TypeError, ValueError) as error:  # rows of different shapes, values of another type
+        raise RequestError(f"model {model.name}: the example request does not fit the contract ({error})") from None
     missing = sorted(set(signature.required_inputs()) - set(inputs))
     if missing:
         raise RequestError(f"model {model.name}: the example request lacks required inputs {missing}")
