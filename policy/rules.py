@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from policy import fidelity, webhooks
 from policy.engines import (
     DEPLOYMENT,
     GRPC_ROUTE,
@@ -525,6 +526,10 @@ def references_resolve(resources: list[Resource], settings: PolicySettings) -> l
                     )
                 )
         problems += [(resource.reported, f"{resource.describe()}: {text}") for text in _port_problems(resource, index)]
+        if resource.kind == "Canary":  # webhook URLs and the load tester's targets (policy/webhooks.py)
+            problems += [
+                (resource, f"{resource.describe()}: {text}") for text in webhooks.problems(resource, index.get)
+            ]
     return problems
 
 
@@ -625,6 +630,37 @@ RULES = (
         check_stack=pods_schedule,
         fix="lower the requests or minimum replicas, or choose larger or more nodes (cluster.eks.*Nodes, "
         "cluster.nodePools) or a node autoscaler",
+    ),
+    # Findings of issue 24, with their upstream sources in policy/fidelity.py.
+    Rule(
+        "node-groups-ignore-the-autoscaler",
+        "EKS node groups the Cluster Autoscaler sizes ignore scaling changes.",
+        check_stack=fidelity.node_groups_ignore_the_autoscaler,
+        fix="pass ignore_scaling_changes=True to eks.ManagedNodeGroup",
+    ),
+    Rule(
+        "gpu-nodes-accelerator-label",
+        "GPU node groups carry k8s.amazonaws.com/accelerator.",
+        fidelity.gpu_node_groups_carry_the_accelerator_label,
+        fix="label the group's nodes with the GPU's name (infra/spec/instances.py ACCELERATORS)",
+    ),
+    Rule(
+        "flagger-release-emulated",
+        "The Flagger chart is the release the checks emulate and the CRD schemas are of.",
+        fidelity.flagger_release_is_the_emulated_one,
+        fix="pin the chart in infra/platform/pins.py to that release, or move the emulation and vendored CRDs",
+    ),
+    Rule(
+        "canary-drives-traffic",
+        "Every Canary's rollout webhooks send REST predictions to its canary and check gRPC Predict there.",
+        check_stack=fidelity.canaries_drive_their_own_traffic,
+        fix="declare the load tester and the webhooks (infra/model/loadtest.py)",
+    ),
+    Rule(
+        "webhooks-reachable",
+        "NetworkPolicies let Flagger call each webhook and the load tester reach each canary it targets.",
+        check_stack=fidelity.webhooks_reach_their_targets,
+        fix="admit Flagger's namespace into the load tester, and the load tester into the models' serving ports",
     ),
 )
 

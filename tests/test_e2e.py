@@ -396,6 +396,74 @@ flagger_rolls_back_a_failing_version
     assert f"break-model {fakes.tmp}/trained/iris/4 {fakes.tmp}/trained/iris/6" in "\n".join(helpers)
 
 
+def _grpc_phase(fakes, events: str) -> subprocess.CompletedProcess:
+    """Runs the gRPC-only step with curl answering predictions 200 and status version 4, and a
+    kubectl that names one target Deployment and prints `events` for the Canary's events."""
+    (fakes.bin / "curl").write_text(
+        FAKE.replace(
+            'stdout_var="FAKE_STDOUT_$tool"',
+            'case "$*" in *:predict*) printf 200; exit 0 ;; esac\nstdout_var="FAKE_STDOUT_$tool"',
+        )
+    )
+    (fakes.bin / "kubectl").write_text(
+        FAKE.replace(
+            'stdout_var="FAKE_STDOUT_$tool"',
+            'case "$*" in *"get deployments -l app=iris -o name"*) printf deployment.apps/iris-deployment-1a2b;'
+            ' exit 0 ;; *"get events"*) printf "%s" "$FAKE_EVENTS"; exit 0 ;; esac\nstdout_var="FAKE_STDOUT_$tool"',
+        )
+    )
+    script = f"""WORK="{fakes.tmp}"; PROJECT="{fakes.tmp}/project"; FIRST=4; SECOND=5
+setup_logs
+git init -q "$PROJECT"
+flagger_rolls_back_a_grpc_only_failure
+"""
+    status = '{"model_version_status": [{"version": "4", "state": "AVAILABLE"}]}'
+    return fakes.run(script, timeout=300, FAKE_STDOUT_curl=status, FAKE_EVENTS=events)
+
+
+def test_a_release_broken_only_on_grpc_is_awaited_to_be_rolled_back_by_the_grpc_check(fakes):
+    """Written for a machine with Docker: the good version served and promoted again, the target's
+    gRPC port moved by a guarded JSON patch, Flagger's rollback awaited, and its events must name
+    the grpc-predict webhook."""
+    events = "New revision detected\nHalt iris.models-flagger advancement external check grpc-predict failed 500\n"
+    result = _grpc_phase(fakes, events)
+    assert result.returncode == 0, result.stderr
+    calls = fakes.calls()
+    steps = [
+        "serve iris --env kind --version 4",
+        "pulumi up --stack kind-flagger",
+        "--expect promoted",
+        "kubectl --context kind-model-serving-e2e -n models-flagger get deployments -l app=iris -o name",
+        "kubectl --context kind-model-serving-e2e -n models-flagger patch deployment.apps/iris-deployment-1a2b",
+        "--expect failed",
+        "kubectl --context kind-model-serving-e2e -n models-flagger get events",
+    ]
+    positions = [next(i for i, c in enumerate(calls) if step in c) for step in steps]
+    assert positions == sorted(positions), calls
+    patch = next(c for c in calls if " patch " in c)
+    assert '"op": "test", "path": "/spec/template/spec/containers/0/args/0", "value": "--port=8500"' in patch
+    assert '"value": "--port=8502"' in patch
+
+
+def test_a_rollback_not_caused_by_the_grpc_check_fails_the_step(fakes):
+    result = _grpc_phase(fakes, "Halt iris.models-flagger advancement success-rate 0 < 99.5\n")
+    assert result.returncode == 1
+    assert "not on the grpc-predict check" in result.stderr
+
+
+@pytest.mark.parametrize("stack", ["kind-flagger"])
+def test_the_grpc_break_patch_matches_the_rendered_target(runs, stack):
+    """The e2e's JSON patch assumes the serving container first and `--port=8500` its first argument."""
+    (target,) = [
+        r.object
+        for r in runs[stack].kubernetes_objects()
+        if r.type == "kubernetes:apps/v1:Deployment" and r.name == "iris-deployment"
+    ]
+    (container, *_) = target["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "--port=8500"
+    assert "GRPC_BREAK_PATCH" in E2E.read_text() and "main" in E2E.read_text()
+
+
 def test_every_wait_of_the_script_is_bounded():
     text = E2E.read_text()
     assert "rollout status deployment/minio --timeout" in text

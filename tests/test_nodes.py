@@ -10,6 +10,7 @@ import pytest
 from infra.offline import OfflineRun, run_stack
 from infra.platform.cluster import GPU_RESOURCE, NODE_POOL_LABEL
 from infra.platform.nodes import (
+    ACCELERATOR_LABEL,
     GPU_PRESENT_LABEL,
     MIB,
     Allocatable,
@@ -119,7 +120,11 @@ def test_eks_node_pools_come_from_the_instance_table():
         autoscaled=True,
         max_pods=INSTANCE_TYPES[spec.cpu_nodes.instance_type].max_pods,
     )
-    assert gpu.labels == {NODE_POOL_LABEL: "gpu", GPU_PRESENT_LABEL: "true"}
+    assert gpu.labels == {
+        NODE_POOL_LABEL: "gpu",
+        GPU_PRESENT_LABEL: "true",
+        ACCELERATOR_LABEL: INSTANCE_TYPES[spec.gpu_nodes.instance_type].accelerator,
+    }
     assert gpu.taints == (Taint("nvidia.com/gpu", "present", "NoSchedule"),)
     assert gpu.allocatable.gpus == 1 and gpu.desired == 0 and gpu.max == spec.gpu_nodes.max_size
 

@@ -45,8 +45,18 @@ def test_each_cluster_mode_declares_what_it_should(runs, stack):
     assert cpu["labels"] == {node_pools.NODE_POOL_LABEL: "cpu"} and "taints" not in cpu
     assert cpu["scalingConfig"]["desiredSize"] == settings.cluster.eks.cpu_nodes.desired_size
     gpu = groups["platform-gpu-nodes"]
-    # The device plugin's default node affinity accepts nvidia.com/gpu.present=true.
-    assert gpu["gpu"] is True and gpu["labels"] == {node_pools.NODE_POOL_LABEL: "gpu", "nvidia.com/gpu.present": "true"}
+    # The device plugin's default node affinity accepts nvidia.com/gpu.present=true; the Cluster
+    # Autoscaler counts a node with k8s.amazonaws.com/accelerator as a GPU node before the plugin
+    # registers (its AWS README, "Special note on GPU instances"); g5 carries NVIDIA A10G GPUs.
+    assert gpu["gpu"] is True and gpu["labels"] == {
+        node_pools.NODE_POOL_LABEL: "gpu",
+        "nvidia.com/gpu.present": "true",
+        "k8s.amazonaws.com/accelerator": "nvidia-tesla-a10g",
+    }
+    assert settings.cluster.eks.gpu_nodes.instance_type == "g5.xlarge"
+    # The Cluster Autoscaler owns desiredSize: pulumi-eks then ignores its changes.
+    autoscaled = settings.addons.cluster_autoscaler
+    assert autoscaled and cpu["ignoreScalingChanges"] is True and gpu["ignoreScalingChanges"] is True
     assert gpu["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
     assert gpu["scalingConfig"]["desiredSize"] == 0 == settings.cluster.eks.gpu_nodes.desired_size
     attached = {
@@ -304,7 +314,8 @@ def test_bootstrap_declares_the_platform_only(project, monkeypatch, caplog, writ
     run = run_stack(project, "eks", entry=program.main)
     types = {r.type for r in run.resources}
     assert "model-serving:model:ModelDeployment" not in types
-    assert not [r for r in run.resources if r.type in (DEPLOYMENT, HPA)]
+    # No model workload; Flagger's load tester belongs to the platform, like the add-ons.
+    assert [r.name for r in run.resources if r.type in (DEPLOYMENT, HPA)] == ["platform-loadtester"]
     assert {"eks:index:Cluster", "aws:s3/bucket:Bucket", "aws:iam/policy:Policy", RELEASE} <= types
     assert run.outputs["models"] == {} and run.outputs["bootstrap"] is True
     assert any("bootstrap: stack eks declares the platform only" in m for m in caplog.messages)

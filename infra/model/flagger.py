@@ -13,7 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.model import tfserving
+from infra.model import loadtest, tfserving
 from infra.model.observability import latency_quantile, success_ratio
 from infra.model.routing import route_path, verb_paths
 from infra.model.workload import model_selector
@@ -122,6 +122,10 @@ def canary(
                 "threshold": (rollout and rollout.threshold) or delivery.threshold,
                 "stepWeight": (rollout and rollout.step_weight) or delivery.step_weight,
                 "maxWeight": (rollout and rollout.max_weight) or delivery.max_weight,
+                # The analysis drives its own traffic: without predictions the metrics have no
+                # value and the release rolls back; gRPC never reaches the canary through the
+                # Gateway (Flagger shifts HTTPRoutes only), so a webhook checks it directly.
+                "webhooks": loadtest.webhooks(model, settings, interval),
                 "metrics": [
                     {
                         "name": SUCCESS_RATE,

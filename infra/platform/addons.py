@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from infra.platform.pins import PINS
+
 EXACT_CHART_VERSION = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+$")
 
 
@@ -22,15 +24,20 @@ class Chart:
     values: dict[str, Any]
 
 
-# Versions as published (each seen pinned in public install instructions). Envoy Gateway's
-# chart carries the Gateway API CRDs.
+# Versions from the one table of pins (infra/platform/pins.py), which says which CRD release each
+# brings. Envoy Gateway's chart carries the Gateway API CRDs.
 ENVOY_GATEWAY = Chart(
-    "envoy-gateway", "oci://docker.io/envoyproxy/gateway-helm", "v1.9.2", None, "envoy-gateway-system", {}
+    "envoy-gateway",
+    "oci://docker.io/envoyproxy/gateway-helm",
+    PINS["envoy-gateway"].version,
+    None,
+    "envoy-gateway-system",
+    {},
 )
 METRICS_SERVER = Chart(
     "metrics-server",
     "metrics-server",
-    "3.12.2",
+    PINS["metrics-server"].version,
     "https://kubernetes-sigs.github.io/metrics-server/",
     "kube-system",
     {},
@@ -38,7 +45,7 @@ METRICS_SERVER = Chart(
 KUBE_PROMETHEUS_STACK = Chart(
     "kube-prometheus-stack",
     "kube-prometheus-stack",
-    "83.6.0",
+    PINS["kube-prometheus-stack"].version,
     "https://prometheus-community.github.io/helm-charts",
     "monitoring",
     # Grafana's sidecar loads the models' dashboard ConfigMaps from every namespace.
@@ -47,7 +54,7 @@ KUBE_PROMETHEUS_STACK = Chart(
 FLAGGER = Chart(
     "flagger",
     "flagger",
-    "1.45.0",
+    PINS["flagger"].version,
     "https://flagger.app",
     "flagger-system",
     {"meshProvider": "gatewayapi:v1", "metricsServer": "http://kube-prometheus-stack-prometheus.monitoring:9090"},
@@ -59,7 +66,7 @@ FLAGGER = Chart(
 CLUSTER_AUTOSCALER = Chart(
     "cluster-autoscaler",
     "cluster-autoscaler",
-    "9.59.0",
+    PINS["cluster-autoscaler"].version,
     "https://kubernetes.github.io/autoscaler",
     "kube-system",
     {},
@@ -80,7 +87,7 @@ CLUSTER_AUTOSCALER_SERVICE_ACCOUNT = "cluster-autoscaler"
 NVIDIA_DEVICE_PLUGIN = Chart(
     "nvidia-device-plugin",
     "nvidia-device-plugin",
-    "0.17.4",
+    PINS["nvidia-device-plugin"].version,
     "https://nvidia.github.io/k8s-device-plugin",
     "nvidia-device-plugin",
     {},

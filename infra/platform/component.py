@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.platform import addons, cluster, iam, network, nodes
+from infra.platform import addons, cluster, iam, loadtester, network, nodes
 from infra.spec.settings import CLUSTER_AUTOSCALER_IMAGE_TAGS, ClusterMode, RouteKind, StackSettings
 
 PLATFORM_TYPE = "model-serving:platform:Platform"
@@ -55,6 +55,8 @@ class Platform(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(f"{name}-default-deny", **network.default_deny(self.namespace_name), opts=child)
         k8s.networking.v1.NetworkPolicy(f"{name}-allow-dns", **network.allow_dns(self.namespace_name), opts=child)
         self.addons = self._addons(name, settings)
+        if settings.flagger:
+            self._load_tester(name, settings, child)
         gateway = settings.routing.gateway
         if settings.routing.kind is RouteKind.gateway and gateway is not None and gateway.create:
             # The Gateway API CRDs come with Envoy Gateway when the stack installs it.
@@ -76,6 +78,26 @@ class Platform(pulumi.ComponentResource):
         if settings.object_store.managed:
             self._object_store(name, settings)
         self.register_outputs({"namespace": self.namespace_name})
+
+    def _load_tester(self, name: str, settings: StackSettings, child: pulumi.ResourceOptions) -> None:
+        """Flagger's load tester, which the Canaries' rollout webhooks call (infra/platform/loadtester.py)."""
+        protos = k8s.core.v1.ConfigMap(
+            f"{name}-loadtester-protos", **loadtester.protoset_config_map(self.namespace_name), opts=child
+        )
+        k8s.apps.v1.Deployment(
+            f"{name}-loadtester",
+            **loadtester.deployment(self.namespace_name, protos.metadata.name, settings.production),
+            opts=child,
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-loadtester-pdb", **loadtester.disruption_budget(self.namespace_name), opts=child
+        )
+        k8s.core.v1.Service(f"{name}-loadtester-service", **loadtester.service(self.namespace_name), opts=child)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-loadtester-netpol",
+            **loadtester.network_policy(self.namespace_name, addons.FLAGGER.namespace),
+            opts=child,
+        )
 
     def _eks(self, name: str, settings: StackSettings) -> pulumi.Output[str]:
         """An EKS cluster with a CPU node group and an optional tainted GPU node group; returns
@@ -132,7 +154,14 @@ class Platform(pulumi.ComponentResource):
                     "desired_size": pool.desired_size,
                     "max_size": pool.max_size,
                 },
-                labels=nodes.eks_pool_labels(pool_name, gpu),
+                # The Cluster Autoscaler owns the node count between min and max: without this
+                # every `pulumi up` would set desiredSize back (taking away the GPU node a pending
+                # GPU pod was given) and the drift preview would report every scale-up. pulumi-eks
+                # then declares its aws.eks.NodeGroup with `ignoreChanges: ["scalingConfig.desiredSize"]`
+                # (pulumi/pulumi-eks@7bf0c1b nodejs/eks/nodes/nodegroup.ts:L2085-L2087, L2119;
+                # pulumi_eks 4.4.0 managed_node_group.py:L103 "useful when using Cluster Autoscaler").
+                ignore_scaling_changes=True if settings.addons.cluster_autoscaler else None,
+                labels=nodes.eks_pool_labels(pool_name, gpu, pool.instance_type),
                 gpu=gpu or None,
                 taints=[{"key": cluster.GPU_TAINT["key"], "value": cluster.GPU_TAINT["value"], "effect": "NO_SCHEDULE"}]
                 if gpu

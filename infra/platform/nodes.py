@@ -108,15 +108,28 @@ def node_pools(settings: StackSettings) -> list[NodePoolCapacity]:
     return pools
 
 
-def eks_pool_labels(pool_name: str, gpu: bool) -> dict[str, str]:
-    """Kubernetes labels of an EKS managed node group's nodes (set through the EKS API)."""
-    return {NODE_POOL_LABEL: pool_name} | ({GPU_PRESENT_LABEL: "true"} if gpu else {})
+# The Cluster Autoscaler's GPU label (kubernetes/autoscaler@cluster-autoscaler-1.33.6
+# cluster-autoscaler/cloudprovider/aws/aws_cloud_provider.go:L37-L38); values: infra/spec/instances.py.
+ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
+
+
+def eks_pool_labels(pool_name: str, gpu: bool, instance_type: str | None = None) -> dict[str, str]:
+    """Kubernetes labels of an EKS managed node group's nodes (set through the EKS API, so the
+    kubelet registers the node with them, as the autoscaler's AWS README asks of GPU nodes)."""
+    labels = {NODE_POOL_LABEL: pool_name}
+    if gpu:
+        labels[GPU_PRESENT_LABEL] = "true"
+        accelerator = _instance(instance_type).accelerator if instance_type else None
+        if accelerator is None:
+            raise KeyError(f"no accelerator name for GPU instance type {instance_type!r} (infra/spec/instances.py)")
+        labels[ACCELERATOR_LABEL] = accelerator
+    return labels
 
 
 def _eks_pool(name: str, pool: NodePool, autoscaled: bool, gpu: bool) -> NodePoolCapacity:
     return NodePoolCapacity(
         name=name,
-        labels=eks_pool_labels(name, gpu),
+        labels=eks_pool_labels(name, gpu, pool.instance_type),
         taints=(Taint(GPU_TAINT["key"], GPU_TAINT["value"], GPU_TAINT["effect"]),) if gpu else (),
         allocatable=allocatable(pool.instance_type),
         desired=pool.desired_size,

@@ -17,7 +17,21 @@ class InstanceType:
     # embedded nodeadm/internal/kubelet/instance-info.jsonl (line of each type below).
     max_pods: int
     gpus: int = 0
+    # The Cluster Autoscaler's GPU type of the instance's GPU (`k8s.amazonaws.com/accelerator`):
+    # see ACCELERATORS below.
+    accelerator: str | None = None
 
+
+# The value of `k8s.amazonaws.com/accelerator` by instance family. The Cluster Autoscaler treats a
+# node carrying that label as a GPU node before the device plugin has registered `nvidia.com/gpu`
+# (kubernetes/autoscaler@cluster-autoscaler-1.33.6 cluster-autoscaler/utils/gpu/gpu.go:L101-L105
+# NodeHasGpu; the key is GPULabel, cloudprovider/aws/aws_cloud_provider.go:L37-L38), and reads
+# the value as the GPU type (gpu.go:L116-L121). Without it it "may unnecessarily scale out multiple
+# times" (cloudprovider/aws/README.md:L272-L286, "Special note on GPU instances"). The value is
+# free-form; the README's example is `nvidia-tesla-k80` for P2, and we name the GPU the EC2
+# instance type specifications give for the family (aws.amazon.com/ec2/instance-types: G5 "NVIDIA
+# A10G Tensor Core GPUs", G6 "NVIDIA L4 Tensor Core GPUs") in that style.
+ACCELERATORS: dict[str, str] = {"g5": "nvidia-tesla-a10g", "g6": "nvidia-l4"}
 
 # vCPU, memory and GPUs are the EC2 instance type specifications (aws.amazon.com/ec2/instance-types);
 # the ENI figures are from awslabs/amazon-eks-ami@81fec2e nodeadm/internal/kubelet/instance-info.jsonl:
@@ -35,8 +49,8 @@ INSTANCE_TYPES: dict[str, InstanceType] = {
         InstanceType("c7i.xlarge", vcpus=4, memory_mib=8 * 1024, max_pods=58),
         InstanceType("c7i.2xlarge", vcpus=8, memory_mib=16 * 1024, max_pods=58),
         InstanceType("r7i.xlarge", vcpus=4, memory_mib=32 * 1024, max_pods=58),
-        InstanceType("g5.xlarge", vcpus=4, memory_mib=16 * 1024, max_pods=58, gpus=1),
-        InstanceType("g5.2xlarge", vcpus=8, memory_mib=32 * 1024, max_pods=58, gpus=1),
-        InstanceType("g6.xlarge", vcpus=4, memory_mib=16 * 1024, max_pods=58, gpus=1),
+        InstanceType("g5.xlarge", vcpus=4, memory_mib=16 * 1024, max_pods=58, gpus=1, accelerator=ACCELERATORS["g5"]),
+        InstanceType("g5.2xlarge", vcpus=8, memory_mib=32 * 1024, max_pods=58, gpus=1, accelerator=ACCELERATORS["g5"]),
+        InstanceType("g6.xlarge", vcpus=4, memory_mib=16 * 1024, max_pods=58, gpus=1, accelerator=ACCELERATORS["g6"]),
     )
 }

@@ -4,7 +4,8 @@
 # predicts through the Gateway, bumps the version under a bounded request loop (zero failed
 # requests, the new version serving), rolls back, then (stack kind-flagger: Prometheus and
 # Flagger) publishes a version that loads but fails its predictions and requires Flagger to
-# roll it back. Everything is torn down at the end, also on failure; logs go to build/e2e/.
+# roll it back, and finally releases a change that breaks gRPC only, which the load tester's
+# `grpc-predict` webhook must make Flagger roll back. Everything is torn down at the end, also on failure; logs go to build/e2e/.
 #
 # Every step is a function; `main` runs them in order. Sourcing this file defines them without
 # running anything (tests/test_e2e.py calls them with stubbed commands on PATH). Each command of a
@@ -428,6 +429,48 @@ flagger_rolls_back_a_failing_version() {
     expect_serving "$FIRST"
 }
 
+# The change of the gRPC-only release: TF-Serving listens for gRPC on 8502 instead of 8500 (the
+# first server argument, infra/model/tfserving.py server_args); REST, the readiness probe (REST)
+# and the REST metrics stay good, so only the `grpc-predict` webhook (ghz against the canary
+# Service's port 8500) can see it. The `test` op refuses to patch a template not shaped so.
+GRPC_ARG=/spec/template/spec/containers/0/args/0
+GRPC_BREAK_PATCH='[{"op": "test", "path": "'$GRPC_ARG'", "value": "--port=8500"}, {"op": "replace", "path": "'$GRPC_ARG'", "value": "--port=8502"}]'
+
+# A release that breaks only gRPC must be rolled back: Flagger's Gateway API router shifts
+# HTTPRoutes only, so gRPC clients never reach a canary, and before the load tester's gRPC
+# check such a release was promoted on REST metrics alone. First the good version is served
+# again (one analysis that promotes it), then the target Deployment gets the gRPC-breaking
+# change directly (Flagger analyses any change of its target's pod template), and the rollback
+# must name the `grpc-predict` check (Flagger's event "Halt <canary> advancement external check
+# grpc-predict failed", fluxcd/flagger@v1.44.0 pkg/controller/scheduler.go:L757-L759).
+flagger_rolls_back_a_grpc_only_failure() {
+    local target events="$LOG_DIR/flagger-grpc-events.txt"
+    serve "$FIRST" || return 1
+    pulumi_up "$FLAGGER_STACK" || return 1
+    run flagger-grpc helper await-flagger --stack "$FLAGGER_STACK" --model "$MODEL" --expect promoted \
+        --timeout "$FLAGGER_SECONDS" || return 1
+    # Flagger's target keeps the model's name as its `app` label; the primary's is `<model>-primary`.
+    target="$(bounded 60 kubectl --context "$CONTEXT" -n models-flagger get deployments -l "app=$MODEL" -o name)" ||
+        return 1
+    if [[ "$target" != deployment.apps/* || "$target" == *$'\n'* ]]; then
+        log "expected one Deployment labelled app=$MODEL, found: ${target:-none}"
+        return 1
+    fi
+    run flagger-grpc kubectl --context "$CONTEXT" -n models-flagger patch "$target" --type json \
+        -p "$GRPC_BREAK_PATCH" || return 1
+    run flagger-grpc helper await-flagger --stack "$FLAGGER_STACK" --model "$MODEL" --expect failed \
+        --timeout "$FLAGGER_SECONDS" || return 1
+    bounded 60 kubectl --context "$CONTEXT" -n models-flagger get events \
+        --field-selector involvedObject.kind=Canary -o 'jsonpath={range .items[*]}{.message}{"\n"}{end}' \
+        >"$events" || return 1
+    if ! grep -q "external check grpc-predict failed" "$events"; then
+        log "Flagger rolled back, but not on the grpc-predict check (events in $events)"
+        return 1
+    fi
+    log "Flagger rolled back a release broken on gRPC only (grpc-predict failed; REST kept passing)"
+    expect_serving "$FIRST"
+}
+
 stop_background() {
     local pid
     for pid in "${BACKGROUND_PIDS[@]}"; do
@@ -485,6 +528,7 @@ main() {
     bump_under_traffic || die "the version bump under traffic"
     rollback || die "the rollback"
     flagger_rolls_back_a_failing_version || die "Flagger's rollback of a failing version"
+    flagger_rolls_back_a_grpc_only_failure || die "Flagger's rollback of a release broken on gRPC only"
     log "every step passed"
 }
 
