@@ -10,6 +10,7 @@ import pulumi_kubernetes as k8s
 
 from infra.model import tfserving
 from infra.platform.cluster import GPU_RESOURCE, GPU_TAINT, NODE_POOL_LABEL
+from infra.platform.pod_security import restricted_security_context
 from infra.spec.manifest import LABEL_STABLE, ServedModel
 from infra.spec.settings import StackSettings
 
@@ -114,20 +115,6 @@ def metadata(workload: Workload, namespace: pulumi.Input[str], name: str | None 
     return k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=common_labels(workload))
 
 
-def restricted_security_context() -> k8s.core.v1.SecurityContextArgs:
-    """Container context meeting the `restricted` Pod Security Standard and a read-only root."""
-    return k8s.core.v1.SecurityContextArgs(
-        allow_privilege_escalation=False,
-        privileged=False,
-        read_only_root_filesystem=True,
-        run_as_non_root=True,
-        run_as_user=RUN_AS_USER,
-        run_as_group=RUN_AS_USER,
-        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-    )
-
-
 def service_account(
     model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], role_arn: pulumi.Input[str] | None = None
 ) -> dict[str, Any]:
@@ -195,7 +182,7 @@ def fetcher_container(model: ServedModel, settings: StackSettings) -> k8s.core.v
         env=env,
         env_from=env_from,
         resources=k8s.core.v1.ResourceRequirementsArgs(**FETCHER_RESOURCES),
-        security_context=restricted_security_context(),
+        security_context=restricted_security_context(RUN_AS_USER),
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name=MODELS_VOLUME, mount_path=tfserving.MODELS_ROOT),
             k8s.core.v1.VolumeMountArgs(name=CONFIG_VOLUME, mount_path=tfserving.CONFIG_DIR, read_only=True),
@@ -253,7 +240,7 @@ def serving_container(workload: Workload, settings: StackSettings) -> k8s.core.v
         lifecycle=k8s.core.v1.LifecycleArgs(
             pre_stop=k8s.core.v1.LifecycleHandlerArgs(sleep=k8s.core.v1.SleepActionArgs(seconds=PRE_STOP_SLEEP_SECONDS))
         ),
-        security_context=restricted_security_context(),
+        security_context=restricted_security_context(RUN_AS_USER),
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name=MODELS_VOLUME, mount_path=tfserving.MODELS_ROOT, read_only=True),
             k8s.core.v1.VolumeMountArgs(name=CONFIG_VOLUME, mount_path=tfserving.CONFIG_DIR, read_only=True),

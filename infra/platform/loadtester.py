@@ -24,6 +24,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.platform.network import platform_labels
+from infra.platform.pod_security import restricted_security_context
 
 NAME = "flagger-loadtester"
 # The image kustomize/tester/deployment.yaml:L22 pins at fluxcd/flagger@v1.44.0. Pinned by exact
@@ -92,16 +93,7 @@ def deployment(
         resources=k8s.core.v1.ResourceRequirementsArgs(
             requests={"cpu": "10m", "memory": "32Mi"}, limits={"cpu": "1000m", "memory": "512Mi"}
         ),
-        security_context=k8s.core.v1.SecurityContextArgs(
-            allow_privilege_escalation=False,
-            privileged=False,
-            read_only_root_filesystem=True,
-            run_as_non_root=True,
-            run_as_user=RUN_AS_USER,
-            run_as_group=RUN_AS_USER,
-            capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-        ),
+        security_context=restricted_security_context(RUN_AS_USER),
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name="protos", mount_path=PROTOSET_DIR, read_only=True),
             k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
