@@ -8,11 +8,13 @@ from pathlib import Path
 import pulumi
 
 from infra.model.component import ModelDeployment
+from infra.model.pool_component import ServingPool
 from infra.model.routing import grpc_target, rest_url
 from infra.platform.component import Platform
 from infra.spec.errors import ConfigError
 from infra.spec.manifest import load_manifests, served_in
 from infra.spec.paths import links_outside
+from infra.spec.placement import place
 from infra.spec.project import stack_errors
 from infra.spec.settings import (
     PROJECT,
@@ -85,17 +87,33 @@ def declare(
         problems = verify_served_versions(served, settings.object_store, warn=pulumi.log.warn)
         if problems:
             raise ConfigError(problems)
+    placement = place(settings, served)
     platform = Platform("platform", settings)
     providers = [platform.k8s_provider] + ([platform.aws_provider] if platform.aws_provider else [])
+    options = pulumi.ResourceOptions(providers=providers)
+    # A pool is declared with any of its members: its objects depend on every member's manifest.
+    pool_services = {
+        shard.name: ServingPool(shard.name, shard, settings, platform, opts=options).service
+        for shard in placement.shards
+        if only_models is None or set(shard.member_names) & set(only_models)
+    }
+    shard_of = placement.shard_of
     exported = {}
     for model in served:
+        shard = shard_of.get(model.name)
         if only_models is None or model.name in only_models:
-            ModelDeployment(model.name, model, settings, platform, opts=pulumi.ResourceOptions(providers=providers))
+            ModelDeployment(
+                model.name, model, settings, platform, opts=options, pool=shard, pool_service=pool_services.get(shard)
+            )
         exported[model.name] = {"url": rest_url(model.name, settings), "versions": dict(model.version_labels)}
         if model.serves_grpc:
             exported[model.name]["grpc"] = grpc_target(model.name, settings)
+        if shard is not None:
+            exported[model.name]["pool"] = shard
     pulumi.export("namespace", platform.namespace_name)
     pulumi.export("models", exported)
+    if placement.shards:
+        pulumi.export("pools", {shard.name: list(shard.member_names) for shard in placement.shards})
     return [model.name for model in served]
 
 

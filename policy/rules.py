@@ -44,7 +44,10 @@ IMAGE = re.compile(
     r"^(?P<repository>[^@:]+(?::[0-9]+)?(?:/[^@:]+)*)(?::(?P<tag>[^@]+))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
 )
 EXACT_VERSION = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][A-Za-z0-9_.-]+)?$")
-FETCH_ARG = re.compile(r"^[1-9][0-9]*=sha256:[0-9a-f]{64}$")
+# `VERSION=DIGEST` (a model's fetcher), `MODEL@VERSION=DIGEST` (a serving pool's, after the path
+# of its member list; infra/model/pool.py fetch_args).
+FETCH_ARG = re.compile(r"^([a-z]([-a-z0-9]*[a-z0-9])?@)?[1-9][0-9]*=sha256:[0-9a-f]{64}$")
+POOL_FETCH_LIST = "/etc/tfserving/fetch.list"
 POD_OWNERS = (DEPLOYMENT, "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
 
 
@@ -189,7 +192,10 @@ def served_versions_have_digest(resource: Resource, settings: PolicySettings) ->
     for container in spec.get("initContainers") or []:
         if container.get("name") != "fetch-models":
             continue
-        for argument in container.get("args") or []:
+        arguments = list(container.get("args") or [])
+        if arguments[:1] == [POOL_FETCH_LIST]:
+            arguments = arguments[1:]
+        for argument in arguments:
             if not FETCH_ARG.match(argument):
                 problems.append(f"served version {argument!r} carries no sha256 digest")
     return problems

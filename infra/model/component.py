@@ -19,6 +19,19 @@ from infra.spec.settings import RouteKind, StackSettings
 MODEL_TYPE = "model-serving:model:ModelDeployment"
 
 
+def child_options(parent: pulumi.Resource, platform: Platform, *needs: Any) -> pulumi.ResourceOptions:
+    """Child options: parent, and depends_on the namespace plus what is named — add-on
+    releases by name (when the stack installs them) or resources."""
+    depends: list[pulumi.Resource] = [platform.namespace]
+    for need in needs:
+        if isinstance(need, str):
+            if need in platform.addons:
+                depends.append(platform.addons[need])
+        elif need is not None:
+            depends.append(need)
+    return pulumi.ResourceOptions(parent=parent, depends_on=depends)
+
+
 class ModelDeployment(pulumi.ComponentResource):
     """Everything one model needs in one environment: config, workloads, scaling, routing.
 
@@ -33,32 +46,38 @@ class ModelDeployment(pulumi.ComponentResource):
         settings: StackSettings,
         platform: Platform,
         opts: pulumi.ResourceOptions | None = None,
+        pool: str | None = None,
+        pool_service: pulumi.Resource | None = None,
     ):
+        """`pool`: the serving-pool shard that serves the model's stable version (its ServingPool
+        declares that workload; `pool_service` is its Service, when declared in this run)."""
         super().__init__(MODEL_TYPE, name, None, opts)
         self.platform = platform
         # Names known up front are passed as plain strings, and each child waits explicitly for
         # what it needs (a component's depends_on does not reach its children).
         namespace = settings.namespace
         child = self._opts()
-        role_arn = self._reader_role(name, model, settings)
-        account = k8s.core.v1.ServiceAccount(
-            f"{name}-sa", **workload.service_account(model, settings, namespace, role_arn), opts=child
-        )
-        services = []
-        for track in (LABEL_STABLE, LABEL_CANARY):
-            if track in model.version_labels:
-                services.append(self._workload(name, Workload.of(model, track), settings, account))
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol", **workload.network_policy(model, settings, namespace), opts=child
-        )
-        self._monitoring(name, model, settings)
+        services: list[k8s.core.v1.Service | None] = [pool_service] if pool else []
+        tracks = [LABEL_CANARY] if pool else [LABEL_STABLE, LABEL_CANARY]
+        if any(track in model.version_labels for track in tracks):
+            role_arn = self._reader_role(name, model, settings)
+            account = k8s.core.v1.ServiceAccount(
+                f"{name}-sa", **workload.service_account(model, settings, namespace, role_arn), opts=child
+            )
+            for track in tracks:
+                if track in model.version_labels:
+                    services.append(self._workload(name, Workload.of(model, track), settings, account))
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-netpol", **workload.network_policy(model, settings, namespace), opts=child
+            )
+            self._monitoring(name, model, settings, pooled=pool is not None)
         gateway = getattr(platform, "gateway", None)
         if model.serves_grpc:
             # Flagger generates the apex Service this route targets on Flagger stacks; it declares
             # no GRPCRoute, so this one is ours there too.
             k8s.apiextensions.CustomResource(
                 f"{name}-grpc-route",
-                **routing.grpc_route(model, settings, namespace, flagger=settings.flagger),
+                **routing.grpc_route(model, settings, namespace, flagger=settings.flagger, pool=pool),
                 opts=self._opts("envoy-gateway", *(s for s in services if s is not None), gateway),
             )
         if settings.flagger:
@@ -69,25 +88,16 @@ class ModelDeployment(pulumi.ComponentResource):
             route_opts = self._opts("envoy-gateway", *services, gateway)
             if settings.routing.kind is RouteKind.gateway:
                 k8s.apiextensions.CustomResource(
-                    f"{name}-route", **routing.http_route(model, settings, namespace), opts=route_opts
+                    f"{name}-route", **routing.http_route(model, settings, namespace, pool=pool), opts=route_opts
                 )
             else:
                 k8s.networking.v1.Ingress(
-                    f"{name}-ingress", **routing.ingress(model, settings, namespace), opts=route_opts
+                    f"{name}-ingress", **routing.ingress(model, settings, namespace, pool=pool), opts=route_opts
                 )
         self.register_outputs({"versions": dict(model.version_labels)})
 
     def _opts(self, *needs: Any) -> pulumi.ResourceOptions:
-        """Child options: parent, and depends_on the namespace plus what is named — add-on
-        releases by name (when the stack installs them) or resources."""
-        depends: list[pulumi.Resource] = [self.platform.namespace]
-        for need in needs:
-            if isinstance(need, str):
-                if need in self.platform.addons:
-                    depends.append(self.platform.addons[need])
-            elif need is not None:
-                depends.append(need)
-        return pulumi.ResourceOptions(parent=self, depends_on=depends)
+        return child_options(self, self.platform, *needs)
 
     def _reader_role(self, name: str, model: ServedModel, settings: StackSettings) -> pulumi.Output[str] | None:
         """A read-only IAM role for the model's pods (IRSA) when the stack manages the store."""
@@ -109,12 +119,17 @@ class ModelDeployment(pulumi.ComponentResource):
         )
         return role.arn
 
-    def _monitoring(self, name: str, model: ServedModel, settings: StackSettings) -> None:
+    def _monitoring(self, name: str, model: ServedModel, settings: StackSettings, pooled: bool = False) -> None:
+        """ServiceMonitor, alerts and dashboard of the model's own workloads. A pooled model's pool
+        carries its alerts; its canary workload gets a ServiceMonitor only."""
         child = self._opts("kube-prometheus-stack")
         if settings.monitoring.prometheus_operator:
             k8s.apiextensions.CustomResource(
                 f"{name}-monitor", **observability.service_monitor(model, settings), opts=child
             )
+        if pooled:
+            return
+        if settings.monitoring.prometheus_operator:
             k8s.apiextensions.CustomResource(
                 f"{name}-alerts", **observability.prometheus_rule(model, settings), opts=child
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+from infra.model.tfserving import FETCH_SCRIPT
 from infra.platform.object_store import CHECKSUMS_FILE, CLAIM_FILE, COMMIT_MARKER
 
 
@@ -20,3 +21,10 @@ def fetch_script() -> str:
     ):
         text = text.replace(placeholder, name)
     return text
+
+
+@cache
+def fetch_pool_script() -> str:
+    """A serving pool's init container script: `fetch_script()` once per line of its list."""
+    text = (Path(__file__).parent / "fetch_pool.sh").read_text(encoding="utf-8")
+    return text.replace("@FETCH_SCRIPT@", FETCH_SCRIPT)

@@ -150,12 +150,20 @@ def service_monitor(model: ServedModel, settings: StackSettings) -> dict[str, An
 
 def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
     """The alerts of one model; every expression names it (and its namespace)."""
+    return alert_rules_of(model.name, namespace, pod_name_pattern(model.name), f"{model.name}(-primary)?", model)
+
+
+def alert_rules_of(
+    workload: str, namespace: str, pods_pattern: str, services: str, model: ServedModel
+) -> list[dict[str, Any]]:
+    """The alerts of the workload `workload` (a model's, or a pool's: its Services match `services`,
+    its pods `pods_pattern`), with `model`'s SLO alerts on its own `model_name` series."""
     slo = model.serving.slo
     where = selectors(model, namespace)
     error_budget = round(1 - slo.availability, 6)
     latency_us = slo.latency_p99_ms * 1000
-    hpa = f"{model.name}-hpa-.+"  # the stable track's autoscaler (Pulumi auto-names it)
-    labels = {"model": model.name, "namespace": namespace}
+    hpa = f"{workload}-hpa-.+"  # the stable track's autoscaler (Pulumi auto-names it)
+    labels = {"model": workload, "namespace": namespace}
 
     def alert(name: str, expr: str, duration: str, severity: str, summary: str) -> dict[str, Any]:
         return {
@@ -163,10 +171,10 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
             "expr": expr,
             "for": duration,
             "labels": labels | {"severity": severity},
-            "annotations": {"summary": summary, "model": model.name},
+            "annotations": {"summary": summary, "model": workload},
         }
 
-    pods = f'namespace="{namespace}", pod=~"{pod_name_pattern(model.name)}"'
+    pods = f'namespace="{namespace}", pod=~"{pods_pattern}"'
     # Kubernetes' own reasons for a container that cannot start; kube-state-metrics exports the
     # current one, value 1, while the container waits (docs/metrics/workload/pod-metrics.md
     # L21, L45; internal/store/pod.go L564-L588), and the init container's `Error` exit
@@ -183,10 +191,10 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
             "ModelNoReadyReplica",
             # Only ready pods are endpoints of the Service, so no `up` series means none is ready
             # (under Flagger the stable pods are the `-primary` Service's).
-            f'absent(up{{namespace="{namespace}", service=~"{model.name}(-primary)?"}} == 1)',
+            f'absent(up{{namespace="{namespace}", service=~"{services}"}} == 1)',
             "5m",
             "critical",
-            f"{model.name}: no ready replica serves the stable version",
+            f"{workload}: no ready replica serves the stable version",
         ),
         alert(
             "ModelErrorRatioAboveSLO",
@@ -210,7 +218,7 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
             f'{{namespace="{namespace}", horizontalpodautoscaler=~"{hpa}"}}',
             "15m",
             "warning",
-            f"{model.name}: the autoscaler is pinned at its maximum; raise max_replicas or resources",
+            f"{workload}: the autoscaler is pinned at its maximum; raise max_replicas or resources",
         ),
         alert(
             # A version that fails to load cannot be seen in TF-Serving's metrics: a failed initial
@@ -225,7 +233,7 @@ def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
             not_starting,
             "15m",
             "critical",
-            f"{model.name}: pod {{{{ $labels.pod }}}} cannot start (crash loop, failed fetch or image pull)",
+            f"{workload}: pod {{{{ $labels.pod }}}} cannot start (crash loop, failed fetch or image pull)",
         ),
     ]
 
@@ -320,4 +328,78 @@ def dashboard_config_map(model: ServedModel, settings: StackSettings) -> dict[st
 
 def _metadata(model: ServedModel, settings: StackSettings) -> k8s.meta.v1.ObjectMetaArgs:
     labels = dict(platform_labels()) | model_selector(model.name) | dict(settings.monitoring.selector_labels)
+    return k8s.meta.v1.ObjectMetaArgs(namespace=settings.namespace, labels=labels)
+
+
+# Serving pools -------------------------------------------------------------------------------
+
+
+def pool_pod_pattern(shard: str) -> str:
+    """The names of a pool's pods (`<shard>-deployment-<hex>-<hash>-<suffix>`, Pulumi auto-named)."""
+    return f"{shard}-deployment-[0-9a-f]+-[0-9a-z]+-[0-9a-z]+"
+
+
+def pool_service_monitor(shard: str, pool_label: str, settings: StackSettings) -> dict[str, Any]:
+    """Scrapes the pool's Service; every series keeps TF-Serving's `model_name` and gains `pool`."""
+    return {
+        "api_version": MONITORING_API,
+        "kind": "ServiceMonitor",
+        "metadata": _pool_metadata(shard, pool_label, settings),
+        "spec": {
+            "selector": {"matchLabels": {pool_label: shard}},
+            "namespaceSelector": {"matchNames": [settings.namespace]},
+            "endpoints": [
+                {
+                    "port": "http",
+                    "path": tfserving.PROMETHEUS_PATH,
+                    "interval": SCRAPE_INTERVAL,
+                    "relabelings": [
+                        {"sourceLabels": [_prometheus_label(pool_label)], "targetLabel": "pool"},
+                        {"sourceLabels": [_prometheus_label(TRACK_LABEL)], "targetLabel": "track"},
+                    ],
+                }
+            ],
+        },
+    }
+
+
+def pool_alert_rules(shard: str, members: list[ServedModel], namespace: str) -> list[dict[str, Any]]:
+    """The pool's own alerts (no ready pod, autoscaler at max, pods not starting), then each
+    member's SLO alerts on its own `model_name` series."""
+    own_rules = alert_rules_of(shard, namespace, pool_pod_pattern(shard), shard, members[0])
+    per_model = {rule["alert"]: rule for rule in own_rules}
+    rules = [
+        _relabel(per_model["ModelNoReadyReplica"], "PoolNoReadyReplica", shard),
+        _relabel(per_model["ModelAutoscalerAtMax"], "PoolAutoscalerAtMax", shard),
+        _relabel(per_model["ModelPodsNotStarting"], "PoolPodsNotStarting", shard),
+    ]
+    for member in members:
+        own = {rule["alert"]: rule for rule in alert_rules(member, namespace)}
+        rules += [own["ModelErrorRatioAboveSLO"], own["ModelLatencyP99AboveSLO"]]
+    return rules
+
+
+def _relabel(rule: dict[str, Any], name: str, shard: str) -> dict[str, Any]:
+    labels = {k: v for k, v in rule["labels"].items() if k != "model"} | {"pool": shard}
+    annotations = {"summary": f"pool {rule['annotations']['summary']}", "pool": shard}
+    return rule | {"alert": name, "labels": labels, "annotations": annotations}
+
+
+def pool_prometheus_rule(
+    shard: str, pool_label: str, members: list[ServedModel], settings: StackSettings
+) -> dict[str, Any]:
+    return {
+        "api_version": MONITORING_API,
+        "kind": "PrometheusRule",
+        "metadata": _pool_metadata(shard, pool_label, settings),
+        "spec": {
+            "groups": [
+                {"name": f"model-serving.pool.{shard}", "rules": pool_alert_rules(shard, members, settings.namespace)}
+            ]
+        },
+    }
+
+
+def _pool_metadata(shard: str, pool_label: str, settings: StackSettings) -> k8s.meta.v1.ObjectMetaArgs:
+    labels = dict(platform_labels()) | {pool_label: shard} | dict(settings.monitoring.selector_labels)
     return k8s.meta.v1.ObjectMetaArgs(namespace=settings.namespace, labels=labels)

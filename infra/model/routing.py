@@ -59,8 +59,11 @@ def _parent(settings: StackSettings, listener: str) -> dict[str, Any]:
     return parent
 
 
-def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
-    """Gateway API HTTPRoute kwargs (CustomResource): /v1/models/<name> on the host to the REST port."""
+def http_route(
+    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], pool: str | None = None
+) -> dict[str, Any]:
+    """Gateway API HTTPRoute kwargs (CustomResource): /v1/models/<name> on the host to the REST port
+    (of the model's serving pool, when `pool` names its shard)."""
     # A canary splits the route by weight between the stable and the canary Service.
     gateway = settings.routing.gateway
     assert gateway is not None  # settings validation: kind gateway has gateway settings
@@ -76,7 +79,7 @@ def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.In
                 {
                     # PathPrefix matches whole path elements: /v1/models/iris is not /v1/models/iris2.
                     "matches": path_matches(model.name),
-                    "backendRefs": backend_refs(model),
+                    "backendRefs": backend_refs(model, pool=pool),
                 }
             ],
         },
@@ -84,7 +87,11 @@ def http_route(model: ServedModel, settings: StackSettings, namespace: pulumi.In
 
 
 def grpc_route(
-    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], flagger: bool = False
+    model: ServedModel,
+    settings: StackSettings,
+    namespace: pulumi.Input[str],
+    flagger: bool = False,
+    pool: str | None = None,
 ) -> dict[str, Any]:
     """Gateway API GRPCRoute kwargs: TF-Serving's gRPC services on `<model>.grpc.<host>` to the gRPC port.
 
@@ -103,7 +110,9 @@ def grpc_route(
     routing = settings.routing
     assert routing.grpc is not None  # project validation: a gRPC model needs routing.grpc
     backends = (
-        [{"name": model.name, "port": tfserving.GRPC_PORT}] if flagger else backend_refs(model, tfserving.GRPC_PORT)
+        [{"name": model.name, "port": tfserving.GRPC_PORT}]
+        if flagger
+        else backend_refs(model, tfserving.GRPC_PORT, pool=pool)
     )
     return {
         "api_version": GATEWAY_API_VERSION,
@@ -122,19 +131,23 @@ def grpc_route(
     }
 
 
-def backend_refs(model: ServedModel, port: int = tfserving.REST_PORT) -> list[dict[str, Any]]:
-    stable = Workload.of(model, LABEL_STABLE)
+def backend_refs(model: ServedModel, port: int = tfserving.REST_PORT, pool: str | None = None) -> list[dict[str, Any]]:
+    """The stable Service (the model's own, or its pool shard's), and the canary's by weight: a
+    pooled model's canary runs beside the pool as a workload of its own."""
+    stable = pool or Workload.of(model, LABEL_STABLE).instance
     if not model.has_canary:
-        return [{"name": stable.instance, "port": port}]
+        return [{"name": stable, "port": port}]
     canary = Workload.of(model, LABEL_CANARY)
     weight = model.canary_weight or 0
     return [
-        {"name": stable.instance, "port": port, "weight": 100 - weight},
+        {"name": stable, "port": port, "weight": 100 - weight},
         {"name": canary.instance, "port": port, "weight": weight},
     ]
 
 
-def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
+def ingress(
+    model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str], pool: str | None = None
+) -> dict[str, Any]:
     """networking.k8s.io/v1 Ingress kwargs, for clusters that still run an Ingress controller."""
     routing = settings.routing
     tls = None
@@ -142,7 +155,7 @@ def ingress(model: ServedModel, settings: StackSettings, namespace: pulumi.Input
         tls = [k8s.networking.v1.IngressTLSArgs(hosts=[routing.host], secret_name=routing.tls_secret_name)]
     backend = k8s.networking.v1.IngressBackendArgs(
         service=k8s.networking.v1.IngressServiceBackendArgs(
-            name=model.name, port=k8s.networking.v1.ServiceBackendPortArgs(name="http")
+            name=pool or model.name, port=k8s.networking.v1.ServiceBackendPortArgs(name="http")
         )
     )
     return {

@@ -10,7 +10,7 @@ sources) and compare with what `text_format` prints for the same message.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from infra.spec.manifest import Batching, ServedModel
 
@@ -22,6 +22,8 @@ MODELS_CONFIG = "models.config"
 MONITORING_CONFIG = "monitoring.config"
 BATCHING_CONFIG = "batching.config"
 FETCH_SCRIPT = "fetch-models.sh"
+FETCH_POOL_SCRIPT = "fetch-pool.sh"
+FETCH_LIST = "fetch.list"
 # Default path of PrometheusExporter (tensorflow_serving/util/prometheus_exporter.cc).
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 SERVER_BINARY = "/usr/bin/tensorflow_model_server"
@@ -40,6 +42,16 @@ def _text(value: str) -> str:
 def models_config(model: ServedModel) -> str:
     """`models.config`: a ModelServerConfig serving exactly the labelled versions of one model,
     byte for byte what `text_format.MessageToString` prints for it (a test holds it to that)."""
+    return models_config_list([model])
+
+
+def models_config_list(models: Sequence[ServedModel]) -> str:
+    """`models.config` of a server that serves several models (a serving pool), in the given
+    order: one `config` entry each, with its own base path, versions and labels."""
+    return "model_config_list {\n" + "".join(_model_entry(model) for model in models) + "}\n"
+
+
+def _model_entry(model: ServedModel) -> str:
     # `specific` loads exactly these versions; the default (`latest`) would serve whatever
     # directory sorts highest, which is not what the manifest says. Map entries print in key
     # order, as text_format prints maps.
@@ -49,7 +61,6 @@ def models_config(model: ServedModel) -> str:
         for label, version in sorted(model.version_labels.items())
     )
     return (
-        "model_config_list {\n"
         "  config {\n"
         f"    name: {_text(model.name)}\n"
         f"    base_path: {_text(model_base_path(model.name))}\n"
@@ -61,7 +72,6 @@ def models_config(model: ServedModel) -> str:
         "    }\n"
         f"{labels}"
         "  }\n"
-        "}\n"
     )
 
 
@@ -110,6 +120,11 @@ def content_hash(files: Mapping[str, str]) -> str:
 
 def server_args(model: ServedModel) -> list[str]:
     """Arguments of `tensorflow_model_server` (flags from tensorflow_serving/model_servers/main.cc)."""
+    return server_args_with(model.serving.batching)
+
+
+def server_args_with(batching: Batching | None) -> list[str]:
+    """The server's arguments; `batching` applies to every model of the process."""
     args = [
         f"--port={GRPC_PORT}",
         f"--rest_api_port={REST_PORT}",
@@ -122,6 +137,6 @@ def server_args(model: ServedModel) -> list[str]:
         # this flag a labelled config makes the server refuse to start.
         "--allow_version_labels_for_unavailable_models=true",
     ]
-    if model.serving.batching is not None:
+    if batching is not None:
         args += ["--enable_batching=true", f"--batching_parameters_file={CONFIG_DIR}/{BATCHING_CONFIG}"]
     return args

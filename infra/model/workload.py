@@ -151,10 +151,20 @@ def fetch_args(model: ServedModel) -> list[str]:
 
 
 def fetcher_container(model: ServedModel, settings: StackSettings) -> k8s.core.v1.ContainerArgs:
+    source = [
+        k8s.core.v1.EnvVarArgs(name="MODEL_SOURCE", value=settings.object_store.url(model.manifest.artifact.path)),
+        k8s.core.v1.EnvVarArgs(name="MODEL_DIR", value=tfserving.model_base_path(model.name)),
+    ]
+    return fetcher(settings, tfserving.FETCH_SCRIPT, fetch_args(model), source)
+
+
+def fetcher(
+    settings: StackSettings, script: str, args: list[str], source_env: list[k8s.core.v1.EnvVarArgs]
+) -> k8s.core.v1.ContainerArgs:
+    """The init container: runs `script` from the config volume against the object store."""
     store = settings.object_store
     env = [
-        k8s.core.v1.EnvVarArgs(name="MODEL_SOURCE", value=store.url(model.manifest.artifact.path)),
-        k8s.core.v1.EnvVarArgs(name="MODEL_DIR", value=tfserving.model_base_path(model.name)),
+        *source_env,
         k8s.core.v1.EnvVarArgs(name="AWS_REGION", value=store.region),
         # The aws CLI writes its cache under $HOME; the root filesystem is read-only.
         k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp"),
@@ -177,8 +187,8 @@ def fetcher_container(model: ServedModel, settings: StackSettings) -> k8s.core.v
         name=FETCHER_CONTAINER,
         image=settings.images.fetcher,
         image_pull_policy=_pull_policy(settings.images.fetcher),
-        command=["/bin/sh", f"{tfserving.CONFIG_DIR}/{tfserving.FETCH_SCRIPT}"],
-        args=fetch_args(model),
+        command=["/bin/sh", f"{tfserving.CONFIG_DIR}/{script}"],
+        args=args,
         env=env,
         env_from=env_from,
         resources=k8s.core.v1.ResourceRequirementsArgs(**FETCHER_RESOURCES),
@@ -218,24 +228,40 @@ def serving_container(workload: Workload, settings: StackSettings) -> k8s.core.v
     gpus = {GPU_RESOURCE: str(resources.gpu)} if resources.gpu else {}
     image = settings.images.serving_gpu if resources.gpu else settings.images.serving
     assert image is not None  # validation: a GPU model needs images.servingGpu
+    return server_container(
+        image,
+        tfserving.server_args(model),
+        ready_path,
+        f"/v1/models/{model.name}",
+        requests={"cpu": resources.cpu, "memory": resources.memory} | gpus,
+        limits={"cpu": resources.cpu_limit or resources.cpu, "memory": resources.memory_limit or resources.memory}
+        | gpus,
+    )
+
+
+def server_container(
+    image: str,
+    args: list[str],
+    ready_path: str,
+    live_path: str,
+    requests: dict[str, str],
+    limits: dict[str, str],
+) -> k8s.core.v1.ContainerArgs:
+    """The TF-Serving container: probes on the REST port, drained before it stops, restricted."""
     return k8s.core.v1.ContainerArgs(
         name=SERVING_CONTAINER,
         image=image,
         image_pull_policy=_pull_policy(image),
         command=[tfserving.SERVER_BINARY],
-        args=tfserving.server_args(model),
+        args=args,
         ports=[
             k8s.core.v1.ContainerPortArgs(name="grpc", container_port=tfserving.GRPC_PORT, protocol="TCP"),
             k8s.core.v1.ContainerPortArgs(name="http", container_port=tfserving.REST_PORT, protocol="TCP"),
         ],
         startup_probe=_http_probe(ready_path, period=5, failure_threshold=STARTUP_FAILURE_THRESHOLD),
         readiness_probe=_http_probe(ready_path, period=5, failure_threshold=2),
-        liveness_probe=_http_probe(f"/v1/models/{model.name}", period=10, failure_threshold=3),
-        resources=k8s.core.v1.ResourceRequirementsArgs(
-            requests={"cpu": resources.cpu, "memory": resources.memory} | gpus,
-            limits={"cpu": resources.cpu_limit or resources.cpu, "memory": resources.memory_limit or resources.memory}
-            | gpus,
-        ),
+        liveness_probe=_http_probe(live_path, period=10, failure_threshold=3),
+        resources=k8s.core.v1.ResourceRequirementsArgs(requests=requests, limits=limits),
         # Keep serving while endpoints drop this pod, so a rollout loses no request.
         lifecycle=k8s.core.v1.LifecycleArgs(
             pre_stop=k8s.core.v1.LifecycleHandlerArgs(sleep=k8s.core.v1.SleepActionArgs(seconds=PRE_STOP_SLEEP_SECONDS))
@@ -261,7 +287,38 @@ def deployment(
     """Deployment kwargs: init container fetches, server serves, rolling update never drops capacity."""
     model = workload.model
     labels = common_labels(workload) | {VERSION_LABEL: str(workload.version)}
-    pod_spec = k8s.core.v1.PodSpecArgs(
+    pod = pod_spec(
+        workload.instance,
+        settings,
+        service_account_name,
+        config_map_name,
+        fetcher=fetcher_container(model, settings),
+        server=serving_container(workload, settings),
+        model_storage=model.serving.resources.model_storage,
+        gpu=bool(model.serving.resources.gpu),
+    )
+    meta = metadata(workload, namespace)
+    if flagger_target:
+        # Flagger owns this Deployment's rollout: it clones it to `<name>-primary`, which
+        # serves, and scales this one to zero between analyses. Pulumi's await would wait
+        # for replicas Flagger removes, so it is skipped (pulumi-kubernetes honours the
+        # `pulumi.com/skipAwait` annotation); the analysis gates the rollout instead.
+        meta.annotations = {"pulumi.com/skipAwait": "true"}
+    return {"metadata": meta, "spec": deployment_spec(workload.instance, labels, config_hash, pod)}
+
+
+def pod_spec(
+    instance: str,
+    settings: StackSettings,
+    service_account_name: pulumi.Input[str],
+    config_map_name: pulumi.Input[str],
+    fetcher: k8s.core.v1.ContainerArgs,
+    server: k8s.core.v1.ContainerArgs,
+    model_storage: str,
+    gpu: bool,
+) -> k8s.core.v1.PodSpecArgs:
+    """A serving pod: the fetcher fills the models volume, the server reads it; restricted, spread."""
+    return k8s.core.v1.PodSpecArgs(
         service_account_name=service_account_name,
         automount_service_account_token=False,
         enable_service_links=False,
@@ -273,12 +330,12 @@ def deployment(
             fs_group=RUN_AS_USER,
             seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
         ),
-        init_containers=[fetcher_container(model, settings)],
-        containers=[serving_container(workload, settings)],
+        init_containers=[fetcher],
+        containers=[server],
         volumes=[
             k8s.core.v1.VolumeArgs(
                 name=MODELS_VOLUME,
-                empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=model.serving.resources.model_storage),
+                empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit=model_storage),
             ),
             k8s.core.v1.VolumeArgs(
                 name=CONFIG_VOLUME,
@@ -290,27 +347,33 @@ def deployment(
             *fetcher_volumes(settings),
         ],
         # GPU models go to the GPU node pool and tolerate its taint; the others never do.
-        node_selector={NODE_POOL_LABEL: "gpu"} if model.serving.resources.gpu else None,
+        node_selector={NODE_POOL_LABEL: "gpu"} if gpu else None,
         tolerations=[
             k8s.core.v1.TolerationArgs(
                 key=GPU_TAINT["key"], operator="Equal", value=GPU_TAINT["value"], effect=GPU_TAINT["effect"]
             )
         ]
-        if model.serving.resources.gpu
+        if gpu
         else None,
         topology_spread_constraints=[
             k8s.core.v1.TopologySpreadConstraintArgs(
                 max_skew=1,
                 topology_key="kubernetes.io/hostname",
                 when_unsatisfiable="ScheduleAnyway",
-                label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(workload.instance)),
+                label_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(instance)),
             )
         ],
     )
-    spec = k8s.apps.v1.DeploymentSpecArgs(
+
+
+def deployment_spec(
+    instance: str, labels: dict[str, str], config_hash: str, pod: k8s.core.v1.PodSpecArgs
+) -> k8s.apps.v1.DeploymentSpecArgs:
+    """A rolling update that never goes below the serving capacity; the config hash rolls the pods."""
+    return k8s.apps.v1.DeploymentSpecArgs(
         # No `replicas`: the HorizontalPodAutoscaler owns the count, and a value here would
         # reset it on every `pulumi up`.
-        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(workload.instance)),
+        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector_labels(instance)),
         strategy=k8s.apps.v1.DeploymentStrategyArgs(
             type="RollingUpdate",
             # Never below the serving capacity; surge a quarter (at least one pod) at a time
@@ -328,86 +391,88 @@ def deployment(
                     "kubectl.kubernetes.io/default-container": SERVING_CONTAINER,
                 },
             ),
-            spec=pod_spec,
+            spec=pod,
         ),
     )
-    meta = metadata(workload, namespace)
-    if flagger_target:
-        # Flagger owns this Deployment's rollout: it clones it to `<name>-primary`, which
-        # serves, and scales this one to zero between analyses. Pulumi's await would wait
-        # for replicas Flagger removes, so it is skipped (pulumi-kubernetes honours the
-        # `pulumi.com/skipAwait` annotation); the analysis gates the rollout instead.
-        meta.annotations = {"pulumi.com/skipAwait": "true"}
-    return {"metadata": meta, "spec": spec}
 
 
 def service(workload: Workload, namespace: pulumi.Input[str]) -> dict[str, Any]:
     """Service kwargs, named after the workload (`iris`, `iris-canary`): a stable DNS name."""
-    return {
-        "metadata": metadata(workload, namespace, name=workload.instance),
-        "spec": k8s.core.v1.ServiceSpecArgs(
-            type="ClusterIP",
-            selector=selector_labels(workload.instance),
-            ports=[
-                k8s.core.v1.ServicePortArgs(
-                    name="grpc",
-                    port=tfserving.GRPC_PORT,
-                    target_port="grpc",
-                    protocol="TCP",
-                    app_protocol="kubernetes.io/h2c",
-                ),
-                k8s.core.v1.ServicePortArgs(
-                    name="http", port=tfserving.REST_PORT, target_port="http", protocol="TCP", app_protocol="http"
-                ),
-            ],
-        ),
-    }
+    return {"metadata": metadata(workload, namespace, name=workload.instance), "spec": service_spec(workload.instance)}
+
+
+def service_spec(instance: str) -> k8s.core.v1.ServiceSpecArgs:
+    """gRPC and REST of the pods of one workload."""
+    return k8s.core.v1.ServiceSpecArgs(
+        type="ClusterIP",
+        selector=selector_labels(instance),
+        ports=[
+            k8s.core.v1.ServicePortArgs(
+                name="grpc",
+                port=tfserving.GRPC_PORT,
+                target_port="grpc",
+                protocol="TCP",
+                app_protocol="kubernetes.io/h2c",
+            ),
+            k8s.core.v1.ServicePortArgs(
+                name="http", port=tfserving.REST_PORT, target_port="http", protocol="TCP", app_protocol="http"
+            ),
+        ],
+    )
 
 
 def autoscaler(workload: Workload, namespace: pulumi.Input[str], deployment_name: pulumi.Input[str]) -> dict[str, Any]:
     scaling = workload.model.serving.autoscaling
     return {
         "metadata": metadata(workload, namespace),
-        "spec": k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
-            scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
-                api_version="apps/v1", kind="Deployment", name=deployment_name
-            ),
-            min_replicas=scaling.min_replicas,
-            max_replicas=scaling.max_replicas,
-            metrics=[
-                k8s.autoscaling.v2.MetricSpecArgs(
-                    type="Resource",
-                    resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
-                        name="cpu",
-                        target=k8s.autoscaling.v2.MetricTargetArgs(
-                            type="Utilization", average_utilization=scaling.target_cpu_utilization
-                        ),
-                    ),
-                )
-            ],
-            behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
-                scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(
-                    stabilization_window_seconds=SCALE_DOWN_STABILIZATION_SECONDS,
-                    policies=[k8s.autoscaling.v2.HPAScalingPolicyArgs(type="Pods", value=1, period_seconds=60)],
-                ),
-            ),
+        "spec": autoscaler_spec(
+            deployment_name, scaling.min_replicas, scaling.max_replicas, scaling.target_cpu_utilization
         ),
     }
+
+
+def autoscaler_spec(
+    deployment_name: pulumi.Input[str], min_replicas: int, max_replicas: int, target_cpu: int
+) -> k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs:
+    """Scale a Deployment on CPU, and down one pod a minute after five quiet minutes."""
+    return k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
+        scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
+            api_version="apps/v1", kind="Deployment", name=deployment_name
+        ),
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        metrics=[
+            k8s.autoscaling.v2.MetricSpecArgs(
+                type="Resource",
+                resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                    name="cpu",
+                    target=k8s.autoscaling.v2.MetricTargetArgs(type="Utilization", average_utilization=target_cpu),
+                ),
+            )
+        ],
+        behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
+            scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(
+                stabilization_window_seconds=SCALE_DOWN_STABILIZATION_SECONDS,
+                policies=[k8s.autoscaling.v2.HPAScalingPolicyArgs(type="Pods", value=1, period_seconds=60)],
+            ),
+        ),
+    )
 
 
 def disruption_budget(workload: Workload, namespace: pulumi.Input[str], whole_model: bool = False) -> dict[str, Any]:
     """PDB kwargs. `whole_model`: select every pod of the model, as under Flagger, whose
     `-primary` clone gets rewritten selector labels but keeps the model label."""
     selector = model_selector(workload.name) if whole_model else selector_labels(workload.instance)
-    return {
-        "metadata": metadata(workload, namespace),
-        "spec": k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-            max_unavailable=1,
-            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
-            # A pod stuck unready (e.g. a failed fetch) must not block node drains.
-            unhealthy_pod_eviction_policy="AlwaysAllow",
-        ),
-    }
+    return {"metadata": metadata(workload, namespace), "spec": disruption_budget_spec(selector)}
+
+
+def disruption_budget_spec(selector: dict[str, str]) -> k8s.policy.v1.PodDisruptionBudgetSpecArgs:
+    return k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+        max_unavailable=1,
+        selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+        # A pod stuck unready (e.g. a failed fetch) must not block node drains.
+        unhealthy_pod_eviction_policy="AlwaysAllow",
+    )
 
 
 def _namespace_peer(name: str) -> k8s.networking.v1.NetworkPolicyPeerArgs:
@@ -451,6 +516,18 @@ def store_egress(settings: StackSettings) -> k8s.networking.v1.NetworkPolicyEgre
 
 def network_policy(model: ServedModel, settings: StackSettings, namespace: pulumi.Input[str]) -> dict[str, Any]:
     """What a model's pods may talk to, on top of the namespace's default deny."""
+    return {
+        "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
+        # Every track of the model: the canary's pods get the same allowances.
+        "spec": network_policy_spec(model_selector(model.name), settings, model.serves_grpc),
+    }
+
+
+def network_policy_spec(
+    pod_selector: dict[str, str], settings: StackSettings, grpc_routed: bool
+) -> k8s.networking.v1.NetworkPolicySpecArgs:
+    """Serving ports from the namespace and the route's proxies (gRPC only where routed),
+    metrics to Prometheus, and egress to the object store only."""
     serving_ports = [_tcp(tfserving.GRPC_PORT), _tcp(tfserving.REST_PORT)]
     ingress = [
         # Clients in the namespace, and the route's proxies.
@@ -461,7 +538,7 @@ def network_policy(model: ServedModel, settings: StackSettings, namespace: pulum
         # The route's proxies: REST, and gRPC where a GRPCRoute sends it.
         k8s.networking.v1.NetworkPolicyIngressRuleArgs(
             from_=[_namespace_peer(settings.routing.controller_namespace)],
-            ports=serving_ports if model.serves_grpc else [_tcp(tfserving.REST_PORT)],
+            ports=serving_ports if grpc_routed else [_tcp(tfserving.REST_PORT)],
         ),
     ]
     if settings.monitoring.prometheus_namespace:
@@ -471,13 +548,9 @@ def network_policy(model: ServedModel, settings: StackSettings, namespace: pulum
             )
         )
     egress = [store_egress(settings)]  # the init container reaches the object store
-    return {
-        "metadata": metadata(Workload.of(model, LABEL_STABLE), namespace),
-        "spec": k8s.networking.v1.NetworkPolicySpecArgs(
-            # Every track of the model: the canary's pods get the same allowances.
-            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=model_selector(model.name)),
-            policy_types=["Ingress", "Egress"],
-            ingress=ingress,
-            egress=egress,
-        ),
-    }
+    return k8s.networking.v1.NetworkPolicySpecArgs(
+        pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=pod_selector),
+        policy_types=["Ingress", "Egress"],
+        ingress=ingress,
+        egress=egress,
+    )

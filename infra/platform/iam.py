@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from infra.spec.manifest import ModelManifest
@@ -26,7 +27,12 @@ def model_prefix(store: ObjectStoreSettings, manifest: ModelManifest) -> str:
 
 def reader_policy(store: ObjectStoreSettings, manifest: ModelManifest) -> dict[str, Any]:
     """What the model's pods may do: read its own versions, list only under its own prefix."""
-    prefix = model_prefix(store, manifest)
+    return readers_policy(store, [manifest])
+
+
+def readers_policy(store: ObjectStoreSettings, manifests: Sequence[ModelManifest]) -> dict[str, Any]:
+    """What a pool's pods may do: read and list under each member's own prefix, nothing else."""
+    prefixes = [model_prefix(store, manifest) for manifest in manifests]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -34,14 +40,14 @@ def reader_policy(store: ObjectStoreSettings, manifest: ModelManifest) -> dict[s
                 "Sid": "ReadModelVersions",
                 "Effect": "Allow",
                 "Action": list(READ_ACTIONS),
-                "Resource": [f"{bucket_arn(store)}/{prefix}*"],
+                "Resource": [f"{bucket_arn(store)}/{prefix}*" for prefix in prefixes],
             },
             {
                 "Sid": "ListModelVersions",
                 "Effect": "Allow",
                 "Action": list(LIST_ACTIONS),
                 "Resource": [bucket_arn(store)],
-                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*"]}},
+                "Condition": {"StringLike": {"s3:prefix": [f"{prefix}*" for prefix in prefixes]}},
             },
         ],
     }

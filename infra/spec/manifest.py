@@ -148,6 +148,13 @@ class DType(StrEnum):
     float64 = "float64"
 
 
+class Isolation(StrEnum):
+    """Whether a model may share a TF-Serving server (a serving pool) with other models."""
+
+    shared = "shared"
+    dedicated = "dedicated"
+
+
 class Protocol(StrEnum):
     """APIs of TF-Serving a model exposes through the stack's routes."""
 
@@ -220,6 +227,11 @@ class Resources(Frozen):
     gpu: int | None = Field(
         default=None, ge=1, le=8, strict=True, description="NVIDIA GPUs per pod; schedules on the GPU nodes."
     )
+    model_memory: Quantity | None = Field(
+        default=None,
+        description="Memory one loaded copy of the model takes in a shared server (a serving pool adds it to "
+        "the pool's base for each member); default: `memory`, which also counts a dedicated server's own.",
+    )
 
 
 class Batching(Frozen):
@@ -287,6 +299,12 @@ class Serving(Frozen):
     )
     slo: Slo = Field(default_factory=Slo, description="Objectives for alerts and metric-gated rollouts.")
     rollout: Rollout | None = Field(default=None, description="Metric-gated rollout settings (stacks with Flagger).")
+    # Enums take their YAML string value (as `goal` does).
+    isolation: Annotated[Isolation, Field(strict=False)] = Field(
+        default=Isolation.shared,
+        description="`shared`: a stack's serving pool may hold this model (docs/pools.md); `dedicated`: it always "
+        "gets its own TF-Serving workload.",
+    )
     example_request: dict[str, FiniteValue] | None = Field(
         default=None,
         description='A TF-Serving REST predict body (`{"instances": [...]}`) used by `modelctl smoke`.',
@@ -467,6 +485,7 @@ class ResourcesOverride(Frozen):
     cpu_limit: Quantity | None = None
     memory_limit: Quantity | None = None
     model_storage: Quantity | None = None
+    model_memory: Quantity | None = None
 
 
 class AutoscalingOverride(Frozen):
@@ -494,6 +513,14 @@ class EnvironmentServing(Frozen):
     # Enums take their YAML string value (as `goal` does).
     protocols: list[Annotated[Protocol, Field(strict=False)]] | None = Field(
         default=None, description="Per-environment override of serving.protocols (e.g. `[rest]` on an Ingress stack)."
+    )
+    isolation: Annotated[Isolation, Field(strict=False)] | None = Field(
+        default=None, description="Per-environment override of serving.isolation (e.g. `dedicated` in prod)."
+    )
+    pool: ModelName | None = Field(
+        default=None,
+        description="The serving pool of the stack (model-serving:servingPools) this model joins here; absent: the "
+        "stack's `packing: auto` pool if it has one and the model may share, else a workload of its own.",
     )
 
     @model_validator(mode="after")
@@ -589,6 +616,7 @@ class ModelManifest(Frozen):
                 "batching": served.batching if served.batching is not None else self.serving.batching,
                 "ingress": served.ingress if served.ingress is not None else self.serving.ingress,
                 "protocols": served.protocols if served.protocols is not None else self.serving.protocols,
+                "isolation": served.isolation if served.isolation is not None else self.serving.isolation,
             }
         )
 
@@ -602,6 +630,8 @@ class ServedModel:
     serving: Serving
     version_labels: Mapping[str, int]
     canary_weight: int | None = None
+    # The serving pool `environments.<env>.pool` names, if any (the placement decides the shard).
+    pool: str | None = None
 
     @property
     def name(self) -> str:
@@ -619,7 +649,12 @@ class ServedModel:
     def track(self, label: str) -> ServedModel:
         """The part of this model one workload serves: only the version under `label`."""
         return ServedModel(
-            self.manifest, self.environment, self.serving, {label: self.version_labels[label]}, self.canary_weight
+            self.manifest,
+            self.environment,
+            self.serving,
+            {label: self.version_labels[label]},
+            self.canary_weight,
+            self.pool,
         )
 
     @property
@@ -643,6 +678,7 @@ def served_in(manifests: Iterable[ModelManifest], environment: str) -> list[Serv
                     m.serving_for(environment),
                     m.environments[environment].labels(),
                     canary.weight if canary else None,
+                    m.environments[environment].pool,
                 )
             )
     return served

@@ -6,14 +6,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from infra.spec.errors import ConfigError, ErrorItem
-from infra.spec.manifest import MODELS_DIR, ModelManifest, Protocol, load_manifests
+from infra.spec.manifest import MODELS_DIR, ModelManifest, Protocol, load_manifests, served_in
 from infra.spec.paths import links_outside
+from infra.spec.placement import placement_errors
 from infra.spec.settings import STACKS_DIR, RouteKind, StackSettings, load_stack_settings, stack_names
 
 
 def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) -> list[ErrorItem]:
     """Rules that need both a stack and the manifests it serves."""
-    errors = []
+    manifests = list(manifests)
+    errors = placement_errors(settings, served_in(manifests, settings.environment))
     for manifest in manifests:
         served = manifest.environments.get(settings.environment)
         if served is None:

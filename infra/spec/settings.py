@@ -10,8 +10,6 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
@@ -25,6 +23,8 @@ from infra.spec.instances import INSTANCE_TYPES
 from infra.spec.kubernetes_names import Annotations, Labels, OwnLabels
 from infra.spec.manifest import QUANTITY_PATTERN, key_path_problem
 from infra.spec.paths import OUTSIDE, is_inside
+from infra.spec.serving_pools import ServingPoolsSettings
+from infra.spec.settings_base import DNS_LABEL, DnsLabel, Settings
 from infra.spec.validators import FiniteValue, stack_name_problem
 from infra.spec.yamlio import read_yaml
 
@@ -40,7 +40,6 @@ MAX_STACKS = 50
 # secrets (`secure:`), which offline runs mask.
 PASSTHROUGH_NAMESPACES = ("pulumi", "aws")
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 BUCKET_NAME = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 KEY_PREFIX = r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$"
@@ -54,22 +53,7 @@ IMAGE_REFERENCE = re.compile(
 # An exact release: 2.19.1, v1.2.3, 2.17.0-gpu. `latest`, `2`, `2.19` float and are refused.
 EXACT_VERSION_TAG = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][A-Za-z0-9_.-]+)?$")
 
-DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
 Hostname = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=253)]
-
-
-class Settings(BaseModel):
-    """Base of the settings models: immutable, camelCase keys as Pulumi config spells them,
-    numbers finite (as in the manifests: see manifest.Frozen)."""
-
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        strict=True,
-        alias_generator=to_camel,
-        populate_by_name=False,
-        allow_inf_nan=False,
-    )
 
 
 class KubernetesTarget(Settings):
@@ -681,6 +665,10 @@ class StackSettings(Settings):
     images: ImageSettings
     monitoring: MonitoringSettings = MonitoringSettings()
     progressive_delivery: ProgressiveDeliverySettings | None = None
+    serving_pools: ServingPoolsSettings = Field(
+        default_factory=ServingPoolsSettings,
+        description="Shared TF-Serving workloads for many models (docs/pools.md); absent: every model its own.",
+    )
     production: bool = Field(
         default=False, description="A production stack: the policies require two replicas and a disruption budget."
     )
@@ -753,6 +741,23 @@ class StackSettings(Settings):
                         "addons.clusterAutoscaler",
                         f"no Cluster Autoscaler release is pinned for Kubernetes {self.cluster.eks.kubernetes_version} "
                         f"(pinned: {', '.join(CLUSTER_AUTOSCALER_IMAGE_TAGS)})",
+                    )
+                ]
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_pools_under_flagger(self) -> StackSettings:
+        # Flagger's Canary targets one Deployment and rolls it as a whole (docs/pools.md, "Flagger"):
+        # a version bump of one member would be analysed on every co-tenant's traffic.
+        if self.flagger and self.serving_pools.pools:
+            raise FieldProblemsError(
+                [
+                    (
+                        "servingPools.pools",
+                        "serving pools are off on a Flagger stack: Flagger's Canary rolls a pool's Deployment as a "
+                        "whole, so one member's analysis would gate every co-tenant; drop the pools or "
+                        "progressiveDelivery.flagger",
                     )
                 ]
             )
