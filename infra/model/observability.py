@@ -250,7 +250,24 @@ def prometheus_rule(model: ServedModel, settings: StackSettings) -> dict[str, An
 def dashboard(model: ServedModel, namespace: str) -> dict[str, Any]:
     """A Grafana dashboard (JSON model): prediction calls, their errors and latency quantiles, and
     replicas, per version."""
-    where = selectors(model, namespace)
+    return dashboard_of(
+        f"model-serving-{model.name}"[:40],
+        f"Model {model.name}",
+        [model.name],
+        selectors(model, namespace),
+        "version",
+        (
+            f'count by (version, track) (up{{namespace="{namespace}", model="{model.name}"}} == 1)',
+            "v{{version}} {{track}}",
+        ),
+    )
+
+
+def dashboard_of(
+    uid: str, title: str, tags: list[str], where: str, by: str, replicas: tuple[str, str]
+) -> dict[str, Any]:
+    """The dashboard of a model (series `by` version) or of a pool (by `model_name`)."""
+    legend = f"{{{{{by}}}}}" if by != "version" else "v{{version}}"
 
     def panel(number: int, title: str, unit: str, targets: list[tuple[str, str]]) -> dict[str, Any]:
         return {
@@ -267,43 +284,20 @@ def dashboard(model: ServedModel, namespace: str) -> dict[str, Any]:
         }
 
     panels = [
-        panel(
-            1,
-            "Requests per second",
-            "reqps",
-            [(prediction_calls(where, "5m", by="version"), "v{{version}}")],
-        ),
-        panel(
-            2,
-            "Error ratio",
-            "percentunit",
-            [(error_ratio(where, "5m", by="version"), "v{{version}}")],
-        ),
+        panel(1, "Requests per second", "reqps", [(prediction_calls(where, "5m", by=by), legend)]),
+        panel(2, "Error ratio", "percentunit", [(error_ratio(where, "5m", by=by), legend)]),
         panel(
             3,
             "Latency",
             "µs",
-            [
-                (latency_quantile(q, where, "5m", by="version"), f"p{int(q * 100)} v{{{{version}}}}")
-                for q in (0.5, 0.9, 0.99)
-            ],
+            [(latency_quantile(q, where, "5m", by=by), f"p{int(q * 100)} {legend}") for q in (0.5, 0.9, 0.99)],
         ),
-        panel(
-            4,
-            "Serving replicas",
-            "short",
-            [
-                (
-                    f'count by (version, track) (up{{namespace="{namespace}", model="{model.name}"}} == 1)',
-                    "v{{version}} {{track}}",
-                ),
-            ],
-        ),
+        panel(4, "Serving replicas", "short", [replicas]),
     ]
     return {
-        "uid": f"model-serving-{model.name}"[:40],
-        "title": f"Model {model.name}",
-        "tags": ["model-serving", model.name],
+        "uid": uid,
+        "title": title,
+        "tags": ["model-serving", *tags],
         "timezone": "utc",
         "schemaVersion": 39,
         "refresh": "30s",
@@ -403,3 +397,23 @@ def pool_prometheus_rule(
 def _pool_metadata(shard: str, pool_label: str, settings: StackSettings) -> k8s.meta.v1.ObjectMetaArgs:
     labels = dict(platform_labels()) | {pool_label: shard} | dict(settings.monitoring.selector_labels)
     return k8s.meta.v1.ObjectMetaArgs(namespace=settings.namespace, labels=labels)
+
+
+def pool_dashboard_config_map(shard: str, pool_label: str, settings: StackSettings) -> dict[str, Any]:
+    """One dashboard per pool: every member's calls, errors and latency by `model_name`, and the pool's pods."""
+    namespace = settings.namespace
+    board = dashboard_of(
+        f"model-serving-pool-{shard}"[:40],
+        f"Pool {shard}",
+        [f"pool:{shard}"],
+        f'namespace="{namespace}", pool="{shard}"',
+        "model_name",
+        (f'count by (track) (up{{namespace="{namespace}", pool="{shard}"}} == 1)', "{{track}}"),
+    )
+    labels = dict(platform_labels()) | {pool_label: shard, DASHBOARD_LABEL: "1"}
+    return {
+        "metadata": k8s.meta.v1.ObjectMetaArgs(
+            namespace=settings.monitoring.dashboard_namespace or namespace, labels=labels
+        ),
+        "data": {f"pool-{shard}.json": json.dumps(board, indent=2)},
+    }

@@ -70,6 +70,12 @@ class ServingPool(pulumi.ComponentResource):
                 **observability.pool_prometheus_rule(shard.name, pool.POOL_LABEL, members, settings),
                 opts=monitoring,
             )
+        if settings.monitoring.grafana_dashboards:
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard",
+                **observability.pool_dashboard_config_map(shard.name, pool.POOL_LABEL, settings),
+                opts=self._opts("kube-prometheus-stack"),
+            )
         self.register_outputs({"members": list(shard.member_names)})
 
     def _opts(self, *needs: Any) -> pulumi.ResourceOptions:
