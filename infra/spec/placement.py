@@ -130,12 +130,16 @@ def place(settings: StackSettings, served: Sequence[ServedModel]) -> Placement:
             pool = pools.by_name(model.pool)
             if pool is None:
                 known = ", ".join(p.name for p in pools.pools) or "none"
+                why = (
+                    " (serving pools are off on Flagger stacks: docs/pools.md)"
+                    if settings.flagger
+                    else " (model-serving:servingPools)"
+                )
                 errors.append(
                     ErrorItem(
                         _manifest_file(model),
                         field,
-                        f"Got {model.pool!r}; stack {settings.stack} declares the serving pools: {known} "
-                        "(model-serving:servingPools)",
+                        f"Got {model.pool!r}; stack {settings.stack} declares the serving pools: {known}{why}",
                     )
                 )
                 continue
