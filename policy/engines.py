@@ -20,6 +20,9 @@ HTTP_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
 GRPC_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:GRPCRoute"
 POD_OWNERS = (DEPLOYMENT, "kubernetes:apps/v1:StatefulSet", "kubernetes:apps/v1:DaemonSet")
 MODEL_LABEL = "model-serving.dev/model"
+# A serving-pool shard's pods (infra/model/pool.py): one TF-Serving workload for several models,
+# labelled with the shard instead of a model.
+POOL_LABEL = "model-serving.dev/pool"
 GPU_RESOURCE = "nvidia.com/gpu"
 # Flagger's `-selector-labels` default: the first of these found in the target's
 # spec.selector.matchLabels is THE label of every object it generates
@@ -143,6 +146,16 @@ class PodTemplate:
     @property
     def model(self) -> str:
         return self.labels.get(MODEL_LABEL) or f"{self.owner.kind} {self.owner.object_name}"
+
+    @property
+    def workload(self) -> str:
+        """Whose pods these are: a pool shard's (which serves several models), a model's (every
+        track and Flagger's primary clone alike), or else the owner's alone."""
+        if self.labels.get(POOL_LABEL):
+            return f"pool {self.labels[POOL_LABEL]}"
+        if self.labels.get(MODEL_LABEL):
+            return f"model {self.labels[MODEL_LABEL]}"
+        return f"{self.owner.kind} {self.owner.object_name}"
 
 
 def pod_templates(resources: Sequence[Resource]) -> list[PodTemplate]:

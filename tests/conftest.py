@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.offline import OfflineRun, run_stack
-from infra.spec.manifest import load_manifests
+from infra.model.component import MODEL_TYPE
+from infra.model.pool_component import POOL_TYPE
+from infra.offline import DeclaredResource, OfflineRun, run_stack
+from infra.spec.manifest import load_manifests, served_in
+from infra.spec.placement import Shard, place
 from infra.spec.settings import load_stack_settings, stack_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +27,22 @@ MODEL_X_STACK = [
     for manifest in MANIFESTS
     if load_stack_settings(ROOT, stack).environment in manifest.environments
 ]
+
+
+def shard_of(model: str, stack: str) -> Shard | None:
+    """The serving-pool shard that serves `model`'s stable version in `stack`, None when the model
+    has its own workload (infra/spec/placement.py decides)."""
+    settings = load_stack_settings(ROOT, stack)
+    placement = place(settings, served_in(MANIFESTS, settings.environment))
+    name = placement.shard_of.get(model)
+    return placement.shard(name) if name else None
+
+
+def serving_component(run: OfflineRun, model: str, track: str = "stable") -> DeclaredResource:
+    """The component that declares the workload serving `model`'s `track` in `run`: the pool
+    shard's ServingPool for a pooled model's stable version, else the model's ModelDeployment."""
+    shard = run.outputs["models"][model].get("pool") if track == "stable" else None
+    return run.find(POOL_TYPE, shard) if shard else run.find(MODEL_TYPE, model)
 
 
 def copy_project(destination: Path) -> Path:

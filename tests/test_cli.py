@@ -51,7 +51,8 @@ def test_plan_prints_one_line_per_resource_and_renders_each_object(runs, stack, 
     assert len(files) == len(run.kubernetes_objects())
     rendered = {(d["kind"], d["metadata"]["name"]) for d in (yaml.safe_load(f.read_text()) for f in files)}
     assert rendered == {(r.object["kind"], r.object["metadata"]["name"]) for r in run.kubernetes_objects()}
-    assert {f.parent.name for f in files} == {"platform", *run.outputs["models"]}
+    # One directory per component: the platform, each model, each serving-pool shard.
+    assert {f.parent.name for f in files} == {"platform", *run.outputs["models"], *run.outputs.get("pools", {})}
 
 
 def test_render_removes_what_it_wrote_before_and_nothing_else(project, tmp_path, capsys):

@@ -104,10 +104,10 @@ def test_staging_egress_selects_the_minio_pods_on_their_port_without_ip_blocks(r
 def test_stores_outside_the_cluster_keep_their_address_blocks(runs, stack):
     store = load_stack_settings(ROOT, stack).object_store
     policies = [r.object for r in runs[stack].kubernetes_objects() if r.object["kind"] == "NetworkPolicy"]
-    # The models' policies select one model's pods (Flagger's load tester has its own policy).
-    model_policies = [
-        p for p in policies if "model-serving.dev/model" in p["spec"]["podSelector"].get("matchLabels", {})
-    ]
+    # The models' policies select one model's pods, a pool's its shard's (Flagger's load tester
+    # has its own policy).
+    serving = ("model-serving.dev/model", "model-serving.dev/pool")
+    model_policies = [p for p in policies if set(serving) & set(p["spec"]["podSelector"].get("matchLabels", {}))]
     assert model_policies
     for policy in model_policies:
         (rule,) = policy["spec"]["egress"]

@@ -12,7 +12,7 @@ from infra.platform.component import PLATFORM_TYPE
 from infra.spec.manifest import served_in
 from infra.spec.settings import load_stack_settings
 from policy.engines import FLAGGER_SELECTOR_LABELS
-from tests.conftest import MANIFESTS, MODEL_X_STACK, ROOT, STACKS
+from tests.conftest import MANIFESTS, MODEL_X_STACK, ROOT, STACKS, serving_component, shard_of
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
@@ -41,6 +41,9 @@ WORKLOAD_TYPES = {CONFIG_MAP, DEPLOYMENT, SERVICE, HPA, PDB}
 EXTRAS = ("dashboard", "monitor", "alerts", "rollout", "success-rate", "latency-p99")
 
 
+ROUTES = {HTTP_ROUTE, GRPC_ROUTE, INGRESS}
+
+
 def extras(run: OfflineRun, model: str) -> dict[str, DeclaredResource]:
     component = run.find(MODEL_TYPE, model)
     kids = [r for r in run.resources if r.parent == component.urn]
@@ -48,15 +51,32 @@ def extras(run: OfflineRun, model: str) -> dict[str, DeclaredResource]:
 
 
 def children(run: OfflineRun, model: str, track: str = "stable") -> dict[str, DeclaredResource]:
-    """The model's workload resources of one track (the stable track includes the shared ones)."""
-    component = run.find(MODEL_TYPE, model)
+    """The resources of the workload serving the model's track (the stable track includes the
+    shared ones), and the model's routes with the stable track: a pooled model's stable version
+    is its pool shard's workload (tests/conftest.py serving_component)."""
+    component = serving_component(run, model, track)
+    prefix = component.name
     kids = [r for r in run.resources if r.parent == component.urn]
-    kids = [r for r in kids if r.name not in {f"{model}-{suffix}" for suffix in EXTRAS}]
+    kids = [r for r in kids if r.name not in {f"{prefix}-{suffix}" for suffix in EXTRAS}]
     canary = [r for r in kids if r.name.startswith(f"{model}-canary-")]
     kids = canary if track == "canary" else [r for r in kids if r not in canary]
+    if component.type != MODEL_TYPE:
+        own = run.find(MODEL_TYPE, model)
+        kids += [r for r in run.resources if r.parent == own.urn and r.type in ROUTES]
     by_type = {r.type: r for r in kids}
     assert len(by_type) == len(kids), "one resource of each type per model and track"
     return by_type
+
+
+def named(run: OfflineRun, type_: str, name: str) -> DeclaredResource:
+    (resource,) = (r for r in run.resources if r.type == type_ and r.name == name)
+    return resource
+
+
+def workload_name(model: str, stack: str) -> str:
+    """What the stable workload's Service and ServiceAccount are named: the model, or its shard."""
+    shard = shard_of(model, stack)
+    return shard.name if shard else model
 
 
 def tracks(model: str, stack: str) -> list[str]:
@@ -88,12 +108,27 @@ def test_model_declares_its_resources_under_its_component(runs, model, stack):
         expected = WORKLOAD_TYPES | {SERVICE_ACCOUNT, NETWORK_POLICY, route}
     # A model that lists grpc gets its GRPCRoute, on Flagger stacks too.
     grpc = {GRPC_ROUTE} if served_model.serves_grpc else set()
-    assert set(children(run, model)) == expected | cloud | grpc
+    shard = shard_of(model, stack)
+    assert run.outputs["models"][model].get("pool") == (shard.name if shard else None)
+    if shard is None:
+        assert set(children(run, model)) == expected | cloud | grpc
+    else:
+        # Its shard's ServingPool declares the workload (and its role); the model, its routes.
+        pool = serving_component(run, model)
+        assert pool.parent == stack_urn and pool.name == shard.name
+        own = [r for r in run.resources if r.parent == component.urn and r.name not in extras(run, model)]
+        assert {r.type for r in own if not r.name.startswith(f"{model}-canary-")} == (
+            {route} | grpc | ({SERVICE_ACCOUNT, NETWORK_POLICY} | cloud if "canary" in tracks(model, stack) else set())
+        )
+        assert set(children(run, model)) == expected | cloud | grpc
+        for resource in children(run, model).values():
+            if resource.type not in ROUTES:
+                assert resource.parent == pool.urn and resource.name.startswith(f"{shard.name}-")
     canary = children(run, model, "canary")
     assert set(canary) == (WORKLOAD_TYPES if "canary" in tracks(model, stack) else set())
     for track in tracks(model, stack):
         for resource in children(run, model, track).values():
-            assert resource.name.startswith(f"{model}-")
+            assert resource.name.startswith(f"{model}-") or (shard and resource.name.startswith(f"{shard.name}-"))
             if resource.is_kubernetes_object:
                 assert resource.object["metadata"]["namespace"] == settings.namespace
 
@@ -137,8 +172,11 @@ def test_autoscaler_targets_the_deployment(runs, model, stack, track):
         "kind": "Deployment",
         "name": kids[DEPLOYMENT].object["metadata"]["name"],
     }
-    assert spec["minReplicas"] == served_model.serving.autoscaling.min_replicas
-    assert spec["maxReplicas"] == served_model.serving.autoscaling.max_replicas
+    # A pool scales as its stack setting says, whatever its members' manifests ask.
+    shard = shard_of(model, stack) if track == "stable" else None
+    scaling = shard.pool.autoscaling if shard else served_model.serving.autoscaling
+    assert spec["minReplicas"] == scaling.min_replicas
+    assert spec["maxReplicas"] == scaling.max_replicas
     # The HPA owns the replica count.
     assert "replicas" not in kids[DEPLOYMENT].object["spec"]
 
@@ -155,7 +193,7 @@ def test_service_selects_the_pods_and_exposes_both_ports(runs, model, stack, tra
     selector = service["spec"]["selector"]
     assert selector and selector.items() <= template_labels.items()
     assert selector == kids[DEPLOYMENT].object["spec"]["selector"]["matchLabels"]
-    assert service["metadata"]["name"] == (model if track == "stable" else f"{model}-canary")
+    assert service["metadata"]["name"] == (workload_name(model, stack) if track == "stable" else f"{model}-canary")
     if track == "canary":
         # The stable Service must not select the canary's pods, nor the reverse.
         stable = children(runs[stack], model)
@@ -285,12 +323,31 @@ def test_init_container_fetches_exactly_the_served_versions(runs, model, stack, 
     served_model, settings = served(model, stack)
     (fetcher,) = pod_spec(runs[stack], model, track)["initContainers"]
     version = served_model.version_labels[track]
-    # Each workload fetches only the version it serves.
-    assert fetcher["args"] == [f"{version}={served_model.manifest.versions[version].digest}"]
+    digest = served_model.manifest.versions[version].digest
     env = {e["name"]: e.get("value") for e in fetcher["env"]}
     store = settings.object_store
-    assert env["MODEL_SOURCE"] == f"s3://{store.bucket}/{store.prefix}/{served_model.manifest.artifact.path}"
-    assert env["MODEL_DIR"] == f"/models/{model}"
+    source = f"s3://{store.bucket}/{store.prefix}/{served_model.manifest.artifact.path}"
+    shard = shard_of(model, stack) if track == "stable" else None
+    if shard is None:
+        # Each workload fetches only the version it serves.
+        assert fetcher["args"] == [f"{version}={digest}"]
+        assert env["MODEL_SOURCE"] == source
+        assert env["MODEL_DIR"] == f"/models/{model}"
+    else:
+        # A pool fetches each member's stable version, the members' sources listed in its ConfigMap.
+        members = [served(m, stack)[0] for m in shard.member_names]
+        assert fetcher["args"] == [
+            f"{tfserving.CONFIG_DIR}/{tfserving.FETCH_LIST}",
+            *(
+                f"{m.name}@{m.version_labels['stable']}={m.manifest.versions[m.version_labels['stable']].digest}"
+                for m in members
+            ),
+        ]
+        assert f"{model}@{version}={digest}" in fetcher["args"]
+        fetch_list = children(runs[stack], model)[CONFIG_MAP].object["data"][tfserving.FETCH_LIST]
+        assert f"{model} /models/{model} {source}\n" in fetch_list
+        assert len(fetch_list.splitlines()) == len(members)
+        assert "MODEL_SOURCE" not in env and "MODEL_DIR" not in env
     assert env.get("S3_ENDPOINT") == store.endpoint
     assert fetcher["image"] == settings.images.fetcher
 
@@ -325,14 +382,22 @@ def test_server_rolls_without_dropping_requests(runs, model, stack, track):
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"},
     }
     (server,) = deployment["spec"]["template"]["spec"]["containers"]
-    version = served_model.version_labels[track]
-    assert server["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{model}/versions/{version}/metadata"
-    assert deployment["spec"]["template"]["metadata"]["labels"]["model-serving.dev/version"] == str(version)
-    assert server["livenessProbe"]["httpGet"]["path"] == f"/v1/models/{model}"
+    shard = shard_of(model, stack) if track == "stable" else None
+    # A pool opens its ports once every member is loaded: its first member's version answers for all.
+    probed = served(shard.member_names[0], stack)[0] if shard else served_model
+    version = probed.version_labels[track]
+    assert server["readinessProbe"]["httpGet"]["path"] == f"/v1/models/{probed.name}/versions/{version}/metadata"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    if shard is None:
+        assert labels["model-serving.dev/version"] == str(version)
+    else:
+        assert "model-serving.dev/version" not in labels and labels["model-serving.dev/pool"] == shard.name
+    assert server["livenessProbe"]["httpGet"]["path"] == f"/v1/models/{probed.name}"
     assert server["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
     assert server["image"] == settings.images.serving
     assert f"--model_config_file={tfserving.CONFIG_DIR}/{tfserving.MODELS_CONFIG}" in server["args"]
-    assert ("--enable_batching=true" in server["args"]) == (served_model.serving.batching is not None)
+    batching = shard.pool.batching if shard else served_model.serving.batching
+    assert ("--enable_batching=true" in server["args"]) == (batching is not None)
 
 
 @pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
@@ -342,8 +407,9 @@ def test_pod_template_mounts_its_config_map(runs, model, stack, track):
     config_volume = next(v for v in spec["volumes"] if v["name"] == "config")
     assert config_volume["configMap"]["name"] == kids[CONFIG_MAP].object["metadata"]["name"]
     assert kids[CONFIG_MAP].object["immutable"] is True
-    account = children(runs[stack], model)[SERVICE_ACCOUNT].object["metadata"]["name"]
-    assert spec["serviceAccountName"] == account == model
+    owner = workload_name(model, stack) if track == "stable" else model
+    account = named(runs[stack], SERVICE_ACCOUNT, f"{owner}-sa").object["metadata"]["name"]
+    assert spec["serviceAccountName"] == account == owner
 
 
 @pytest.mark.parametrize(("model", "stack", "track"), MODEL_X_STACK_X_TRACK)
@@ -356,7 +422,8 @@ def test_disruption_budget_and_network_policy_select_the_pods(runs, model, stack
         assert budget == {"model-serving.dev/model": model}
     else:
         assert budget == selector
-    policy = children(runs[stack], model)[NETWORK_POLICY].object["spec"]
+    owner = workload_name(model, stack) if track == "stable" else model
+    policy = named(runs[stack], NETWORK_POLICY, f"{owner}-netpol").object["spec"]
     template_labels = kids[DEPLOYMENT].object["spec"]["template"]["metadata"]["labels"]
     assert policy["podSelector"]["matchLabels"].items() <= template_labels.items()
     assert policy["policyTypes"] == ["Ingress", "Egress"]

@@ -13,6 +13,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from infra.model import tfserving
 from infra.spec.manifest import Batching
+from tests.conftest import shard_of
 from tests.test_program import CONFIG_MAP, DEPLOYMENT, MODEL_X_STACK_X_TRACK, children, served
 
 PROTOS = Path(__file__).parent / "protos"
@@ -50,8 +51,11 @@ def test_models_config_parses_as_model_server_config(runs, model, stack, track):
     served_model, _ = served(model, stack)
     data = children(runs[stack], model, track)[CONFIG_MAP].object["data"]
     config = text_format.Parse(data[tfserving.MODELS_CONFIG], model_server_config_pb2.ModelServerConfig())
-    (entry,) = config.model_config_list.config
-    assert entry.name == model
+    entries = {entry.name: entry for entry in config.model_config_list.config}
+    # A pool's server serves every member; a model's, that model alone.
+    shard = shard_of(model, stack) if track == "stable" else None
+    assert sorted(entries) == sorted(shard.member_names if shard else [model])
+    entry = entries[model]
     assert entry.base_path == f"/models/{model}"
     assert entry.model_platform == "tensorflow"
     version = served_model.version_labels[track]
@@ -68,7 +72,10 @@ def test_monitoring_and_batching_configs_parse_with_their_protos(runs, model, st
     )
     assert monitoring.prometheus_config.enable is True
     assert monitoring.prometheus_config.path == tfserving.PROMETHEUS_PATH
-    batching = served_model.serving.batching
+    # One server batches every model it serves alike: a pool as its stack setting says.
+    shard = shard_of(model, stack) if track == "stable" else None
+    batching = shard.pool.batching.as_batching() if shard and shard.pool.batching else None
+    batching = batching if shard else served_model.serving.batching
     assert (tfserving.BATCHING_CONFIG in data) == (batching is not None)
     if batching is not None:
         parsed = text_format.Parse(
