@@ -125,25 +125,18 @@ def test_promql_check_refuses_a_broken_expression():
         promql_parser.parse("sum(rate(x[5m]) >")
 
 
-@pytest.mark.parametrize(
-    ("model", "stack"),
-    [
-        pytest.param(
-            m,
-            s,
-            marks=pytest.mark.xfail(
-                shard_of(m, s) is not None,
-                reason="a pooled model gets no dashboard (ModelDeployment._monitoring returns before it, and the "
-                "pool declares none): its series carry no `version` nor `model` pod label to group by",
-                strict=True,
-            ),
-        )
-        for m, s in MODEL_X_STACK
-        if with_dashboards(s)
-    ],
-)
+@pytest.mark.parametrize(("model", "stack"), [(m, s) for m, s in MODEL_X_STACK if with_dashboards(s)])
 def test_dashboard_loads_and_its_queries_parse(runs, model, stack):
-    config_map = extras(runs[stack], model)["dashboard"].object
+    """A dedicated model's dashboard splits its series by version; a pooled model's is its pool's,
+    one dashboard splitting every member's series by TF-Serving's `model_name`."""
+    pool = shard_of(model, stack)
+    shard = pool.name if pool is not None else None
+    if shard is None:
+        config_map = extras(runs[stack], model)["dashboard"].object
+        by, legend = "version", "{{version}}"
+    else:
+        config_map = runs[stack].find("kubernetes:core/v1:ConfigMap", f"{shard}-dashboard").object
+        by, legend = "model_name", "{{model_name}}"
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     (text,) = config_map["data"].values()
     dashboard = json.loads(text)
@@ -152,7 +145,10 @@ def test_dashboard_loads_and_its_queries_parse(runs, model, stack):
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             promql_parser.parse(target["expr"])
-            assert "version" in target["expr"] and "{{version}}" in target["legendFormat"]
+            if panel["title"] == "Serving replicas" and shard is not None:
+                assert f'pool="{shard}"' in target["expr"]
+            else:
+                assert by in target["expr"] and legend in target["legendFormat"]
     latency = next(p for p in dashboard["panels"] if p["title"] == "Latency")
     assert [t["legendFormat"].split()[0] for t in latency["targets"]] == ["p50", "p90", "p99"]
 
