@@ -10,7 +10,7 @@ from infra.spec.settings import load_stack_settings
 from policy.engines import GRPC_ROUTE
 from policy.rules import references_resolve, routes_on_stack_host
 from scripts.modelctl.guardrails import stack_policy_settings
-from tests.conftest import MANIFESTS, ROOT, STACKS, edit_yaml
+from tests.conftest import MANIFESTS, ROOT, STACKS, edit_yaml, shard_of
 from tests.test_engine_emulation import declared, replaced
 
 GRPC_STACKS = [
@@ -45,7 +45,9 @@ def test_each_grpc_model_gets_a_route_on_its_own_host_to_the_grpc_port(runs, sta
             {"name": "iris-canary", "port": 8500, "weight": 10},
         ]
     else:
-        assert rule["backendRefs"] == [{"name": "iris", "port": 8500}]
+        # A pooled model's stable version is its pool shard's Service (the `local` stack pools iris).
+        pool = shard_of("iris", stack)
+        assert rule["backendRefs"] == [{"name": pool.name if pool else "iris", "port": 8500}]
     assert runs[stack].outputs["models"]["iris"]["grpc"] == f"iris.grpc.{settings.routing.host}:443"
 
 
