@@ -81,6 +81,7 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python -m scripts.bench_plan
+	$(BIN)/python -m scripts.bench_density
 
 bench-input: $(STAMP)
 	$(BIN)/python -m scripts.bench_input

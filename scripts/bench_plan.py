@@ -50,6 +50,8 @@ GIT_IDENTITY = {
 }
 
 
+# servingPools.pools[].maxModels at most (infra/spec/serving_pools.py).
+MAX_POOL_MODELS = 1000
 # Seconds of quiet after the sync, before a plan is timed.
 SETTLE_SECONDS = 3
 
@@ -64,7 +66,8 @@ def synthetic_project(directory: Path, models: int) -> Path:
 
 
 def scale_node_pools(directory: Path, models: int) -> None:
-    """Give the stacks that list their nodes enough of them for `models` models."""
+    """Give the stacks that list their nodes enough of them for `models` models, and their serving
+    pools room for them all (a shard holds at most `maxModels`, or placement refuses the fleet)."""
     for path in (directory / "stacks").glob("Pulumi.*.yaml"):
         document = yaml.safe_load(path.read_text())
         cluster = document["config"].get("model-serving:cluster") or {}
@@ -74,6 +77,8 @@ def scale_node_pools(directory: Path, models: int) -> None:
         for pool in cluster.get("nodePools") or []:
             pool["count"] = max(pool["count"], models)
             pool.pop("maxCount", None)
+        for pool in (document["config"].get("model-serving:servingPools") or {}).get("pools", []):
+            pool["maxModels"] = min(MAX_POOL_MODELS, max(pool.get("maxModels", 0), models))
         path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
