@@ -4,7 +4,8 @@ On a throwaway git copy of the project: start an S3 server on loopback, train tw
 of the iris model, publish both to the local stack's store (each with its recorded contract
 and TF-Serving warmup requests), show the published version's contract as an OpenAPI
 document, promote the better (and watch the gate refuse the other), show the local stack's
-plan with its version-bump and contract diff, render its YAML to build/local/; then fresh data
+plan with its version-bump and contract diff, render its YAML to build/local/, show its serving
+pool (iris and taxi-fare in `shared-0`) and the capacity of each workload; then fresh data
 for taxi-fare: two dated partitions uploaded to the store (the second drifted), a champion
 trained on the first, `modelctl retrain` on the newest (parallel candidates, the champion
 re-measured on the frozen evaluation set) and its decision, then a second retrain that finds
@@ -43,7 +44,8 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def modelctl(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def modelctl(root: Path, *args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
+    """Runs modelctl on `root` and prints its output (`quiet`: only its errors; the caller picks lines)."""
     print(f"$ modelctl {' '.join(args)}", flush=True)
     result = subprocess.run(
         [sys.executable, "-m", "scripts.modelctl.cli", "--root", str(root), *args],
@@ -52,7 +54,8 @@ def modelctl(root: Path, *args: str, check: bool = True) -> subprocess.Completed
         capture_output=True,
         env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"},
     )
-    print(result.stdout, end="")
+    if not quiet:
+        print(result.stdout, end="")
     stderr = "".join(line for line in result.stderr.splitlines(keepends=True) if not line.startswith(TF_NOISE))
     print(stderr, end="", file=sys.stderr)
     if check and result.returncode != 0:
@@ -152,6 +155,47 @@ def run_story(project: Path, trained: Path) -> None:
 
     step(f"Render the {STACK} stack's YAML to {RENDER_DIR.relative_to(ROOT)}/")
     modelctl(project, "plan", "--stack", STACK, "--render", str(RENDER_DIR))
+
+    show_pools(project)
+
+
+def show_pools(project: Path) -> None:
+    """The stack's serving pools from its outputs (what `pulumi stack output pools` shows), then
+    the plan's capacity of every workload: a pool's pod requests its base plus each member's model."""
+    from infra.model.pool import MEMBERS_ANNOTATION
+    from infra.offline import run_stack
+    from infra.spec.placement import quantity_bytes
+
+    step(f"Serving pools of the {STACK} stack: models that share one TF-Serving workload (docs/pools.md)")
+    run = run_stack(project, STACK, short_lived=True)
+    outputs = run.outputs
+    pools = outputs.get("pools", {})
+    # What each member adds to a pool pod's memory request, as the pool's Deployment records it.
+    member_memory = {
+        r.name.removesuffix("-deployment"): json.loads(r.inputs["metadata"]["annotations"][MEMBERS_ANNOTATION])
+        for r in run.kubernetes_objects()
+        if r.type == "kubernetes:apps/v1:Deployment"
+        and MEMBERS_ANNOTATION in r.inputs["metadata"].get("annotations", {})
+    }
+    for shard, members in pools.items():
+        print(f"pool {shard}: serves {', '.join(members)} from one Deployment and Service `{shard}`")
+        added = member_memory.get(shard, {})
+        if added:
+            print(
+                "  a pod requests the server's base memory plus "
+                + ", ".join(f"{model} {quantity_bytes(added[model])}" for model in members)
+            )
+    for model, served in outputs["models"].items():
+        where = f"pool {served['pool']}" if "pool" in served else "its own workload"
+        print(f"  {model}: {served['url']} -> {where}")
+    if not pools:
+        print(f"no serving pool in {STACK}: every model has its own workload")
+    # The plan without a base creates everything, so its capacity rows cover every workload.
+    result = modelctl(project, "plan", "--stack", STACK, "--no-cache", quiet=True)
+    print("capacity of the stack (workload | replicas | CPU requested | memory requested):")
+    for line in result.stdout.splitlines():
+        if line.startswith("  capacity "):
+            print(line)
 
 
 def upload_partition(client, bucket: str, day: int) -> None:
