@@ -26,7 +26,9 @@ import yaml
 from scripts.project_copy import copy_project_files
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("infra", "scripts", "models", "stacks", "Pulumi.yaml", "__main__.py")
+# `policy` too: the copy's plans check its own policy pack (as the e2e's and the benchmark's copies
+# do), not whichever checkout the virtualenv's editable install points at.
+PROJECT_FILES = ("infra", "scripts", "policy", "models", "stacks", "Pulumi.yaml", "__main__.py")
 MODEL = "iris"
 STACK = "local"
 RENDER_DIR = ROOT / "build" / "local"
