@@ -4,8 +4,8 @@
 # predicts through the Gateway, bumps the version under a bounded request loop (zero failed
 # requests, the new version serving), rolls back, then (stack kind-pools) serves iris and taxi-fare
 # from one serving pool and bumps iris under load (zero failed requests of either), then (stack
-# kind-flagger: Prometheus and Flagger) publishes a version that loads but fails its predictions and requires Flagger to
-# roll it back, and finally releases a change that breaks gRPC only, which the load tester's
+# kind-flagger: Prometheus and Flagger) publishes a version that loads but fails its predictions
+# and requires Flagger to roll it back, and finally releases a change that breaks gRPC only, which the load tester's
 # `grpc-predict` webhook must make Flagger roll back. Everything is torn down at the end, also on failure; logs go to build/e2e/.
 #
 # Every step is a function; `main` runs them in order. Sourcing this file defines them without
@@ -440,11 +440,11 @@ rollback() {
 # own routes, which lead to the pool's Service. Then iris is bumped: the pool's ConfigMap is
 # replaced and its one Deployment rolls (maxUnavailable 0), so the co-tenant's pods restart too.
 # Under a request loop per model, no request of either may fail: the old pods serve both models
-# until the new ones are ready. The kind stack goes first (the same add-ons, one node); this
-# stack goes at the end, for the Flagger stack's.
+# until the new ones are ready. The kind stack goes first (it installs the same add-ons, on the
+# one node), and this stack goes at the end, to make room for the Flagger stack.
 pool_serves_two_models_and_bumps_one() {
     local model_loop="$LOG_DIR/requests-pool-$MODEL.txt" peer_loop="$LOG_DIR/requests-pool-$PEER.txt"
-    local model_pid peer_pid members ok=0
+    local model_pid peer_pid members up_failed=0
     pulumi_destroy "$STACK" || return 1
     stop_gateway_forward
     train_and_publish_peer || return 1
@@ -468,10 +468,10 @@ pool_serves_two_models_and_bumps_one() {
     model_pid=$LOOP_PID
     start_request_loop "$peer_loop" "$PEER"
     peer_pid=$LOOP_PID
-    pulumi_up "$POOLS_STACK" || ok=1
+    pulumi_up "$POOLS_STACK" || up_failed=1
     stop_request_loop "$model_loop" "$model_pid"
     stop_request_loop "$peer_loop" "$peer_pid"
-    ((ok == 0)) || return 1
+    ((up_failed == 0)) || return 1
     no_failed_requests "$model_loop" "pool $POOL_SHARD: $MODEL $FIRST -> $SECOND" || return 1
     no_failed_requests "$peer_loop" "pool $POOL_SHARD: $PEER (co-tenant, version $PEER_VERSION) during the bump" ||
         return 1
