@@ -46,8 +46,7 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def modelctl(root: Path, *args: str, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
-    """Runs modelctl on `root` and prints its output (`quiet`: only its errors; the caller picks lines)."""
+def modelctl(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     print(f"$ modelctl {' '.join(args)}", flush=True)
     result = subprocess.run(
         [sys.executable, "-m", "scripts.modelctl.cli", "--root", str(root), *args],
@@ -56,8 +55,7 @@ def modelctl(root: Path, *args: str, check: bool = True, quiet: bool = False) ->
         capture_output=True,
         env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"},
     )
-    if not quiet:
-        print(result.stdout, end="")
+    print(result.stdout, end="")
     stderr = "".join(line for line in result.stderr.splitlines(keepends=True) if not line.startswith(TF_NOISE))
     print(stderr, end="", file=sys.stderr)
     if check and result.returncode != 0:
@@ -156,14 +154,15 @@ def run_story(project: Path, trained: Path) -> None:
     modelctl(project, "plan", "--stack", STACK, "--base", "HEAD", "--format", "markdown")
 
     step(f"Render the {STACK} stack's YAML to {RENDER_DIR.relative_to(ROOT)}/")
-    modelctl(project, "plan", "--stack", STACK, "--render", str(RENDER_DIR))
+    rendered = modelctl(project, "plan", "--stack", STACK, "--render", str(RENDER_DIR))
 
-    show_pools(project)
+    show_pools(project, rendered.stdout)
 
 
-def show_pools(project: Path) -> None:
+def show_pools(project: Path, full_plan: str) -> None:
     """The stack's serving pools from its outputs (what `pulumi stack output pools` shows), then
-    the plan's capacity of every workload: a pool's pod requests its base plus each member's model."""
+    the capacity lines of its full plan (`full_plan`, planned without a base, so every workload
+    has one): a pool's pod requests its base plus each member's model."""
     from infra.model.pool import MEMBERS_ANNOTATION
     from infra.offline import run_stack
     from infra.spec.placement import quantity_bytes
@@ -192,10 +191,8 @@ def show_pools(project: Path) -> None:
         print(f"  {model}: {served['url']} -> {where}")
     if not pools:
         print(f"no serving pool in {STACK}: every model has its own workload")
-    # The plan without a base creates everything, so its capacity rows cover every workload.
-    result = modelctl(project, "plan", "--stack", STACK, "--no-cache", quiet=True)
-    print("capacity of the stack (workload | replicas | CPU requested | memory requested):")
-    for line in result.stdout.splitlines():
+    print("capacity of the stack, from the plan above (workload | replicas | CPU requested | memory requested):")
+    for line in full_plan.splitlines():
         if line.startswith("  capacity "):
             print(line)
 
