@@ -4,7 +4,8 @@ On a throwaway git copy of the project: start an S3 server on loopback, train tw
 of the iris model, publish both to the local stack's store (each with its recorded contract
 and TF-Serving warmup requests), show the published version's contract as an OpenAPI
 document, promote the better (and watch the gate refuse the other), show the local stack's
-plan with its version-bump and contract diff, render its YAML to build/local/; then fresh data
+plan with its version-bump and contract diff, render its YAML to build/local/, show its serving
+pool (iris and taxi-fare in `shared-0`) and the capacity of each workload; then fresh data
 for taxi-fare: two dated partitions uploaded to the store (the second drifted), a champion
 trained on the first, `modelctl retrain` on the newest (parallel candidates, the champion
 re-measured on the frozen evaluation set) and its decision, then a second retrain that finds
@@ -25,7 +26,9 @@ import yaml
 from scripts.project_copy import copy_project_files
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("infra", "scripts", "models", "stacks", "Pulumi.yaml", "__main__.py")
+# `policy` too: the copy's plans check its own policy pack (as the e2e's and the benchmark's copies
+# do), not whichever checkout the virtualenv's editable install points at.
+PROJECT_FILES = ("infra", "scripts", "policy", "models", "stacks", "Pulumi.yaml", "__main__.py")
 MODEL = "iris"
 STACK = "local"
 RENDER_DIR = ROOT / "build" / "local"
@@ -151,7 +154,47 @@ def run_story(project: Path, trained: Path) -> None:
     modelctl(project, "plan", "--stack", STACK, "--base", "HEAD", "--format", "markdown")
 
     step(f"Render the {STACK} stack's YAML to {RENDER_DIR.relative_to(ROOT)}/")
-    modelctl(project, "plan", "--stack", STACK, "--render", str(RENDER_DIR))
+    rendered = modelctl(project, "plan", "--stack", STACK, "--render", str(RENDER_DIR))
+
+    show_pools(project, rendered.stdout)
+
+
+def show_pools(project: Path, full_plan: str) -> None:
+    """The stack's serving pools from its outputs (what `pulumi stack output pools` shows), then
+    the capacity lines of its full plan (`full_plan`, planned without a base, so every workload
+    has one): a pool's pod requests its base plus each member's model."""
+    from infra.model.pool import MEMBERS_ANNOTATION
+    from infra.offline import run_stack
+    from infra.spec.placement import quantity_bytes
+
+    step(f"Serving pools of the {STACK} stack: models that share one TF-Serving workload (docs/pools.md)")
+    run = run_stack(project, STACK, short_lived=True)
+    outputs = run.outputs
+    pools = outputs.get("pools", {})
+    # What each member adds to a pool pod's memory request, as the pool's Deployment records it.
+    member_memory = {
+        r.name.removesuffix("-deployment"): json.loads(r.inputs["metadata"]["annotations"][MEMBERS_ANNOTATION])
+        for r in run.kubernetes_objects()
+        if r.type == "kubernetes:apps/v1:Deployment"
+        and MEMBERS_ANNOTATION in r.inputs["metadata"].get("annotations", {})
+    }
+    for shard, members in pools.items():
+        print(f"pool {shard}: serves {', '.join(members)} from one Deployment and Service `{shard}`")
+        added = member_memory.get(shard, {})
+        if added:
+            print(
+                "  a pod requests the server's base memory plus "
+                + ", ".join(f"{model} {quantity_bytes(added[model])}" for model in members)
+            )
+    for model, served in outputs["models"].items():
+        where = f"pool {served['pool']}" if "pool" in served else "its own workload"
+        print(f"  {model}: {served['url']} -> {where}")
+    if not pools:
+        print(f"no serving pool in {STACK}: every model has its own workload")
+    print("capacity of the stack, from the plan above (workload | replicas | CPU requested | memory requested):")
+    for line in full_plan.splitlines():
+        if line.startswith("  capacity "):
+            print(line)
 
 
 def upload_partition(client, bucket: str, day: int) -> None:

@@ -464,6 +464,153 @@ def test_the_grpc_break_patch_matches_the_rendered_target(runs, stack):
     assert "GRPC_BREAK_PATCH" in E2E.read_text() and "main" in E2E.read_text()
 
 
+# A fake curl for the pool step: predictions of both models answer $FAKE_PREDICT (default 200),
+# taxi-fare's $FAKE_PEER_PREDICT once the bump's `pulumi up` ran; the status of iris is version 4
+# until that second `pulumi up --stack kind-pools`, 5 after; taxi-fare's is always 4.
+POOL_CURL = FAKE.replace(
+    'stdout_var="FAKE_STDOUT_$tool"',
+    """ups=$(grep -c '^pulumi up --stack kind-pools' "$FAKE_LOG" || true)
+case "$*" in
+    *"/v1/models/taxi-fare:predict"*)
+        if ((ups >= 2)); then printf '%s' "${FAKE_PEER_PREDICT:-200}"; else printf 200; fi
+        exit 0 ;;
+    *":predict"*) printf 200; exit 0 ;;
+    *"/v1/models/iris") version=4; if ((ups >= 2)); then version=5; fi ;;
+    *"/v1/models/taxi-fare") version=4 ;;
+esac
+if [[ -n "${version:-}" ]]; then
+    printf '{"model_version_status": [{"version": "%s", "state": "AVAILABLE"}]}' "$version"
+    exit 0
+fi
+stdout_var="FAKE_STDOUT_$tool\"""",
+)
+POOL_OUTPUT = '{\n  "shared-0": [\n    "iris",\n    "taxi-fare"\n  ]\n}\n'
+
+
+def _pool_step(fakes, **env: str) -> subprocess.CompletedProcess:
+    (fakes.bin / "curl").write_text(POOL_CURL)
+    script = f"""WORK="{fakes.tmp}"; PROJECT="{fakes.tmp}/project"; FIRST=4; SECOND=5
+setup_logs
+git init -q "$PROJECT"
+pool_serves_two_models_and_bumps_one
+"""
+    defaults = {
+        "FAKE_STDOUT_kubectl": "service/envoy\n",
+        "FAKE_STDOUT_pulumi": POOL_OUTPUT,
+        "FAKE_SLEEP": "pulumi up --stack kind-pools*",
+        "FAKE_SLEEP_SECONDS": "1",
+    }
+    return fakes.run(script, timeout=300, **(defaults | env))
+
+
+def test_the_pool_step_serves_both_models_from_one_pool_and_bumps_one_under_traffic(fakes):
+    """Written for a machine with Docker: the kind stack goes, taxi-fare is trained and published,
+    both models are served in the kind-pools environment, the pool stack comes up and its `pools`
+    output must put both in one shard; then iris is bumped under a request loop per model."""
+    result = _pool_step(fakes)
+    assert result.returncode == 0, result.stderr
+    calls = fakes.calls()
+    steps = [
+        "pulumi destroy --stack kind --yes",
+        "train taxi-fare --version 4",
+        "publish taxi-fare",
+        "serve iris --env kind-pools --version 4",
+        "serve taxi-fare --env kind-pools --version 4",
+        "kubectl --context kind-model-serving-e2e -n models-pools create secret tls models-kind-tls",
+        "pulumi up --stack kind-pools",
+        "pulumi stack output pools --stack kind-pools --json",
+        "owning-gateway-namespace=models-pools",
+        "serve iris --env kind-pools --version 5",
+        "pulumi destroy --stack kind-pools --yes",
+    ]
+    positions = [next(i for i, c in enumerate(calls) if step in c) for step in steps]
+    assert positions == sorted(positions), calls
+    assert any("publish taxi-fare" in c and "--stack kind-pools --version 4" in c for c in calls)
+    ups = [i for i, c in enumerate(calls) if c.startswith("pulumi up --stack kind-pools")]
+    assert len(ups) == 2 and positions[-2] < ups[1] < positions[-1], "the bump's up, after the edit"
+    # Both loops ran during the bump, on their own model's path, and every request answered 200.
+    for model in ("iris", "taxi-fare"):
+        requests = (fakes.logs / f"requests-pool-{model}.txt").read_text().splitlines()
+        assert requests and set(requests) == {"200"}, model
+        assert any(f"/v1/models/{model}:predict" in c for c in calls[ups[1] :])
+    log = (fakes.logs / "e2e.log").read_text()
+    assert "pool shared-0 serves iris and taxi-fare" in log
+    assert "iris: serving version 5 through the Gateway" in log
+    assert log.rindex("taxi-fare: serving version 4") > log.index("iris: serving version 5")
+
+
+def test_a_failed_request_of_the_co_tenant_during_the_bump_fails_the_pool_step(fakes):
+    result = _pool_step(fakes, FAKE_PEER_PREDICT="503")
+    assert result.returncode == 1
+    log = (fakes.logs / "e2e.log").read_text()
+    assert "co-tenant" in log and "failed" in log
+    assert set((fakes.logs / "requests-pool-iris.txt").read_text().splitlines()) == {"200"}
+    assert "503" in (fakes.logs / "requests-pool-taxi-fare.txt").read_text().splitlines()
+
+
+def test_the_pool_step_requires_both_models_in_one_shard(fakes):
+    result = _pool_step(fakes, FAKE_STDOUT_pulumi='{"shared-0": ["iris"]}')
+    assert result.returncode == 1
+    assert "expected iris and taxi-fare in pool shared-0" in result.stderr
+    assert not any("--version 5" in c for c in fakes.calls()), "no bump without the pool"
+
+
+def test_main_runs_the_pool_step_between_the_rollback_and_flagger():
+    text = E2E.read_text()
+    body = text.split("\nmain() {", 1)[1]
+    order = ["rollback ||", "pool_serves_two_models_and_bumps_one ||", "flagger_rolls_back_a_failing_version ||"]
+    assert [body.index(step) for step in order] == sorted(body.index(step) for step in order)
+
+
+def test_the_pool_stack_plans_both_models_into_one_pool_shard(runs):
+    """What the pool step deploys, offline: one ServingPool `shared-0` serving iris and taxi-fare,
+    no workload or Service of either model's own, both routes to the pool's Service, and a
+    rolling update that never takes a serving pod away first."""
+    from infra.spec.settings import load_stack_settings
+
+    text = E2E.read_text()
+    run = runs["kind-pools"]
+    assert run.outputs["pools"] == {"shared-0": ["iris", "taxi-fare"]}
+    assert "POOLS_STACK=kind-pools" in text and "POOL_SHARD=shared-0 " in text and "PEER=taxi-fare " in text
+    objects = run.kubernetes_objects()
+    (deployment,) = [r for r in objects if r.type == "kubernetes:apps/v1:Deployment"]
+    assert deployment.name == "shared-0-deployment"
+    assert deployment.object["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    services = [r.object["metadata"]["name"] for r in objects if r.type == "kubernetes:core/v1:Service"]
+    assert services == ["shared-0"], "the members have no Service of their own"
+    routes = [r for r in objects if r.type.endswith(":HTTPRoute")]
+    assert sorted(r.name for r in routes) == ["iris-route", "taxi-fare-route"]
+    for route in routes:
+        (rule,) = route.object["spec"]["rules"]
+        assert [b["name"] for b in rule["backendRefs"]] == ["shared-0"]
+    settings = load_stack_settings(ROOT, "kind-pools")
+    assert settings.environment == "kind-pools" and settings.namespace == "models-pools"
+    assert settings.kubernetes.context == "kind-model-serving-e2e"
+    assert settings.routing.host == "models.kind.localtest.me"
+    assert settings.object_store.external_endpoint == "http://127.0.0.1:19000"
+    assert settings.object_store.bucket == load_stack_settings(ROOT, "kind").object_store.bucket, (
+        "iris's versions are published with --stack kind"
+    )
+    assert {(e.kind.value, e.name, e.namespace) for e in settings.external} == {
+        ("Secret", settings.routing.tls_secret_name, "models-pools"),
+        ("Secret", settings.object_store.credentials_secret, "models-pools"),
+    }, "the script creates exactly these"
+    assert 'install_prerequisites "$POOLS_STACK" "$POOLS_NAMESPACE"' in text and "POOLS_NAMESPACE=models-pools" in text
+
+
+def test_the_scripts_prediction_bodies_are_the_manifests_examples():
+    import json
+    import re
+
+    from infra.spec.manifest import load_manifests
+
+    text = E2E.read_text()
+    examples = {m.name: m.serving.example_request for m in load_manifests(ROOT)}
+    for variable, model in (("PREDICT_BODY", "iris"), ("PEER_PREDICT_BODY", "taxi-fare")):
+        (body,) = re.findall(rf"^{variable}='(.*)'$", text, re.MULTILINE)
+        assert json.loads(body) == examples[model], model
+
+
 def test_every_wait_of_the_script_is_bounded():
     text = E2E.read_text()
     assert "rollout status deployment/minio --timeout" in text

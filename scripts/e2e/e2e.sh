@@ -2,9 +2,10 @@
 # `make e2e`: the project on a real cluster. Creates a kind cluster, installs MinIO and the
 # stack's prerequisites, trains and publishes two iris versions, `pulumi up --stack kind`,
 # predicts through the Gateway, bumps the version under a bounded request loop (zero failed
-# requests, the new version serving), rolls back, then (stack kind-flagger: Prometheus and
-# Flagger) publishes a version that loads but fails its predictions and requires Flagger to
-# roll it back, and finally releases a change that breaks gRPC only, which the load tester's
+# requests, the new version serving), rolls back, then (stack kind-pools) serves iris and taxi-fare
+# from one serving pool and bumps iris under load (zero failed requests of either), then (stack
+# kind-flagger: Prometheus and Flagger) publishes a version that loads but fails its predictions
+# and requires Flagger to roll it back, and finally releases a change that breaks gRPC only, which the load tester's
 # `grpc-predict` webhook must make Flagger roll back. Everything is torn down at the end, also on failure; logs go to build/e2e/.
 #
 # Every step is a function; `main` runs them in order. Sourcing this file defines them without
@@ -25,6 +26,11 @@ MODEL=iris
 ENVIRONMENT=kind # the manifests' environment both kind stacks serve
 STACK=kind
 FLAGGER_STACK=kind-flagger
+POOLS_STACK=kind-pools
+POOLS_ENVIRONMENT=kind-pools # the manifests' environment the pool stack serves
+POOLS_NAMESPACE=models-pools
+POOL_SHARD=shared-0 # the one shard of pool `shared` in stacks/Pulumi.kind-pools.yaml
+PEER=taxi-fare      # iris's co-tenant in that pool
 HOST=models.kind.localtest.me # routing.host of both stacks
 GATEWAY_PORT="${E2E_GATEWAY_PORT:-18443}"
 STORE_PORT=19000 # objectStore.externalEndpoint of both stacks: http://127.0.0.1:19000
@@ -52,6 +58,7 @@ GATEWAY_FORWARD="" # the port-forward to the Gateway's Envoy Service (forward_ga
 LOOP_PID=""        # the background request loop (start_request_loop)
 FIRST=""           # the two versions published (train_and_publish)
 SECOND=""
+PEER_VERSION="" # the co-tenant's version published (train_and_publish_peer)
 
 log() {
     local line
@@ -216,11 +223,16 @@ port_forward() {
     return 1
 }
 
+# newest_version MODEL: the highest version the copy's manifest lists.
+newest_version() {
+    "$PYTHON" -c 'import sys, yaml; print(max(yaml.safe_load(open(sys.argv[1]))["versions"]))' \
+        "$PROJECT/models/$1.yaml"
+}
+
 # Train two versions and publish both to MinIO through the port-forward; sets FIRST, SECOND.
 train_and_publish() {
     local newest version
-    newest="$("$PYTHON" -c 'import sys, yaml; print(max(yaml.safe_load(open(sys.argv[1]))["versions"]))' \
-        "$PROJECT/models/$MODEL.yaml")" || return 1
+    newest="$(newest_version "$MODEL")" || return 1
     FIRST=$((newest + 1))
     SECOND=$((newest + 2))
     for version in "$FIRST" "$SECOND"; do
@@ -229,6 +241,17 @@ train_and_publish() {
             --version "$version" --quiet || return 1
     done
     commit "publish $MODEL versions $FIRST and $SECOND"
+}
+
+# Train and publish one version of the pool's co-tenant (the same bucket as iris's); sets PEER_VERSION.
+train_and_publish_peer() {
+    local newest
+    newest="$(newest_version "$PEER")" || return 1
+    PEER_VERSION=$((newest + 1))
+    run train modelctl train "$PEER" --version "$PEER_VERSION" --out "$WORK/trained" || return 1
+    run publish modelctl publish "$PEER" "$WORK/trained/$PEER/$PEER_VERSION" --stack "$POOLS_STACK" \
+        --version "$PEER_VERSION" --quiet || return 1
+    commit "publish $PEER version $PEER_VERSION"
 }
 
 # install_prerequisites STACK NAMESPACE: what the stack's `external` list names, in the models'
@@ -250,8 +273,13 @@ install_prerequisites() {
 
 # serve VERSION: the manifest edit of a reviewed version bump, committed on the copy.
 serve() {
-    run serve helper serve "$MODEL" --env "$ENVIRONMENT" --version "$1" || return 1
-    commit "$MODEL version $1 stable in $ENVIRONMENT"
+    serve_in "$ENVIRONMENT" "$MODEL" "$1"
+}
+
+# serve_in ENVIRONMENT MODEL VERSION: the same, for any model and environment.
+serve_in() {
+    run serve helper serve "$2" --env "$1" --version "$3" || return 1
+    commit "$2 version $3 stable in $1"
 }
 
 pulumi_up() {
@@ -303,63 +331,70 @@ gateway_curl() {
         --resolve "$HOST:$GATEWAY_PORT:127.0.0.1" "https://$HOST:$GATEWAY_PORT$path" "$@"
 }
 
+# The models' `serving.example_request`s (tests/test_e2e.py holds them to the manifests).
 PREDICT_BODY='{"instances": [{"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}]}'
+PEER_PREDICT_BODY='{"instances": [{"distance_km": 5.2, "duration_min": 14.0, "hour": 9, "passengers": 1, "pickup_zone": "downtown"}]}'
 
-# predict: one prediction through the Gateway, on the path clients use; prints the HTTP status.
+# predict [MODEL]: one prediction of MODEL (default iris) through the Gateway, on the path
+# clients use; prints the HTTP status.
 predict() {
-    gateway_curl "/v1/models/$MODEL:predict" -o /dev/null -w '%{http_code}' \
-        -H 'Content-Type: application/json' --data "$PREDICT_BODY"
+    local model=${1:-$MODEL} body=$PREDICT_BODY
+    if [[ "$model" == "$PEER" ]]; then body=$PEER_PREDICT_BODY; fi
+    gateway_curl "/v1/models/$model:predict" -o /dev/null -w '%{http_code}' \
+        -H 'Content-Type: application/json' --data "$body"
 }
 
-# serving_version: the version TF-Serving reports AVAILABLE behind the Gateway (one request).
+# serving_version [MODEL]: the version TF-Serving reports AVAILABLE behind the Gateway (one request).
 serving_version() {
-    gateway_curl "/v1/models/$MODEL" | tr -d ' \n' | sed -n 's/.*"version":"\([0-9]*\)","state":"AVAILABLE".*/\1/p'
+    gateway_curl "/v1/models/${1:-$MODEL}" | tr -d ' \n' |
+        sed -n 's/.*"version":"\([0-9]*\)","state":"AVAILABLE".*/\1/p'
 }
 
-# expect_serving VERSION: the Gateway answers the status with VERSION and a prediction with 200,
-# retrying for up to WAIT_SECONDS (a new Gateway or route takes a moment to be programmed).
+# expect_serving VERSION [MODEL]: the Gateway answers MODEL's status with VERSION and a prediction
+# with 200, retrying for up to WAIT_SECONDS (a new Gateway or route takes a moment to be programmed).
 expect_serving() {
-    local want=$1 got="" code="" deadline=$((SECONDS + WAIT_SECONDS))
+    local want=$1 model=${2:-$MODEL} got="" code="" deadline=$((SECONDS + WAIT_SECONDS))
     while ((SECONDS < deadline)); do
-        got="$(serving_version)" || got=""
-        code="$(predict)" || code=""
+        got="$(serving_version "$model")" || got=""
+        code="$(predict "$model")" || code=""
         if [[ "$got" == "$want" && "$code" == 200 ]]; then
-            log "serving version $want through the Gateway; predict answered 200"
+            log "$model: serving version $want through the Gateway; predict answered 200"
             return 0
         fi
         sleep 3
     done
-    log "expected version $want serving and predict 200; got version '${got}', predict '${code}'"
+    log "expected version $want serving and predict 200 ($model); got version '${got}', predict '${code}'"
     return 1
 }
 
-# request_loop OUTFILE: predictions one after another until the file OUTFILE.stop appears,
-# LOOP_MAX_REQUESTS were sent or LOOP_MAX_SECONDS passed; one HTTP status per line in OUTFILE
-# (000: no answer).
+# request_loop OUTFILE [MODEL]: predictions of MODEL (default iris) one after another until the
+# file OUTFILE.stop appears, LOOP_MAX_REQUESTS were sent or LOOP_MAX_SECONDS passed; one HTTP
+# status per line in OUTFILE (000: no answer).
 request_loop() {
-    local out=$1 sent=0 deadline=$((SECONDS + LOOP_MAX_SECONDS)) code
+    local out=$1 model=${2:-$MODEL} sent=0 deadline=$((SECONDS + LOOP_MAX_SECONDS)) code
     : >"$out"
     while ((sent < LOOP_MAX_REQUESTS && SECONDS < deadline)) && [[ ! -e "$out.stop" ]]; do
-        code="$(predict 2>/dev/null)" || true
+        code="$(predict "$model" 2>/dev/null)" || true
         printf '%s\n' "${code:-000}" >>"$out"
         sent=$((sent + 1))
         sleep "$LOOP_PAUSE"
     done
 }
 
-# start_request_loop OUTFILE: request_loop in the background (LOOP_PID).
+# start_request_loop OUTFILE [MODEL]: request_loop in the background (LOOP_PID).
 start_request_loop() {
     rm -f "$1.stop"
-    request_loop "$1" &
+    request_loop "$1" "${2:-$MODEL}" &
     LOOP_PID=$!
     BACKGROUND_PIDS+=("$LOOP_PID")
     log "request loop started ($1; at most $LOOP_MAX_REQUESTS requests and $LOOP_MAX_SECONDS s)"
 }
 
-# stop_request_loop OUTFILE: lets the loop finish its request, and waits for it.
+# stop_request_loop OUTFILE [PID]: lets the loop (default the last started) finish its request,
+# and waits for it.
 stop_request_loop() {
     touch "$1.stop"
-    wait "$LOOP_PID" || true
+    wait "${2:-$LOOP_PID}" || true
 }
 
 # count_failures OUTFILE: requests that were not answered 200.
@@ -367,9 +402,22 @@ count_failures() {
     grep -cv '^200$' "$1" || true
 }
 
+# no_failed_requests OUTFILE WHAT: at least one request was sent and every one answered 200.
+no_failed_requests() {
+    local total failures
+    total="$(wc -l <"$1" | tr -d ' ')"
+    failures="$(count_failures "$1")"
+    log "$2: $total requests during \`pulumi up\`, $failures failed"
+    if ((total == 0)); then
+        log "the request loop sent nothing ($1)"
+        return 1
+    fi
+    ((failures == 0))
+}
+
 # The version bump under traffic: no request may fail, and the new version serves at the end.
 bump_under_traffic() {
-    local loop="$LOG_DIR/requests-bump.txt" failures total
+    local loop="$LOG_DIR/requests-bump.txt"
     serve "$SECOND" || return 1
     start_request_loop "$loop"
     if ! pulumi_up "$STACK"; then
@@ -377,14 +425,7 @@ bump_under_traffic() {
         return 1
     fi
     stop_request_loop "$loop"
-    total="$(wc -l <"$loop" | tr -d ' ')"
-    failures="$(count_failures "$loop")"
-    log "version bump $FIRST -> $SECOND: $total requests during \`pulumi up\`, $failures failed"
-    if ((total == 0)); then
-        log "the request loop sent nothing"
-        return 1
-    fi
-    ((failures == 0)) || return 1
+    no_failed_requests "$loop" "version bump $FIRST -> $SECOND" || return 1
     expect_serving "$SECOND"
 }
 
@@ -395,11 +436,57 @@ rollback() {
     expect_serving "$FIRST"
 }
 
+# Two models from one serving pool (stack kind-pools, docs/pools.md): both answer through their
+# own routes, which lead to the pool's Service. Then iris is bumped: the pool's ConfigMap is
+# replaced and its one Deployment rolls (maxUnavailable 0), so the co-tenant's pods restart too.
+# Under a request loop per model, no request of either may fail: the old pods serve both models
+# until the new ones are ready. The kind stack goes first (it installs the same add-ons, on the
+# one node), and this stack goes at the end, to make room for the Flagger stack.
+pool_serves_two_models_and_bumps_one() {
+    local model_loop="$LOG_DIR/requests-pool-$MODEL.txt" peer_loop="$LOG_DIR/requests-pool-$PEER.txt"
+    local model_pid peer_pid members up_failed=0
+    pulumi_destroy "$STACK" || return 1
+    stop_gateway_forward
+    train_and_publish_peer || return 1
+    serve_in "$POOLS_ENVIRONMENT" "$MODEL" "$FIRST" || return 1
+    serve_in "$POOLS_ENVIRONMENT" "$PEER" "$PEER_VERSION" || return 1
+    install_prerequisites "$POOLS_STACK" "$POOLS_NAMESPACE" || return 1
+    pulumi_up "$POOLS_STACK" || return 1
+    # The stack's `pools` output: shard -> members, by name (infra/program.py).
+    members="$(pulumi_in_project stack output pools --stack "$POOLS_STACK" --json \
+        2>>"$LOG_DIR/pulumi-$POOLS_STACK.log" | tr -d ' \n')" || return 1
+    if [[ "$members" != "{\"$POOL_SHARD\":[\"$MODEL\",\"$PEER\"]}" ]]; then
+        log "expected $MODEL and $PEER in pool $POOL_SHARD (stack output pools); got: ${members:-nothing}"
+        return 1
+    fi
+    log "pool $POOL_SHARD serves $MODEL and $PEER"
+    forward_gateway "$POOLS_NAMESPACE" || return 1
+    expect_serving "$FIRST" "$MODEL" || return 1
+    expect_serving "$PEER_VERSION" "$PEER" || return 1
+    serve_in "$POOLS_ENVIRONMENT" "$MODEL" "$SECOND" || return 1
+    start_request_loop "$model_loop" "$MODEL"
+    model_pid=$LOOP_PID
+    start_request_loop "$peer_loop" "$PEER"
+    peer_pid=$LOOP_PID
+    pulumi_up "$POOLS_STACK" || up_failed=1
+    stop_request_loop "$model_loop" "$model_pid"
+    stop_request_loop "$peer_loop" "$peer_pid"
+    ((up_failed == 0)) || return 1
+    no_failed_requests "$model_loop" "pool $POOL_SHARD: $MODEL $FIRST -> $SECOND" || return 1
+    no_failed_requests "$peer_loop" "pool $POOL_SHARD: $PEER (co-tenant, version $PEER_VERSION) during the bump" ||
+        return 1
+    expect_serving "$SECOND" "$MODEL" || return 1
+    expect_serving "$PEER_VERSION" "$PEER" || return 1
+    pulumi_destroy "$POOLS_STACK" || return 1
+    stop_gateway_forward
+}
+
 # With Prometheus and Flagger: a version that loads but fails every prediction must be rolled
 # back by Flagger on its own, while the stable version keeps serving.
 flagger_rolls_back_a_failing_version() {
     local broken=$((SECOND + 1)) loop="$LOG_DIR/requests-flagger.txt" failures total
-    # The kind stack's Gateway, Envoy Gateway and metrics-server go; MinIO and its port-forward stay.
+    # The kind stack's Gateway, Envoy Gateway and metrics-server go (after the pool step, nothing
+    # is left of it); MinIO and its port-forward stay.
     pulumi_destroy "$STACK" || return 1
     stop_gateway_forward
     install_prerequisites "$FLAGGER_STACK" models-flagger || return 1
@@ -527,6 +614,7 @@ main() {
     expect_serving "$FIRST" || die "version $FIRST through the Gateway"
     bump_under_traffic || die "the version bump under traffic"
     rollback || die "the rollback"
+    pool_serves_two_models_and_bumps_one || die "two models from one serving pool, one bumped under traffic"
     flagger_rolls_back_a_failing_version || die "Flagger's rollback of a failing version"
     flagger_rolls_back_a_grpc_only_failure || die "Flagger's rollback of a release broken on gRPC only"
     log "every step passed"
