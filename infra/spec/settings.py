@@ -10,8 +10,6 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
@@ -25,6 +23,8 @@ from infra.spec.instances import INSTANCE_TYPES
 from infra.spec.kubernetes_names import Annotations, Labels, OwnLabels
 from infra.spec.manifest import QUANTITY_PATTERN, key_path_problem
 from infra.spec.paths import OUTSIDE, is_inside
+from infra.spec.prices import PriceTable, price_table_problems
+from infra.spec.settings_base import Settings
 from infra.spec.validators import FiniteValue, stack_name_problem
 from infra.spec.yamlio import read_yaml
 
@@ -56,20 +56,6 @@ EXACT_VERSION_TAG = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][A-Za-z0-9_.-]+)?
 
 DnsLabel = Annotated[str, StringConstraints(pattern=DNS_LABEL, max_length=63)]
 Hostname = Annotated[str, StringConstraints(pattern=DNS_SUBDOMAIN, max_length=253)]
-
-
-class Settings(BaseModel):
-    """Base of the settings models: immutable, camelCase keys as Pulumi config spells them,
-    numbers finite (as in the manifests: see manifest.Frozen)."""
-
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        strict=True,
-        alias_generator=to_camel,
-        populate_by_name=False,
-        allow_inf_nan=False,
-    )
 
 
 class KubernetesTarget(Settings):
@@ -693,6 +679,11 @@ class StackSettings(Settings):
         description="Objects the stack's resources name but do not declare (a TLS Secret, a shared Gateway, "
         "an IngressClass): the plan's reference check accepts them.",
     )
+    prices: PriceTable | None = Field(
+        default=None,
+        description="Hourly prices with their source and date, for the cost estimates of plans, status and the "
+        "catalog (docs/cost.md); absent: capacity only.",
+    )
     bootstrap: bool = Field(
         default=False,
         description="Declare the platform only — cluster, add-ons, bucket, IAM — and no models, for the first "
@@ -756,6 +747,22 @@ class StackSettings(Settings):
                     )
                 ]
             )
+        return self
+
+    @model_validator(mode="after")
+    def _prices_cover_the_cluster(self) -> StackSettings:
+        if self.prices is None:
+            return self
+        eks = self.cluster.eks
+        groups = None
+        if eks is not None:
+            groups = {"cluster.eks.cpuNodes": eks.cpu_nodes.instance_type}
+            if eks.gpu_nodes is not None:
+                groups["cluster.eks.gpuNodes"] = eks.gpu_nodes.instance_type
+        gpu_nodes = self.cluster.gpu_nodes or any(pool.gpus for pool in self.cluster.node_pools)
+        problems = price_table_problems(self.prices, groups, gpu_nodes)
+        if problems:
+            raise FieldProblemsError(problems)
         return self
 
     @model_validator(mode="after")
