@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from infra.spec.instances import INSTANCE_TYPES, InstanceType
 from infra.spec.prices import PriceTable
 from infra.spec.settings import StackSettings
-from scripts.modelctl import sinks
+from scripts.modelctl import plan, sinks
 from scripts.modelctl.plan import PLATFORM, Capacity
 
 HOURS_PER_MONTH = 730
@@ -144,7 +145,7 @@ class StackCost:
 
 
 def no_prices_note(stack: str) -> str:
-    return f"no price table in stack {stack} (model-serving:prices): capacity only"
+    return f"no price table in stack {stack} (model-serving:prices)"
 
 
 def stack_cost(stack: str, capacities: Mapping[str, Capacity], settings: StackSettings | None) -> StackCost:
@@ -152,7 +153,7 @@ def stack_cost(stack: str, capacities: Mapping[str, Capacity], settings: StackSe
     prices, its monthly cost; a pool's members (its Deployment's members annotation) their shares."""
     prices = settings.prices if settings is not None else None
     estimates: list[Estimate] = []
-    notes: list[str] = [] if prices is not None else [no_prices_note(stack)]
+    notes: list[str] = [] if prices is not None else [f"{no_prices_note(stack)}: capacity only"]
     for name, capacity in sorted(capacities.items()):
         totals = capacity.totals()
         cost = None
@@ -183,6 +184,16 @@ def stack_cost(stack: str, capacities: Mapping[str, Capacity], settings: StackSe
                 )
             )
     return StackCost(stack, prices, tuple(estimates), tuple(notes))
+
+
+def declared_costs(root: Path, stacks: Mapping[str, StackSettings]) -> dict[str, StackCost]:
+    """The cost of what each priced stack of `stacks` declares now (the working tree's program run
+    offline, as a plan's head): what `modelctl status` and the catalog show per model."""
+    from scripts.modelctl.snapshot import take
+
+    priced = sorted(stack for stack, settings in stacks.items() if settings.prices is not None)
+    runs = take(root, priced, short_lived=True).runs if priced else {}
+    return {stack: stack_cost(stack, plan.capacity(runs[stack]), stacks[stack]) for stack in priced}
 
 
 def _scaled(span: Span, factor: float) -> Span:
