@@ -23,6 +23,7 @@ from infra.spec.instances import INSTANCE_TYPES
 from infra.spec.kubernetes_names import Annotations, Labels, OwnLabels
 from infra.spec.manifest import QUANTITY_PATTERN, key_path_problem
 from infra.spec.paths import OUTSIDE, is_inside
+from infra.spec.prices import PriceTable, price_table_problems
 from infra.spec.serving_pools import ServingPoolsSettings
 from infra.spec.settings_base import DNS_LABEL, DnsLabel, Settings
 from infra.spec.validators import FiniteValue, stack_name_problem
@@ -681,6 +682,11 @@ class StackSettings(Settings):
         description="Objects the stack's resources name but do not declare (a TLS Secret, a shared Gateway, "
         "an IngressClass): the plan's reference check accepts them.",
     )
+    prices: PriceTable | None = Field(
+        default=None,
+        description="Hourly prices with their source and date, for the cost estimates of plans, status and the "
+        "catalog (docs/cost.md); absent: capacity only.",
+    )
     bootstrap: bool = Field(
         default=False,
         description="Declare the platform only — cluster, add-ons, bucket, IAM — and no models, for the first "
@@ -761,6 +767,22 @@ class StackSettings(Settings):
                     )
                 ]
             )
+        return self
+
+    @model_validator(mode="after")
+    def _prices_cover_the_cluster(self) -> StackSettings:
+        if self.prices is None:
+            return self
+        eks = self.cluster.eks
+        groups = None
+        if eks is not None:
+            groups = {"cluster.eks.cpuNodes": eks.cpu_nodes.instance_type}
+            if eks.gpu_nodes is not None:
+                groups["cluster.eks.gpuNodes"] = eks.gpu_nodes.instance_type
+        gpu_nodes = self.cluster.gpu_nodes or any(pool.gpus for pool in self.cluster.node_pools)
+        problems = price_table_problems(self.prices, groups, gpu_nodes)
+        if problems:
+            raise FieldProblemsError(problems)
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""The base of every stack-settings model, and the field types several of them share."""
+"""The base of every stack-settings model (settings.py, prices.py, serving_pools.py), and the field types
+several of them share."""
 
 from __future__ import annotations
 

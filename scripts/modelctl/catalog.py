@@ -25,6 +25,7 @@ from infra.model.routing import route_path
 from infra.spec.manifest import MODEL_NAME_PATTERN, Contract, TensorContract
 from scripts.modelctl import sinks
 from scripts.modelctl.contract import openapi_document
+from scripts.modelctl.cost import HOURS_PER_MONTH, money_span
 from scripts.modelctl.shelf import Shelf, ShelfModel, load_shelf, stack_base_url, stack_servers
 
 # Written into every catalog: `--out` replaces a directory only when it holds this file, so a
@@ -311,6 +312,22 @@ def model_page(shelf: Shelf, model: ShelfModel, options: CatalogOptions, repo_ur
         else "<p>Served in no environment.</p>"
     )
 
+    cost_rows = "".join(
+        f'<tr><th scope="row">{e(stack)}</th><td>{e(money_span(monthly, costs.prices.currency))}</td>'
+        f"<td>{e(costs.prices.source)}, read {e(costs.prices.date)}</td></tr>"
+        for stack, monthly, costs in shelf.model_costs(model.name)
+        if costs.prices is not None
+    )
+    cost = (
+        '<div class="table-wrap" role="region" aria-label="Estimated cost" tabindex="0"><table>'
+        f"<caption>Estimated cost per month at minimum–maximum replicas (requests × the stack's prices, "
+        f"{HOURS_PER_MONTH} h/month; docs/cost.md)</caption>"
+        '<thead><tr><th scope="col">Stack</th><th scope="col">Per month</th><th scope="col">Prices</th></tr>'
+        f"</thead><tbody>{cost_rows}</tbody></table></div>"
+        if cost_rows
+        else "<p>No stack serving this model has a price table (<code>model-serving:prices</code>).</p>"
+    )
+
     metrics = model.metric_names
     version_rows = []
     for number, published in sorted(manifest.versions.items()):
@@ -396,6 +413,7 @@ def model_page(shelf: Shelf, model: ShelfModel, options: CatalogOptions, repo_ur
 <p class="lead">{e(manifest.description)}</p>
 <p>Owner: <a href="mailto:{e(manifest.owner)}">{e(manifest.owner)}</a></p>
 <section aria-labelledby="h-serving"><h2 id="h-serving">Where it serves</h2>{serving}</section>
+<section aria-labelledby="h-cost"><h2 id="h-cost">Estimated cost</h2>{cost}</section>
 <section aria-labelledby="h-versions"><h2 id="h-versions">Versions</h2>{versions}{charts}</section>
 <section aria-labelledby="h-card"><h2 id="h-card">Model card</h2><dl class="card">{card_html}</dl></section>
 <section aria-labelledby="h-contract"><h2 id="h-contract">Contract</h2>{contract_html}
@@ -542,7 +560,7 @@ def write_catalog(root: Path, out: Path, options: CatalogOptions) -> Site:
     if not re.fullmatch(r"[A-Za-z0-9._/-]{1,200}", options.branch) or ".." in options.branch:
         raise CatalogError(f"--branch {options.branch!r}: not a branch name")
     _check_out(out)
-    shelf = load_shelf(root)
+    shelf = load_shelf(root, with_costs=True)
     if options.stack is not None and options.stack not in shelf.stacks:
         raise CatalogError(f"--stack {options.stack}: no stacks/Pulumi.{options.stack}.yaml")
     site = Site(models=len(shelf.models))

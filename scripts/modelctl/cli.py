@@ -407,7 +407,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.base_url and not args.live:
         print("modelctl status: --base-url goes with --live", file=sys.stderr)
         return EXIT_ERROR
-    shelf = load_shelf(args.root, args.stack)
+    shelf = load_shelf(args.root, args.stack, with_costs=True)
     report = StatusReport(shelf, args.stack)
     if args.live:
         settings = shelf.stacks[args.stack]

@@ -7,6 +7,7 @@ notation (`spec.template.spec.containers[0].args[1]`, `data["models.config"]`).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 from kubernetes.utils.quantity import parse_quantity
 
 from infra.model.component import MODEL_TYPE
+from infra.model.pool_component import POOL_TYPE
 from infra.offline import DeclaredResource, OfflineRun
 from infra.platform.component import PLATFORM_TYPE
 
@@ -202,7 +204,7 @@ def _components(run: OfflineRun) -> dict[str, str]:
     by_urn = run.by_urn()
     owners: dict[str, str] = {}
     for resource in run.resources:
-        if resource.type in (MODEL_TYPE, PLATFORM_TYPE):
+        if resource.type in (MODEL_TYPE, PLATFORM_TYPE, POOL_TYPE):
             owners[resource.urn] = resource.name
             continue
         parent = by_urn.get(resource.parent or "")
@@ -240,24 +242,53 @@ def plan_stack(stack: str, base: OfflineRun, head: OfflineRun) -> StackPlan:
 # Capacity -------------------------------------------------------------------------------------
 
 
+# A serving pool's Deployment says which models it serves and the memory each one's share of
+# the pod request is (JSON: {"<model>": <bytes>}); the pools' program writes it.
+MEMBERS_ANNOTATION = "model-serving.dev/members"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
 @dataclass(frozen=True)
 class Capacity:
-    """Replica bounds and the serving containers' requests of one model in one stack."""
+    """Replica bounds and the serving containers' requests of one component (a model, a pool, the
+    platform) in one stack; a pool's members with the memory each adds to its pods."""
 
     min_replicas: int
     max_replicas: int
     cpu: float  # cores requested per pod
     memory: float  # bytes requested per pod
+    gpu: float = 0.0  # GPUs requested per pod
+    members: tuple[tuple[str, int], ...] = ()  # a pool's (model, member memory bytes), by name
 
     def totals(self) -> dict[str, tuple[float, float]]:
         return {
             "cpu": (self.min_replicas * self.cpu, self.max_replicas * self.cpu),
             "memory": (self.min_replicas * self.memory, self.max_replicas * self.memory),
+            "gpu": (self.min_replicas * self.gpu, self.max_replicas * self.gpu),
         }
 
 
+def _members(deployment: dict) -> tuple[tuple[str, int], ...]:
+    text = deployment.get("metadata", {}).get("annotations", {}).get(MEMBERS_ANNOTATION)
+    if text is None:
+        return ()
+    members = json.loads(text)
+    if not isinstance(members, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in members.items()
+    ):
+        raise ValueError(f"{MEMBERS_ANNOTATION}: expected {{model: memory bytes}}, got {text[:200]!r}")
+    return tuple(sorted(members.items()))
+
+
+def _request(requests: list[dict], resource: str, limits: list[dict]) -> float:
+    # An extended resource (nvidia.com/gpu) may be given as a limit alone: its request is then the limit.
+    return float(
+        sum(parse_quantity(r.get(resource, lim.get(resource, 0))) for r, lim in zip(requests, limits, strict=True))
+    )
+
+
 def capacity(run: OfflineRun) -> dict[str, Capacity]:
-    """Per model: HPA bounds x the Deployment's container requests (init containers excluded:
+    """Per component: HPA bounds x the Deployment's container requests (init containers excluded:
     they finish before the pod serves)."""
     owners = _components(run)
     deployments: dict[str, dict] = {}
@@ -272,9 +303,18 @@ def capacity(run: OfflineRun) -> dict[str, Capacity]:
     for model, deployment in deployments.items():
         containers = deployment["spec"]["template"]["spec"]["containers"]
         requests = [c.get("resources", {}).get("requests", {}) for c in containers]
+        limits = [c.get("resources", {}).get("limits", {}) for c in containers]
         cpu = float(sum(parse_quantity(r.get("cpu", 0)) for r in requests))
         memory = float(sum(parse_quantity(r.get("memory", 0)) for r in requests))
+        gpu = _request(requests, GPU_RESOURCE, limits)
         scaler = scalers.get(model, {}).get("spec", {})
         replicas = deployment["spec"].get("replicas", 1)
-        result[model] = Capacity(scaler.get("minReplicas", replicas), scaler.get("maxReplicas", replicas), cpu, memory)
+        result[model] = Capacity(
+            scaler.get("minReplicas", replicas),
+            scaler.get("maxReplicas", replicas),
+            cpu,
+            memory,
+            gpu,
+            _members(deployment),
+        )
     return result

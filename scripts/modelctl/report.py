@@ -10,8 +10,8 @@ from typing import Any
 
 from infra.offline import DeclaredResource, OfflineRun, mask_secrets
 from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
-from infra.spec.settings import read_stack_config
-from scripts.modelctl import comment, contract, incremental, sinks, snapshot
+from infra.spec.settings import load_stack_settings, read_stack_config
+from scripts.modelctl import comment, contract, cost, incremental, sinks, snapshot
 from scripts.modelctl.comment import COMMENT_BUDGET
 from scripts.modelctl.plan import Capacity, Op, StackPlan, Step, capacity, plan_stack
 from scripts.modelctl.plancache import PlanCache
@@ -35,6 +35,9 @@ class PlanReport:
     touched_models: set[str] | None = None  # models whose manifest the change edits; None: unknown
     base_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
     head_capacity: dict[str, dict[str, Capacity]] = field(default_factory=dict)
+    # Per stack, both sides priced with the head's price table (cost.py); empty: not estimated.
+    base_cost: dict[str, cost.StackCost] = field(default_factory=dict)
+    head_cost: dict[str, cost.StackCost] = field(default_factory=dict)
     config: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stack, secrets masked
     head_runs: dict[str, OfflineRun] = field(default_factory=dict)  # whole stacks, in either mode
     # Per stack, the served versions that move and what that does to the clients (contract.py).
@@ -110,13 +113,19 @@ def build_report(
         }
     else:
         touched = None
+    base_capacity = {stack: capacity(run) for stack, run in base_runs.items()}
+    head_capacity = {stack: capacity(run) for stack, run in head_runs.items()}
+    # The head's prices on both sides: the change is what the declared change costs, not a price update.
+    settings = {stack: load_stack_settings(root, stack) for stack in stacks}
     return PlanReport(
         plans=[plan_stack(stack, base_runs[stack], head_runs[stack]) for stack in stacks],
         base_label=base_ref,
         head_label="working tree",
         touched_models=touched,
-        base_capacity={stack: capacity(run) for stack, run in base_runs.items()},
-        head_capacity={stack: capacity(run) for stack, run in head_runs.items()},
+        base_capacity=base_capacity,
+        head_capacity=head_capacity,
+        base_cost={s: cost.stack_cost(s, base_capacity.get(s, {}), settings[s]) for s in stacks},
+        head_cost={s: cost.stack_cost(s, head_capacity.get(s, {}), settings[s]) for s in stacks},
         config={stack: mask_secrets(read_stack_config(root, stack)) for stack in stacks},
         head_runs=head_runs,
         contracts=contract.stack_reviews(root, stacks, base_ref),
@@ -167,8 +176,9 @@ def render_text(report: PlanReport) -> str:
             models = plan.affected_models()
             platform = " (and the platform)" if plan.platform_changed else ""
             lines.append(f"  blast radius: {', '.join(models) if models else 'no model'}{platform}")
-        for row in _capacity_rows(report, plan.stack):
-            lines.append("  capacity " + " | ".join(row))
+        lines += _capacity_text(report, plan.stack)
+        if plan.stack in report.head_cost:
+            lines += cost.text_lines(report.base_cost[plan.stack], report.head_cost[plan.stack])
         lines += contract.text_lines(report.contracts.get(plan.stack, []))
     for model in report.untouched_but_affected():
         lines.append(f"warning: {model} changes although its manifest is untouched")
@@ -177,6 +187,20 @@ def render_text(report: PlanReport) -> str:
 
 
 # Capacity -------------------------------------------------------------------------------------
+
+
+CAPACITY_HEADINGS = ("model", "replicas", "CPU (cores)", "memory", "GPU")
+
+
+def _capacity_text(report: PlanReport, stack: str) -> list[str]:
+    """The capacity rows as an aligned table under its headings, for the text plan."""
+    rows = _capacity_rows(report, stack)
+    if not rows:
+        return []
+    table = [CAPACITY_HEADINGS[: len(rows[0])], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  capacity, before → after (replicas min–max; requests of all replicas at min–max):"]
+    return lines + ["    " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
 
 
 def _cores(value: float) -> str:
@@ -194,41 +218,44 @@ def _span(low: float, high: float, fmt) -> str:
     return fmt(low) if low == high else f"{fmt(low)}–{fmt(high)}"
 
 
-def _describe(capacity: Capacity | None) -> tuple[str, str, str]:
+def _describe(capacity: Capacity | None, gpu: bool) -> tuple[str, ...]:
     if capacity is None:
-        return ("–", "–", "–")
+        return ("–",) * (4 if gpu else 3)
     totals = capacity.totals()
-    return (
+    described = (
         _span(capacity.min_replicas, capacity.max_replicas, str),
         _span(*totals["cpu"], _cores),
         _span(*totals["memory"], _bytes),
     )
+    return (*described, _span(*totals["gpu"], _cores)) if gpu else described
 
 
-def _sum(capacities: Mapping[str, Capacity]) -> tuple[str, str, str]:
+def _sum(capacities: Mapping[str, Capacity], gpu: bool) -> tuple[str, ...]:
     low_replicas = sum(c.min_replicas for c in capacities.values())
     high_replicas = sum(c.max_replicas for c in capacities.values())
-    cpu = [sum(c.totals()["cpu"][i] for c in capacities.values()) for i in (0, 1)]
-    memory = [sum(c.totals()["memory"][i] for c in capacities.values()) for i in (0, 1)]
-    return (
+    sums = {k: [sum(c.totals()[k][i] for c in capacities.values()) for i in (0, 1)] for k in ("cpu", "memory", "gpu")}
+    summed = (
         _span(low_replicas, high_replicas, str),
-        _span(cpu[0], cpu[1], _cores),
-        _span(memory[0], memory[1], _bytes),
+        _span(*sums["cpu"], _cores),
+        _span(*sums["memory"], _bytes),
     )
+    return (*summed, _span(*sums["gpu"], _cores)) if gpu else summed
 
 
-def _capacity_rows(report: PlanReport, stack: str) -> list[tuple[str, str, str, str]]:
-    """(model, replicas, CPU, memory) rows with `before → after`, for models whose capacity changes."""
+def _capacity_rows(report: PlanReport, stack: str) -> list[tuple[str, ...]]:
+    """(model, replicas, CPU, memory[, GPU]) rows with `before → after`, for components whose capacity
+    changes; the GPU column when a component of the stack requests GPUs on either side."""
     before = report.base_capacity.get(stack, {})
     after = report.head_capacity.get(stack, {})
+    gpu = any(c.gpu for c in (*before.values(), *after.values()))
     rows = []
     for model in sorted(set(before) | set(after)):
         if before.get(model) == after.get(model):
             continue
-        old, new = _describe(before.get(model)), _describe(after.get(model))
+        old, new = _describe(before.get(model), gpu), _describe(after.get(model), gpu)
         rows.append((model, *(f"{o} → {n}" for o, n in zip(old, new, strict=True))))
     if rows:
-        old, new = _sum(before), _sum(after)
+        old, new = _sum(before, gpu), _sum(after, gpu)
         rows.append(("total", *(f"{o} → {n}" for o, n in zip(old, new, strict=True))))
     return rows
 
@@ -337,17 +364,21 @@ def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:
     blocks = [comment.Block([f"### Stack {_code(plan.stack)}: {summary_line(plan)}"], TABLES, "stack heading")]
     rows = _capacity_rows(report, plan.stack)
     if rows:
+        columns = CAPACITY_HEADINGS[: len(rows[0])]
         head = [
             "Capacity (replicas min–max × requests), before → after:",
             "",
-            "| model | replicas | CPU (cores) | memory |",
-            "| --- | --- | --- | --- |",
+            "| " + " | ".join(columns) + " |",
+            "|" + " --- |" * len(columns),
         ]
         cells = [
-            f"| {'**total**' if model == 'total' else _cell_code(model)} | {replicas} | {cpu} | {memory} |"
-            for model, replicas, cpu, memory in rows
+            f"| {'**total**' if row[0] == 'total' else _cell_code(row[0])} | " + " | ".join(row[1:]) + " |"
+            for row in rows
         ]
         blocks.append(comment.Block(head, TABLES, "capacity table", cells))
+    if plan.stack in report.head_cost:
+        head, cells = cost.markdown_table(report.base_cost[plan.stack], report.head_cost[plan.stack])
+        blocks.append(comment.Block(head, TABLES, "cost table", cells))
     head, cells = contract.markdown_table(report.contracts.get(plan.stack, []))
     if cells:
         blocks.append(comment.Block(head, CONTRACTS, "contract review", cells))
@@ -438,7 +469,10 @@ def step_json(step: Step) -> dict[str, Any]:
 
 
 def stack_json(
-    plan: StackPlan, config: Mapping[str, Any] | None = None, contracts: Sequence[contract.ContractReview] = ()
+    plan: StackPlan,
+    config: Mapping[str, Any] | None = None,
+    contracts: Sequence[contract.ContractReview] = (),
+    costs: tuple[cost.StackCost, cost.StackCost] | None = None,
 ) -> dict[str, Any]:
     document: dict[str, Any] = {"stack": plan.stack}
     if config:
@@ -447,13 +481,21 @@ def stack_json(
     document["changeSummary"] = plan.summary()
     if contracts:
         document["contractChanges"] = [review.as_json() for review in contracts]
+    if costs is not None:
+        document["cost"] = cost.as_json(*costs)
     return document
 
 
 def render_json(report: PlanReport) -> dict[str, Any]:
     """One stack: the `pulumi preview --json` shape; several: `{"stacks": {name: that shape}}`."""
     documents = {
-        p.stack: stack_json(p, report.config.get(p.stack), report.contracts.get(p.stack, ())) for p in report.plans
+        p.stack: stack_json(
+            p,
+            report.config.get(p.stack),
+            report.contracts.get(p.stack, ()),
+            (report.base_cost[p.stack], report.head_cost[p.stack]) if p.stack in report.head_cost else None,
+        )
+        for p in report.plans
     }
     mode = {"plan": {"mode": report.scope.mode, "reason": report.scope.reason}} if report.scope else {}
     if len(documents) == 1:

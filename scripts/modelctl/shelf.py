@@ -17,6 +17,7 @@ from typing import Any
 from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ModelManifest, ServedModel, load_manifests
 from infra.spec.settings import RouteKind, StackSettings, load_stack_settings, stack_names
 from scripts.modelctl import sinks
+from scripts.modelctl.cost import HOURS_PER_MONTH, Span, StackCost, basis, declared_costs, money_span, no_prices_note
 from scripts.modelctl.smoke import AVAILABLE, model_status, status_url
 
 
@@ -62,14 +63,30 @@ class ShelfModel:
 class Shelf:
     models: tuple[ShelfModel, ...]
     stacks: dict[str, StackSettings]
+    # The estimated cost of what each priced stack declares (cost.declared_costs); empty: not asked.
+    costs: dict[str, StackCost] = field(default_factory=dict)
+
+    def model_costs(self, model: str) -> list[tuple[str, Span, StackCost]]:
+        """(stack, monthly cost at min and max replicas, the stack's costs) of every priced stack
+        that serves `model`."""
+        found = []
+        for stack, costs in sorted(self.costs.items()):
+            monthly = costs.per_model().get(model)
+            if monthly is not None:
+                found.append((stack, monthly, costs))
+        return found
+
+    def unpriced_stacks(self) -> list[str]:
+        return sorted(stack for stack, settings in self.stacks.items() if settings.prices is None)
 
     def model(self, name: str) -> ShelfModel:
         return next(m for m in self.models if m.name == name)
 
 
-def load_shelf(root: Path, stack: str | None = None) -> Shelf:
+def load_shelf(root: Path, stack: str | None = None, with_costs: bool = False) -> Shelf:
     """Every model (or, with `stack`, those its environment serves) with every environment it is
-    served in (or only the stack's). Raises ConfigError on an invalid project, as every command."""
+    served in (or only the stack's); `with_costs`: and what each priced stack's models cost (runs
+    the program offline). Raises ConfigError on an invalid project, as every command."""
     manifests = load_manifests(root)
     names = [stack] if stack is not None else stack_names(root)
     stacks = {name: load_stack_settings(root, name) for name in names}
@@ -94,7 +111,8 @@ def load_shelf(root: Path, stack: str | None = None) -> Shelf:
             )
         if stack is None or environments:
             models.append(ShelfModel(manifest, tuple(environments)))
-    return Shelf(tuple(models), stacks)
+    costs = declared_costs(root, stacks) if with_costs else {}
+    return Shelf(tuple(models), stacks, costs)
 
 
 def stack_base_url(settings: StackSettings) -> str:
@@ -224,6 +242,13 @@ def render_text(report: StatusReport) -> str:
                 ]
             )
         lines += _table(environments) if len(environments) > 1 else ["  served in no environment"]
+        costs = report.shelf.model_costs(model.name)
+        if costs:
+            rows = [["stack", "estimated cost (min–max replicas)"]]
+            rows += [
+                [stack, money_span(monthly, c.prices.currency if c.prices else "USD")] for stack, monthly, c in costs
+            ]
+            lines += _table(rows)
         status = report.live.get(model.name)
         if status is not None:
             lines.append(f"  live: GET {status.url}")
@@ -237,6 +262,11 @@ def render_text(report: StatusReport) -> str:
             if status.matches:
                 lines.append("    matches the manifest")
         lines.append("")
+    for stack, costs in sorted(report.shelf.costs.items()):
+        if costs.prices is not None:
+            lines.append(f"cost on {stack}: {basis(costs.prices)}")
+    if report.shelf.costs or report.stack is not None:
+        lines += [f"cost: {no_prices_note(stack)}" for stack in report.shelf.unpriced_stacks()]
     if report.live:
         differ = [s.model for s in report.live.values() if not s.matches]
         where = f"stack {report.stack} at {report.base_url}"
@@ -269,10 +299,24 @@ def render_json(report: StatusReport) -> dict[str, Any]:
                 for env in model.environments
             ],
         }
+        costs = report.shelf.model_costs(model.name)
+        if costs:
+            entry["cost"] = {stack: {"min": round(m[0], 4), "max": round(m[1], 4)} for stack, m, _ in costs}
         if model.name in report.live:
             entry["live"] = report.live[model.name].to_json()
         models.append(entry)
     document: dict[str, Any] = {"stack": report.stack, "models": models}
+    if report.shelf.costs:
+        document["prices"] = {
+            stack: {
+                "source": c.prices.source,
+                "date": c.prices.date,
+                "currency": c.prices.currency,
+                "hoursPerMonth": HOURS_PER_MONTH,
+            }
+            for stack, c in sorted(report.shelf.costs.items())
+            if c.prices is not None
+        }
     if report.live:
         document |= {"baseUrl": report.base_url, "matches": not report.differs}
     return document
