@@ -40,13 +40,21 @@ def make_repo(directory: Path, models: int | None = None, prepare: Callable[[Pat
     return directory
 
 
+# The local stack packs the fleet into this many shards of its pool (64 models at most each).
+LOCAL_SHARDS = 4
+DEDICATED = 14  # the fleet's model that local serves on its own
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Path:
-    # Every generated model has a dev canary; one without, so that a pull request can add it.
-    def one_without_canary(repo: Path) -> None:
+    def prepare(repo: Path) -> None:
+        # Every generated model has a dev canary; one without, so that a pull request can add it.
         edit_yaml(manifest(repo, 2), lambda m: m["environments"]["dev"].pop("canary"))
+        edit_yaml(manifest(repo, DEDICATED), lambda m: m["serving"].update(isolation="dedicated"))
+        pools = lambda s: s["config"]["model-serving:servingPools"]["pools"][0].update(shards=LOCAL_SHARDS)  # noqa: E731
+        edit_yaml(repo / "stacks" / "Pulumi.local.yaml", pools)
 
-    return make_repo(tmp_path_factory.mktemp("fleet") / "repo", FLEET, one_without_canary)
+    return make_repo(tmp_path_factory.mktemp("fleet") / "repo", FLEET, prepare)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +144,11 @@ CHANGES: dict[str, tuple[Callable[[Path], None], str, set[str]]] = {
 ALL_STACKS = ["dev", "staging", "prod", "eks", "local"]
 
 
+def co_tenants(report: PlanReport) -> set[str]:
+    """Every member of a pool that changes, in any stack."""
+    return {m for plan in report.plans for impact in plan.pool_impacts() for m in impact.members}
+
+
 def without_mode(text: str) -> str:
     # The markdown escapes the mode line's punctuation (`plan\: ...`).
     return "\n".join(
@@ -190,7 +203,8 @@ def test_every_kind_at_once_on_every_stack(pull_request, fleet_cache, full_base,
     manifest_deleted(pull_request)
     quick = plan_both_ways(pull_request, ALL_STACKS, fleet_cache, full_base, monkeypatch)
     assert quick.scope.changed_models == touched | {"model-0012"}
-    assert set(quick.blast_radius()) == touched | {"model-0012"}
+    # In local, the pools that a renamed or deleted model leaves (or joins) restart their co-tenants.
+    assert set(quick.blast_radius()) == touched | {"model-0012"} | co_tenants(quick)
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
@@ -200,6 +214,85 @@ def test_the_incremental_plan_equals_the_full_plan(change, pull_request, fleet_c
     quick = plan_both_ways(pull_request, [stack], fleet_cache, full_base, monkeypatch)
     assert quick.scope.changed_models == touched
     assert set(quick.blast_radius()) == touched
+
+
+# Serving pools: the local stack packs the fleet into LOCAL_SHARDS shards -------------------------
+
+
+def pooled_bump(repo: Path) -> None:
+    bump_stable(manifest(repo, 0), "local")
+
+
+def removed_from_local(repo: Path) -> None:
+    edit_yaml(manifest(repo, 6), lambda m: m["environments"].pop("local"))
+
+
+def dedicated_resources_changed(repo: Path) -> None:
+    edit_yaml(manifest(repo, DEDICATED), lambda m: m["serving"]["resources"].update(cpu="500m"))
+
+
+# Each change with its model and whether a pool changes (on which side the model is a member).
+POOL_CHANGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    "pooled model bumped": (pooled_bump, "model-0000", "both"),
+    "model added to a pool": (model_added, "model-new", "head"),
+    "model removed from a pool": (removed_from_local, "model-0006", "base"),
+    "dedicated model changed": (dedicated_resources_changed, synthetic_name(DEDICATED), "none"),
+}
+
+
+@pytest.mark.parametrize("change", list(POOL_CHANGES))
+def test_the_incremental_plan_equals_the_full_plan_with_pools(change, pull_request, tmp_path, full_base, monkeypatch):
+    """The pool the changed model is in (before or after) is planned on both sides, every other
+    pool comes from the cache, and the plan is the full plan's."""
+    apply, model, side = POOL_CHANGES[change]
+    cache = RecordingCache(tmp_path / "cache")
+    monkeypatch.setattr(snapshot, "_code_root", lambda: pull_request.resolve())
+    build_report(pull_request, ["local"], "HEAD", cache=cache)  # the base commit's plan: fills the cache
+    monkeypatch.undo()
+    apply(pull_request)
+    cache = RecordingCache(tmp_path / "cache")
+    declared: list[set[str]] = []
+    original = snapshot.take
+
+    def take(root, stacks, *args, only_models=None, **kwargs):
+        if only_models is not None:  # the incremental plan's runs, not the full plan's
+            declared.append(set(only_models))
+        return original(root, stacks, *args, only_models=only_models, **kwargs)
+
+    monkeypatch.setattr(snapshot, "take", take)
+    quick = plan_both_ways(pull_request, ["local"], cache, full_base, monkeypatch)
+    assert quick.scope.changed_models == {model}
+    plan = quick.plans[0]
+    impacts = plan.pool_impacts()
+    assert set(plan.head_outputs["pools"]) == set(plan.base_outputs["pools"])
+    assert len(plan.head_outputs["pools"]) == LOCAL_SHARDS
+    pool_reads = {path for path in cache.read if path.parent.parent.name == "pool"}
+    if side == "none":
+        assert impacts == [] and quick.blast_radius() == [model]
+        assert declared == [{model}] and len(pool_reads) == LOCAL_SHARDS
+        return
+    (impact,) = impacts
+    assert impact.workload == "restart"
+    assert model in {"both": impact.restarting, "head": impact.joining, "base": impact.leaving}[side]
+    co_tenants = set(impact.members) - {model}
+    assert co_tenants and co_tenants <= set(impact.restarting)
+    assert set(quick.blast_radius()) == set(impact.members)
+    assert quick.untouched_but_affected() == [] and quick.untouched_pools() == []
+    assert f"pool {impact.pool} changes because {model} changed" in render_text(quick)
+    # The head declared the changed model (and, for the pool it left, one member: that pool's new
+    # membership was never planned); every other pool came from the cache, on both sides.
+    assert declared[0] == {model} and len(declared) <= 2 and all(len(d - {model}) <= 1 for d in declared)
+    assert len(pool_reads) >= LOCAL_SHARDS - 1 + (side != "base")
+
+
+@pytest.mark.parametrize("change", ["model added to a pool", "model removed from a pool"])
+def test_a_pool_whose_members_change_is_planned_without_a_cache(change, pull_request, full_base, monkeypatch):
+    """Cold: the base declares the pool a model joins through one of its other members."""
+    apply, model, _ = POOL_CHANGES[change]
+    apply(pull_request)
+    quick = plan_both_ways(pull_request, ["local"], None, full_base, monkeypatch)
+    (impact,) = quick.plans[0].pool_impacts()
+    assert model in impact.joining + impact.leaving and len(impact.restarting) > 1
 
 
 # Which mode runs ---------------------------------------------------------------------------------
@@ -255,7 +348,7 @@ def test_a_manifest_change_runs_the_incremental_plan_and_says_so(small, capsys, 
     assert json.loads(out)["plan"] == {
         "mode": "incremental",
         "reason": "only model manifests changed (iris); the program, stack files and requirements are the base's, "
-        "so only these models and the platform are planned on both sides",
+        "so only these models, the serving pools holding them and the platform are planned on both sides",
     }
 
 
@@ -428,7 +521,7 @@ def test_a_base_program_without_subsets_is_planned_whole(small):
     git(small, "commit", "-qam", "an older program")
     taken = snapshot.of_revision(small, "HEAD", ["prod"], only_models={"iris"})
     assert not taken.subset
-    assert set(incremental.pieces(taken.runs["prod"])) == {"iris", "taxi-fare"}
+    assert {piece.name for piece in incremental.pieces(taken.runs["prod"])} == {"iris", "taxi-fare"}
     whole = incremental.assemble(taken.runs["prod"], {})
     assert len(whole.resources) == len(taken.runs["prod"].resources)
 
@@ -460,7 +553,7 @@ def test_the_next_pull_request_plans_its_base_from_the_cache_without_running_it(
     monkeypatch.setattr(snapshot, "of_revision", full_base)
     slow = build_report(repo, ALL_STACKS, "HEAD~1", cache=None, allow_incremental=False)
     assert_same_plan(repo, quick, slow)
-    assert set(quick.blast_radius()) == {"model-0000", "model-0004"}
+    assert set(quick.blast_radius()) == {"model-0000", "model-0004"} | co_tenants(quick)
 
 
 def test_a_skeleton_is_keyed_by_program_stack_and_every_manifest():

@@ -3,30 +3,32 @@ why, and an incremental plan's runs assembled back into whole stacks.
 
 A model's resources are a function of the program (its code, `Pulumi.yaml`, the requirements),
 the stack file and the model's own manifest: `program.declare` builds the platform from the
-stack alone and each `ModelDeployment` from the stack, the platform and one manifest; only the
-`models` stack output depends on the set of models. So when a change leaves every file but the
-manifests alone (and files that declare nothing: the tooling, the policy pack, tests, docs),
-only the models whose manifests differ can differ between base and head. Both sides then
-declare the platform and those models only; every other model's resources are the same on both
-sides by construction, and are taken from the plan cache (or, the first time, from one run of
-the head that declares them), so the diff, the capacity and the policy checks see whole stacks,
-exactly as in a full plan. Anything else touching the program runs the full plan.
+stack alone and each `ModelDeployment` from the stack, the platform and one manifest; a serving
+pool's (`ServingPool`) from the stack, the platform and its members' manifests; only the
+`models` and `pools` stack outputs depend on the set of models. So when a change leaves every
+file but the manifests alone (and files that declare nothing: the tooling, the policy pack,
+tests, docs), only the models whose manifests differ, and the pools that hold one of them on
+either side, can differ between base and head. Both sides then declare the platform and those
+models and pools only; every other model's and pool's resources are the same on both sides by
+construction, and are taken from the plan cache (or, the first time, from one run of the head
+that declares them), so the diff, the capacity and the policy checks see whole stacks, exactly
+as in a full plan. Anything else touching the program runs the full plan.
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.model.component import MODEL_TYPE
 from infra.offline import DeclaredResource, OfflineRun
 from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
 from scripts.modelctl import snapshot
+from scripts.modelctl.plan import STACK_ITSELF, Component, ComponentKind, components, pool_members
 from scripts.modelctl.plancache import PlanCache, cache_key, records, resources_from_records
 
 INCREMENTAL = "incremental"
@@ -40,6 +42,8 @@ FULL = "full"
 DECLARES_NOTHING_DIRS = ("scripts/", "policy/", "tests/", "docs/", ".github/", ".ci/", "build/")
 DECLARES_NOTHING_FILES = (".gitignore", "Makefile", "LICENSE")
 SHOWN_PATHS = 3
+# What the plan cache keeps apart from a stack's skeleton: a model's resources, a pool's.
+PIECE_KINDS = (ComponentKind.model, ComponentKind.pool)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,8 @@ def scope_of_change(root: Path, base_ref: str, allow_incremental: bool = True) -
     return Scope(
         INCREMENTAL,
         f"{what}; the program, stack files and requirements are the base's, so only "
-        f"{'these models and ' if changed else ''}the platform are planned on both sides",
+        f"{'these models, the serving pools holding them and ' if changed else ''}"
+        "the platform are planned on both sides",
         changed,
         base,
         head,
@@ -169,64 +174,79 @@ def tree_of_working_tree(root: Path) -> Tree | None:
 # Runs of a subset, and whole stacks from them --------------------------------------------------
 
 
-def model_of(run: OfflineRun) -> dict[str, str | None]:
-    """URN -> the model whose ModelDeployment it is or descends from (None: platform, stack)."""
-    by_urn = run.by_urn()
-    owners: dict[str, str | None] = {}
+def piece_of(run: OfflineRun) -> dict[str, Component | None]:
+    """URN -> the model or pool whose component it is or descends from (None: the platform and
+    the stack's own resources, the skeleton)."""
+    return {urn: owner if owner.kind in PIECE_KINDS else None for urn, owner in components(run).items()}
 
-    def owner(urn: str) -> str | None:
-        if urn not in owners:
-            resource = by_urn.get(urn)
-            if resource is None:
-                owners[urn] = None
-            elif resource.type == MODEL_TYPE:
-                owners[urn] = resource.name
-            else:
-                owners[urn] = owner(resource.parent) if resource.parent else None
-        return owners[urn]
 
+def pieces(run: OfflineRun) -> dict[Component, list[DeclaredResource]]:
+    """Each declared model's and pool's resources, in the run's order."""
+    owners = piece_of(run)
+    grouped: dict[Component, list[DeclaredResource]] = {}
     for resource in run.resources:
-        owner(resource.urn)
-    return owners
-
-
-def pieces(run: OfflineRun) -> dict[str, list[DeclaredResource]]:
-    """Each declared model's resources, in the run's order."""
-    owners = model_of(run)
-    grouped: dict[str, list[DeclaredResource]] = {}
-    for resource in run.resources:
-        model = owners[resource.urn]
-        if model is not None:
-            grouped.setdefault(model, []).append(resource)
+        owner = owners[resource.urn]
+        if owner is not None:
+            grouped.setdefault(owner, []).append(resource)
     return grouped
 
 
 def in_canonical_order(run: OfflineRun) -> OfflineRun:
-    """The run's resources as: platform and stack resources, then model by model (by name),
-    each group by URN. Registration order interleaves models (a resource registers when its
-    inputs resolve), so both modes put every run in this order before it is diffed, checked
-    or rendered: the same resources give the same report whichever way they were obtained."""
-    owners = model_of(run)
-    ordered = sorted(run.resources, key=lambda r: (owners[r.urn] is not None, owners[r.urn] or "", r.urn))
+    """The run's resources as: platform and stack resources, then model by model and pool by
+    pool (by kind and name), each group by URN. Registration order interleaves components (a
+    resource registers when its inputs resolve), so both modes put every run in this order
+    before it is diffed, checked or rendered: the same resources give the same report whichever
+    way they were obtained."""
+    owners = piece_of(run)
+    ordered = sorted(run.resources, key=lambda r: (owners[r.urn] is not None, owners[r.urn] or STACK_ITSELF, r.urn))
     return OfflineRun(run.stack, ordered, run.outputs, run.served_models)
 
 
-def assemble(run: OfflineRun, others: Mapping[str, Sequence[DeclaredResource]]) -> OfflineRun:
-    """A whole stack from a run that declared some models and the others' resources: a model
-    the run declared keeps its own resources (a base revision that could not declare a subset
-    declared them all)."""
+def assemble(run: OfflineRun, others: Mapping[Component, Sequence[DeclaredResource]]) -> OfflineRun:
+    """A whole stack from a run that declared some models and pools and the others' resources:
+    a piece the run declared keeps its own resources (a base revision that could not declare a
+    subset declared them all)."""
     declared = set(pieces(run))
     resources = list(run.resources)
-    for model, resources_of_model in others.items():
-        if model not in declared:
-            resources += resources_of_model
+    for piece, resources_of_piece in others.items():
+        if piece not in declared:
+            resources += resources_of_piece
     return in_canonical_order(OfflineRun(run.stack, resources, run.outputs, run.served_models))
+
+
+def pool_companions(root: Path, stacks: Sequence[str], changed: Collection[str]) -> set[str]:
+    """One unchanged member (the first by name) of each pool a changed model joins in the tree
+    at `root`, for the base side to declare too.
+
+    A model's shard follows from its own name and manifest and the stack (infra/spec/placement.py),
+    so an unchanged model is in the same pool on both sides, and a pool holds the same members on
+    both sides unless a changed model is one of them. The base declares the pools of its changed
+    models; the pool a changed model joins in the head (added, or moved) has on the base side
+    unchanged members only, and is not the head's: declaring one of its members declares it.
+    Every other pool is the same on both sides. Empty when the tree cannot be placed (the run
+    of the head reports why)."""
+    from infra.spec.errors import ConfigError
+    from infra.spec.manifest import load_manifests, served_in
+    from infra.spec.placement import place
+    from infra.spec.settings import load_stack_settings, stack_environments
+
+    companions: set[str] = set()
+    try:
+        manifests = load_manifests(root, environments=stack_environments(root) or None)
+        for stack in stacks:
+            settings = load_stack_settings(root, stack)
+            for shard in place(settings, served_in(manifests, settings.environment)).shards:
+                if set(shard.member_names) & set(changed):
+                    companions |= set(sorted(set(shard.member_names) - set(changed))[:1])
+    except ConfigError:
+        return set()
+    return companions
 
 
 @dataclass
 class PieceStore:
-    """Models' resources in the plan cache, by what determines them: the program (its files),
-    the stack, and the model's manifest."""
+    """Models' and pools' resources in the plan cache, by what determines them: the program (its
+    files), the stack, and the model's manifest, or the pool's members' manifests."""
 
     cache: PlanCache | None
     program_digest: str
@@ -235,30 +255,58 @@ class PieceStore:
     def key(self, stack: str, model: str, manifest_blob: str) -> str:
         return cache_key("model", self.program_digest, stack, model, manifest_blob)
 
-    def get(self, stack: str, model: str, manifest_blob: str | None) -> list[DeclaredResource] | None:
-        if self.cache is None or manifest_blob is None:
+    def pool_key(self, stack: str, pool: str, members: Mapping[str, str]) -> str:
+        """A pool's resources: its members, each with its manifest's blob."""
+        return cache_key("pool", self.program_digest, stack, pool, sorted(members.items()))
+
+    def _entry(
+        self, stack: str, piece: Component, manifests: Mapping[str, str], memberships: Mapping[str, Sequence[str]]
+    ) -> tuple[str, str] | None:
+        """(kind, key) of a piece's entry; None when what determines it is not known."""
+        if piece.kind is ComponentKind.model:
+            blob = manifests.get(piece.name)
+            return ("model", self.key(stack, piece.name, blob)) if blob is not None else None
+        members = {m: manifests.get(m) for m in memberships.get(piece.name, ())}
+        if not members or None in members.values():
             return None
-        stored = self.cache.get("model", self.key(stack, model, manifest_blob))
+        return ("pool", self.pool_key(stack, piece.name, members))
+
+    def get(
+        self, stack: str, piece: Component, manifests: Mapping[str, str], memberships: Mapping[str, Sequence[str]]
+    ) -> list[DeclaredResource] | None:
+        entry = self._entry(stack, piece, manifests, memberships) if self.cache is not None else None
+        if self.cache is None or entry is None:
+            return None
+        stored = self.cache.get(*entry)
         return resources_from_records(stored) if isinstance(stored, list) else None
 
-    def put(self, stack: str, model: str, manifest_blob: str | None, resources: Sequence[DeclaredResource]) -> None:
-        if self.cache is None or manifest_blob is None:
+    def put(
+        self,
+        stack: str,
+        piece: Component,
+        manifests: Mapping[str, str],
+        memberships: Mapping[str, Sequence[str]],
+        resources: Sequence[DeclaredResource],
+    ) -> None:
+        entry = self._entry(stack, piece, manifests, memberships) if self.cache is not None else None
+        if self.cache is None or entry is None:
             return
-        self.cache.put("model", self.key(stack, model, manifest_blob), records(resources))
+        self.cache.put(*entry, records(resources))
         self.written += 1
 
     def put_run(self, run: OfflineRun, manifests: Mapping[str, str]) -> None:
-        """Keep every model a (full) run declared, and its skeleton, for later incremental plans."""
-        for model, resources in pieces(run).items():
-            self.put(run.stack, model, manifests.get(model), resources)
+        """Keep every model and pool a (full) run declared, and its skeleton, for later incremental plans."""
+        memberships = pool_members(run.outputs)
+        for piece, resources in pieces(run).items():
+            self.put(run.stack, piece, manifests, memberships, resources)
         self.put_skeleton(run, manifests)
 
-    # A stack's skeleton: what a run declared outside any model (the platform, the stack's own
-    # resources), its outputs and the models it serves. Keyed by the program, the stack and
-    # every manifest (name and blob): it is exactly what any run with those inputs declares
-    # besides the models, whichever models it declared. With the models' entries it rebuilds
-    # the base side of the next pull request without running anything: the head of one plan is
-    # the base of the next.
+    # A stack's skeleton: what a run declared outside any model or pool (the platform, the
+    # stack's own resources), its outputs and the models it serves. Keyed by the program, the
+    # stack and every manifest (name and blob): it is exactly what any run with those inputs
+    # declares besides the models and pools, whichever it declared. With the models' and pools'
+    # entries it rebuilds the base side of the next pull request without running anything: the
+    # head of one plan is the base of the next.
 
     def skeleton_key(self, stack: str, manifests: Mapping[str, str]) -> str:
         return cache_key("skeleton", self.program_digest, stack, sorted(manifests.items()))
@@ -266,7 +314,7 @@ class PieceStore:
     def put_skeleton(self, run: OfflineRun, manifests: Mapping[str, str]) -> None:
         if self.cache is None or run.served_models is None:
             return
-        owners = model_of(run)
+        owners = piece_of(run)
         value = {
             "resources": records(r for r in run.resources if owners[r.urn] is None),
             "outputs": run.outputs,
@@ -288,9 +336,12 @@ class PieceStore:
             return None
         return OfflineRun(stack, resources, outputs, served)
 
-    def base_of(self, stacks: Sequence[str], scope: Scope, label: str) -> snapshot.Snapshot | None:
-        """The base side of an incremental plan (the platform and the changed models) from
-        stored skeletons and models' entries only, or None when any is missing."""
+    def base_of(
+        self, stacks: Sequence[str], scope: Scope, label: str, companions: Collection[str] = ()
+    ) -> snapshot.Snapshot | None:
+        """The base side of an incremental plan (the platform, the changed models, and the pools
+        of those and of `companions`, as a base run declaring them gives them) from stored
+        skeletons and entries only, or None when any is missing."""
         assert scope.base is not None
         manifests = scope.base.manifests()
         runs = {}
@@ -298,47 +349,72 @@ class PieceStore:
             skeleton = self.get_skeleton(stack, manifests)
             if skeleton is None or skeleton.served_models is None:
                 return None
+            memberships = pool_members(skeleton.outputs)
+            declared = scope.changed_models | set(companions)
+            wanted = [
+                Component(ComponentKind.model, m) for m in sorted(scope.changed_models & set(skeleton.served_models))
+            ]
+            wanted += [
+                Component(ComponentKind.pool, p)
+                for p, members in sorted(memberships.items())
+                if declared & set(members)
+            ]
             resources = list(skeleton.resources)
-            for model in sorted(scope.changed_models & set(skeleton.served_models)):
-                declared = self.get(stack, model, manifests.get(model))
-                if declared is None:
+            for piece in wanted:
+                found = self.get(stack, piece, manifests, memberships)
+                if found is None:
                     return None
-                resources += declared
+                resources += found
             runs[stack] = OfflineRun(stack, resources, skeleton.outputs, skeleton.served_models)
         return snapshot.Snapshot(label, runs, subset=True)
 
 
 def head_runs(
     root: Path, stacks: Sequence[str], scope: Scope, store: PieceStore
-) -> tuple[dict[str, OfflineRun], dict[str, dict[str, list[DeclaredResource]]]]:
-    """The head's whole stacks, declaring only the changed models and those the cache lacks;
-    also every unchanged model's resources per stack, for the base side."""
+) -> tuple[dict[str, OfflineRun], dict[str, dict[Component, list[DeclaredResource]]]]:
+    """The head's whole stacks, declaring only the changed models (with their pools) and the
+    models and pools the cache lacks; also every unchanged model's and pool's resources per
+    stack (a pool is unchanged when none of its members is), for the base side."""
     assert scope.head is not None
     manifests = scope.head.manifests()
     changed = scope.changed_models
     runs = snapshot.take(root, stacks, short_lived=True, only_models=changed).runs
-    unchanged: dict[str, dict[str, list[DeclaredResource] | None]] = {}
+    unchanged: dict[str, dict[Component, list[DeclaredResource] | None]] = {}
+    missing: set[str] = set()
     with _cyclic_gc_paused():
         for stack, run in runs.items():
             if run.served_models is None:
                 raise snapshot.RevisionError(f"working tree: stack {stack}: the program did not say what it serves")
-            served = [m for m in run.served_models if m not in changed]
-            unchanged[stack] = {m: store.get(stack, m, manifests.get(m)) for m in served}
-    missing = {m for found in unchanged.values() for m, resources in found.items() if resources is None}
+            memberships = pool_members(run.outputs)
+            wanted = [Component(ComponentKind.model, m) for m in run.served_models if m not in changed]
+            wanted += [
+                Component(ComponentKind.pool, p)
+                for p, members in sorted(memberships.items())
+                if not changed & set(members)
+            ]
+            unchanged[stack] = {piece: store.get(stack, piece, manifests, memberships) for piece in wanted}
+            for piece, found in unchanged[stack].items():
+                if found is None:
+                    # A pool is declared with any of its members.
+                    missing.add(piece.name if piece.kind is ComponentKind.model else min(memberships[piece.name]))
     if missing:
-        # The first plan of these models under this program: declare them once, and keep them.
+        # The first plan of these models and pools under this program: declare them once, and keep them.
         again = [stack for stack, found in unchanged.items() if None in found.values()]
         runs |= snapshot.take(root, again, short_lived=True, only_models=changed | missing).runs
     whole: dict[str, OfflineRun] = {}
-    pieces_by_stack: dict[str, dict[str, list[DeclaredResource]]] = {}
+    pieces_by_stack: dict[str, dict[Component, list[DeclaredResource]]] = {}
     for stack, run in runs.items():
+        memberships = pool_members(run.outputs)
         declared = pieces(run)
-        for model, resources in declared.items():
-            if model in changed or unchanged[stack].get(model, []) is None:
-                # Kept for later plans; the head's version of a changed model is the base's
-                # once the change is merged.
-                store.put(stack, model, manifests.get(model), resources)
-        found = {m: cached if cached is not None else declared.get(m, []) for m, cached in unchanged[stack].items()}
+        for piece, resources in declared.items():
+            if unchanged[stack].get(piece) is None:
+                # Kept for later plans; the head's version of a changed model (or of its pool) is
+                # the base's once the change is merged.
+                store.put(stack, piece, manifests, memberships, resources)
+        found = {
+            piece: cached if cached is not None else declared.get(piece, [])
+            for piece, cached in unchanged[stack].items()
+        }
         pieces_by_stack[stack] = found
         whole[stack] = assemble(run, found)
         store.put_skeleton(run, manifests)
@@ -371,9 +447,15 @@ def _cyclic_gc_paused():
 
 
 def base_snapshot(
-    root: Path, base_ref: str, stacks: Sequence[str], scope: Scope, cache: PlanCache | None
+    root: Path,
+    base_ref: str,
+    stacks: Sequence[str],
+    scope: Scope,
+    cache: PlanCache | None,
+    companions: Collection[str] = (),
 ) -> snapshot.Snapshot:
-    """The base side: the platform and the changed models as the base declares them.
+    """The base side: the platform, the changed models, and the pools of those and of
+    `companions` (see `pool_companions`), as the base declares them.
 
     From the plan cache when an earlier plan stored them: the plan whose head this base was
     (the pull request that merged it, or a plan of the base itself) left every stack's skeleton
@@ -387,13 +469,14 @@ def base_snapshot(
     assert scope.base is not None
     store = PieceStore(cache, scope.base.program_digest())
     label = f"base {base_ref}"
-    derived = store.base_of(stacks, scope, label)
+    derived = store.base_of(stacks, scope, label, companions)
     if derived is not None:
         return derived
+    declared = scope.changed_models | set(companions)
     if snapshot.runs_here(root):
-        taken = snapshot.of_revision_here(root, base_ref, stacks, only_models=scope.changed_models)
+        taken = snapshot.of_revision_here(root, base_ref, stacks, only_models=declared)
     else:
-        taken = snapshot.of_revision(root, base_ref, stacks, only_models=scope.changed_models)
+        taken = snapshot.of_revision(root, base_ref, stacks, only_models=declared)
     manifests = scope.base.manifests()
     for run in taken.runs.values():
         store.put_run(run, manifests)
@@ -406,14 +489,15 @@ def incremental_runs(
     """(base, head) whole stacks of an incremental plan."""
     assert scope.base is not None
     store = PieceStore(cache, scope.base.program_digest())
+    companions = pool_companions(root, stacks, scope.changed_models)
     if snapshot.runs_here(root):
         head, unchanged = head_runs(root, stacks, scope, store)
-        base = base_snapshot(root, base_ref, stacks, scope, cache)
+        base = base_snapshot(root, base_ref, stacks, scope, cache, companions)
     else:
         # The base runs in its own worktree and subprocess: let it run on the other core while
         # this process runs the head and reads the cache (the thread mostly waits on the child).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-base") as pool:
-            base_future = pool.submit(base_snapshot, root, base_ref, stacks, scope, cache)
+            base_future = pool.submit(base_snapshot, root, base_ref, stacks, scope, cache, companions)
             head, unchanged = head_runs(root, stacks, scope, store)
             base = base_future.result()
     return {stack: assemble(base.runs[stack], unchanged[stack]) for stack in stacks}, head

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -22,6 +22,35 @@ from infra.offline import DeclaredResource, OfflineRun
 from infra.platform.component import PLATFORM_TYPE
 
 PLATFORM = "platform"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+# A change under it rolls every pod of the Deployment: in a pool, every member restarts.
+POD_TEMPLATE = "spec.template"
+
+
+class ComponentKind(StrEnum):
+    """What owns a resource: the stack itself, the platform, one model, or a serving pool."""
+
+    stack = "stack"
+    platform = "platform"
+    model = "model"
+    pool = "pool"
+
+
+# The component resources a resource is owned by, by type token (its nearest such ancestor).
+COMPONENT_KINDS = {
+    PLATFORM_TYPE: ComponentKind.platform,
+    MODEL_TYPE: ComponentKind.model,
+    POOL_TYPE: ComponentKind.pool,
+}
+
+
+@dataclass(frozen=True, order=True)
+class Component:
+    kind: ComponentKind
+    name: str  # "" for the stack's own resources
+
+
+STACK_ITSELF = Component(ComponentKind.stack, "")
 
 
 class Op(StrEnum):
@@ -93,7 +122,8 @@ class Step:
     urn: str
     type: str
     name: str
-    component: str  # "platform", a model name, or "" for the stack's own resources
+    component: str  # "platform", a model name, a pool's shard, or "" for the stack's own resources
+    kind: ComponentKind  # which of those `component` is
     old: DeclaredResource | None
     new: DeclaredResource | None
     diffs: tuple[PropertyDiff, ...] = ()
@@ -115,7 +145,112 @@ class Step:
 
     @property
     def model(self) -> str | None:
-        return self.component if self.component not in ("", PLATFORM) else None
+        return self.component if self.kind is ComponentKind.model else None
+
+    @property
+    def pool(self) -> str | None:
+        return self.component if self.kind is ComponentKind.pool else None
+
+    @property
+    def restarts_pods(self) -> bool:
+        """A Deployment whose pods roll: replaced, or its pod template changed."""
+        if self.type != DEPLOYMENT or self.op not in (Op.update, Op.replace):
+            return False
+        return self.op is Op.replace or any(_under(d.path, POD_TEMPLATE) for d in self.diffs)
+
+
+@dataclass(frozen=True)
+class PoolImpact:
+    """What the changes to one serving pool's resources do to the models it serves."""
+
+    pool: str
+    base_members: tuple[str, ...]
+    head_members: tuple[str, ...]
+    changes: tuple[Step, ...]
+
+    @property
+    def members(self) -> list[str]:
+        return sorted(set(self.base_members) | set(self.head_members))
+
+    @property
+    def workload(self) -> str:
+        """create, delete, restart (its pods roll) or keep (they keep running)."""
+        deployment = next((s for s in self.changes if s.type == DEPLOYMENT), None)
+        if deployment is not None and deployment.op in (Op.create, Op.delete):
+            return deployment.op.value
+        return "restart" if any(s.restarts_pods for s in self.changes) else "keep"
+
+    @property
+    def restarting(self) -> list[str]:
+        """Members served before and after whose pods roll (a joining member starts, a leaving one stops)."""
+        return sorted(set(self.base_members) & set(self.head_members)) if self.workload == "restart" else []
+
+    @property
+    def joining(self) -> list[str]:
+        return sorted(set(self.head_members) - set(self.base_members))
+
+    @property
+    def leaving(self) -> list[str]:
+        return sorted(set(self.base_members) - set(self.head_members))
+
+    def describe(self, name=str) -> str:
+        """One sentence; `name` formats a pool or model name (markdown quotes it)."""
+        pool = f"pool {name(self.pool)}"
+        head, base = self.head_members, self.base_members
+        if self.workload == "create":
+            return f"{pool} is new: {_count(head, 'starts', 'start')} in it ({_list(head, name)})"
+        if self.workload == "delete":
+            return f"{pool} is deleted: {_count(base, 'leaves', 'leave')} it ({_list(base, name)})"
+        if self.workload == "restart":
+            text = f"{pool}: {_count(self.restarting, 'restarts', 'restart')} ({_list(self.restarting, name)})"
+            text += f"; joining: {_list(self.joining, name)}" if self.joining else ""
+            return text + (f"; leaving: {_list(self.leaving, name)}" if self.leaving else "")
+        changed = ", ".join(
+            f"{s.type.rsplit(':', 1)[-1]} {s.op.value}d" for s in sorted(self.changes, key=lambda s: s.type)
+        )
+        members = f"{_count(self.members, 'keeps', 'keep')} serving ({_list(self.members, name)})"
+        return f"{pool}: no model restarts ({changed}); {members}"
+
+    def edited_members(self, touched_models: Collection[str] | None) -> list[str] | None:
+        """Its members (before or after) among `touched_models` (None: unknown)."""
+        return None if touched_models is None else [m for m in self.members if m in touched_models]
+
+    def as_json(self, caused_by: list[str] | None = None) -> dict[str, Any]:
+        document: dict[str, Any] = {
+            "pool": self.pool,
+            "workload": self.workload,
+            "members": self.members,
+            "restarting": self.restarting,
+            "joining": self.joining,
+            "leaving": self.leaving,
+            "summary": self.describe(),
+        }
+        if caused_by is not None:
+            document["causedBy"] = caused_by
+        return document
+
+
+# How many names a pool's sentence lists before "and N more" (a pool holds maxModels at most).
+POOL_NAMES = 50
+
+
+def _list(names: Iterable[str], name=str) -> str:
+    names = list(names)
+    shown = ", ".join(name(n) for n in names[:POOL_NAMES])
+    return shown + (f" and {len(names) - POOL_NAMES} more" if len(names) > POOL_NAMES else "")
+
+
+def _count(names: Sequence[str], one: str, many: str) -> str:
+    """`1 model restarts`, `2 models restart`: `one` and `many` are the verb's forms."""
+    return f"1 model {one}" if len(names) == 1 else f"{len(names)} models {many}"
+
+
+def pool_members(outputs: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Shard -> members, from a run's `pools` stack output (none before pools existed)."""
+    pools = outputs.get("pools")
+    if not isinstance(pools, Mapping):
+        return {}
+    return {str(p): [str(m) for m in members] for p, members in pools.items() if isinstance(members, list)}
 
 
 @dataclass
@@ -135,16 +270,38 @@ class StackPlan:
     def changes(self) -> list[Step]:
         return [s for s in self.steps if s.op is not Op.same]
 
-    def affected_models(self) -> list[str]:
+    def models_with_changes(self) -> list[str]:
+        """Models whose own resources (their ModelDeployment's) change."""
         return sorted({s.model for s in self.changes if s.model})
+
+    def pool_impacts(self) -> list[PoolImpact]:
+        """One per pool with a change, by shard name."""
+        base, head = pool_members(self.base_outputs), pool_members(self.head_outputs)
+        steps: dict[str, list[Step]] = {}
+        for step in self.changes:
+            if step.pool:
+                steps.setdefault(step.pool, []).append(step)
+        return [
+            PoolImpact(pool, tuple(base.get(pool, ())), tuple(head.get(pool, ())), tuple(changes))
+            for pool, changes in sorted(steps.items())
+        ]
+
+    def affected_models(self) -> list[str]:
+        """Models with changes of their own, and every member of a pool that changes."""
+        pooled = {m for impact in self.pool_impacts() for m in impact.members}
+        return sorted(set(self.models_with_changes()) | pooled)
 
     @property
     def platform_changed(self) -> bool:
-        return any(s.component == PLATFORM for s in self.changes)
+        return any(s.kind is ComponentKind.platform for s in self.changes)
 
 
 def _top(path: str) -> str:
     return re.split(r"[.\[]", path, maxsplit=1)[0]
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith((prefix + ".", prefix + "["))
 
 
 def format_path(parts: Iterable[str | int]) -> str:
@@ -199,43 +356,59 @@ def property_diffs(resource_type: str, old: dict, new: dict) -> tuple[PropertyDi
     return tuple(diffs)
 
 
-def _components(run: OfflineRun) -> dict[str, str]:
-    """URN -> owning component name (`platform`, model name, "" for the stack's own)."""
+def components(run: OfflineRun) -> dict[str, Component]:
+    """URN -> the component that owns it: its nearest ancestor (or itself) that is the platform,
+    a model or a pool; else the stack itself."""
     by_urn = run.by_urn()
-    owners: dict[str, str] = {}
+    owners: dict[str, Component] = {}
+
+    def owner(urn: str) -> Component:
+        if urn not in owners:
+            resource = by_urn.get(urn)
+            if resource is None:
+                owners[urn] = STACK_ITSELF
+            elif resource.type in COMPONENT_KINDS:
+                owners[urn] = Component(COMPONENT_KINDS[resource.type], resource.name)
+            else:
+                owners[urn] = owner(resource.parent) if resource.parent else STACK_ITSELF
+        return owners[urn]
+
     for resource in run.resources:
-        if resource.type in (MODEL_TYPE, PLATFORM_TYPE, POOL_TYPE):
-            owners[resource.urn] = resource.name
-            continue
-        parent = by_urn.get(resource.parent or "")
-        owners[resource.urn] = parent.name if parent is not None else ""
+        owner(resource.urn)
     return owners
 
 
 def plan_stack(stack: str, base: OfflineRun, head: OfflineRun) -> StackPlan:
     """Steps that take `base` to `head`, in the head's order, deletions last."""
     old, new = base.by_urn(), head.by_urn()
-    owners = _components(base) | _components(head)
+    owners = components(base) | components(head)
     steps = []
     for resource in head.resources:
         before = old.get(resource.urn)
-        component = owners[resource.urn]
+        owner = owners[resource.urn]
         if before is None:
-            steps.append(Step(Op.create, resource.urn, resource.type, resource.name, component, None, resource))
+            steps.append(
+                Step(Op.create, resource.urn, resource.type, resource.name, owner.name, owner.kind, None, resource)
+            )
             continue
         # Pulumi diffs the inputs the program gave (auto-names are kept on update). An
         # incremental plan gives both sides an unchanged model's very same inputs: no walk.
         same_inputs = before.inputs is resource.inputs
         diffs = () if same_inputs else property_diffs(resource.type, before.inputs, resource.inputs)
         op = Op.same if not diffs else Op.replace if any(d.replaces for d in diffs) else Op.update
-        steps.append(Step(op, resource.urn, resource.type, resource.name, component, before, resource, diffs))
+        steps.append(
+            Step(op, resource.urn, resource.type, resource.name, owner.name, owner.kind, before, resource, diffs)
+        )
     for resource in base.resources:
         if resource.urn not in new:
+            owner = owners[resource.urn]
             steps.append(
-                Step(Op.delete, resource.urn, resource.type, resource.name, owners[resource.urn], resource, None)
+                Step(Op.delete, resource.urn, resource.type, resource.name, owner.name, owner.kind, resource, None)
             )
-    order = {"": 0, PLATFORM: 1}
-    steps.sort(key=lambda s: (order.get(s.component, 2), s.component, s.type, s.name))
+    # The stack's own, the platform, then models and pools by name together (a pooled model's
+    # routes next to its shard's resources when the names sort so).
+    order = {ComponentKind.stack: 0, ComponentKind.platform: 1}
+    steps.sort(key=lambda s: (order.get(s.kind, 2), s.component, s.kind, s.type, s.name))
     return StackPlan(stack, steps, base.outputs, head.outputs)
 
 
@@ -250,8 +423,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 
 @dataclass(frozen=True)
 class Capacity:
-    """Replica bounds and the serving containers' requests of one component (a model, a pool, the
-    platform) in one stack; a pool's members with the memory each adds to its pods."""
+    """Replica bounds and the serving containers' requests of one model's or pool's workload in one
+    stack; a pool's members with the memory each adds to its pods."""
 
     min_replicas: int
     max_replicas: int
@@ -259,6 +432,7 @@ class Capacity:
     memory: float  # bytes requested per pod
     gpu: float = 0.0  # GPUs requested per pod
     members: tuple[tuple[str, int], ...] = ()  # a pool's (model, member memory bytes), by name
+    kind: ComponentKind = ComponentKind.model  # whose workload: a model's, or a pool's (its members')
 
     def totals(self) -> dict[str, tuple[float, float]]:
         return {
@@ -288,17 +462,19 @@ def _request(requests: list[dict], resource: str, limits: list[dict]) -> float:
 
 
 def capacity(run: OfflineRun) -> dict[str, Capacity]:
-    """Per component: HPA bounds x the Deployment's container requests (init containers excluded:
-    they finish before the pod serves)."""
-    owners = _components(run)
+    """Per model or pool (by name): HPA bounds x the Deployment's container requests (init
+    containers excluded: they finish before the pod serves)."""
+    owners = components(run)
     deployments: dict[str, dict] = {}
     scalers: dict[str, dict] = {}
+    kinds: dict[str, ComponentKind] = {}
     for resource in run.kubernetes_objects():
-        owner = owners.get(resource.urn, "")
-        if resource.type == "kubernetes:apps/v1:Deployment":
-            deployments[owner] = resource.inputs
+        owner = owners.get(resource.urn, STACK_ITSELF)
+        kinds[owner.name] = owner.kind
+        if resource.type == DEPLOYMENT:
+            deployments[owner.name] = resource.inputs
         elif resource.type == "kubernetes:autoscaling/v2:HorizontalPodAutoscaler":
-            scalers[owner] = resource.inputs
+            scalers[owner.name] = resource.inputs
     result = {}
     for model, deployment in deployments.items():
         containers = deployment["spec"]["template"]["spec"]["containers"]
@@ -316,5 +492,6 @@ def capacity(run: OfflineRun) -> dict[str, Capacity]:
             memory,
             gpu,
             _members(deployment),
+            kinds[model],
         )
     return result

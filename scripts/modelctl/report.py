@@ -13,7 +13,7 @@ from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
 from infra.spec.settings import load_stack_settings, read_stack_config
 from scripts.modelctl import comment, contract, cost, incremental, sinks, snapshot
 from scripts.modelctl.comment import COMMENT_BUDGET
-from scripts.modelctl.plan import Capacity, Op, StackPlan, Step, capacity, plan_stack
+from scripts.modelctl.plan import Capacity, ComponentKind, Op, PoolImpact, StackPlan, Step, capacity, plan_stack
 from scripts.modelctl.plancache import PlanCache
 from scripts.modelctl.render import dump_yaml
 
@@ -49,12 +49,24 @@ class PlanReport:
         return any(p.changes for p in self.plans)
 
     def blast_radius(self) -> list[str]:
+        """Models that change: by their own resources, or as members of a pool that changes."""
         return sorted({m for p in self.plans for m in p.affected_models()})
 
     def untouched_but_affected(self) -> list[str]:
+        """Models whose own resources change although the change does not edit their manifest
+        (a co-tenant of a pool that changes is not one: its pool says why, `pool_causes`)."""
         if self.touched_models is None:
             return []
-        return [m for m in self.blast_radius() if m not in self.touched_models]
+        changed = {m for p in self.plans for m in p.models_with_changes()}
+        return sorted(m for m in changed if m not in self.touched_models)
+
+    def pool_causes(self, impact: PoolImpact) -> list[str] | None:
+        """The pool's members (before or after) whose manifests the change edits; None: unknown."""
+        return impact.edited_members(self.touched_models)
+
+    def untouched_pools(self) -> list[tuple[str, PoolImpact]]:
+        """(stack, pool) that change although the change edits none of their members' manifests."""
+        return [(p.stack, i) for p in self.plans for i in p.pool_impacts() if self.pool_causes(i) == []]
 
 
 def plan_scope(root: Path, base_ref: str | None, allow_incremental: bool = True) -> incremental.Scope:
@@ -176,12 +188,21 @@ def render_text(report: PlanReport) -> str:
             models = plan.affected_models()
             platform = " (and the platform)" if plan.platform_changed else ""
             lines.append(f"  blast radius: {', '.join(models) if models else 'no model'}{platform}")
+        for impact in plan.pool_impacts():
+            lines.append(f"  {impact.describe()}")
+            causes = report.pool_causes(impact)
+            if causes:
+                lines.append(f"  pool {impact.pool} changes because {', '.join(causes)} changed")
         lines += _capacity_text(report, plan.stack)
         if plan.stack in report.head_cost:
             lines += cost.text_lines(report.base_cost[plan.stack], report.head_cost[plan.stack])
         lines += contract.text_lines(report.contracts.get(plan.stack, []))
     for model in report.untouched_but_affected():
         lines.append(f"warning: {model} changes although its manifest is untouched")
+    for stack, impact in report.untouched_pools():
+        lines.append(
+            f"warning: pool {impact.pool} of stack {stack} changes although none of its members' manifests is touched"
+        )
     # Each line quotes the change (refs, names, paths): a control in a value stays in its line.
     return "\n".join(sinks.terminal(line) for line in lines) + "\n"
 
@@ -242,9 +263,10 @@ def _sum(capacities: Mapping[str, Capacity], gpu: bool) -> tuple[str, ...]:
     return (*summed, _span(*sums["gpu"], _cores)) if gpu else summed
 
 
-def _capacity_rows(report: PlanReport, stack: str) -> list[tuple[str, ...]]:
-    """(model, replicas, CPU, memory[, GPU]) rows with `before → after`, for components whose capacity
-    changes; the GPU column when a component of the stack requests GPUs on either side."""
+def _capacity_rows(report: PlanReport, stack: str, name=str) -> list[tuple[str, ...]]:
+    """(model or `pool <shard>`, replicas, CPU, memory[, GPU]) rows with `before → after`, for the
+    workloads whose capacity changes, then their total; the GPU column when a workload of the
+    stack requests GPUs on either side; `name` formats a name (markdown quotes it)."""
     before = report.base_capacity.get(stack, {})
     after = report.head_capacity.get(stack, {})
     gpu = any(c.gpu for c in (*before.values(), *after.values()))
@@ -253,7 +275,9 @@ def _capacity_rows(report: PlanReport, stack: str) -> list[tuple[str, ...]]:
         if before.get(model) == after.get(model):
             continue
         old, new = _describe(before.get(model), gpu), _describe(after.get(model), gpu)
-        rows.append((model, *(f"{o} → {n}" for o, n in zip(old, new, strict=True))))
+        either = after.get(model) or before.get(model)
+        label = f"pool {name(model)}" if either is not None and either.kind is ComponentKind.pool else name(model)
+        rows.append((label, *(f"{o} → {n}" for o, n in zip(old, new, strict=True))))
     if rows:
         old, new = _sum(before, gpu), _sum(after, gpu)
         rows.append(("total", *(f"{o} → {n}" for o, n in zip(old, new, strict=True))))
@@ -326,6 +350,9 @@ def render_markdown(
     if platform_stacks:
         lines.append(f" and the platform of {', '.join(sinks.md_text(s) for s in platform_stacks)}")
     blocks.append(comment.Block(lines, HEAD, "summary", note_here=True))
+    pools = _pool_rows(report)
+    if pools:
+        blocks.append(comment.Block(["**Serving pools that change:**", ""], RADIUS, "pool line", pools))
     untouched = report.untouched_but_affected()
     if len(untouched) > SEPARATE_WARNINGS:
         # A change of the program reaches the whole fleet: one warning, not one per model.
@@ -342,6 +369,13 @@ def render_markdown(
             "(a code, stack or shared-config change reaches it).",
         ]
         blocks.append(comment.Block(warning, RADIUS, "warning"))
+    for stack, impact in report.untouched_pools():
+        warning = [
+            "> [!WARNING]",
+            f"> Pool {_code(impact.pool)} of stack {_code(stack)} changes although this change does not touch "
+            "any of its members' manifests (a code, stack or shared-config change reaches it).",
+        ]
+        blocks.append(comment.Block(warning, RADIUS, "warning"))
     for plan in report.plans:
         if plan.changes:
             blocks += _stack_blocks(report, plan)
@@ -355,6 +389,20 @@ def render_markdown(
     )
 
 
+def _pool_rows(report: PlanReport) -> list[str]:
+    """One list item per pool that changes: what its members go through, and which edited member caused it."""
+    rows = []
+    several = len(report.plans) > 1
+    for plan in report.plans:
+        for impact in plan.pool_impacts():
+            row = f"- {f'stack {_code(plan.stack)}, ' if several else ''}{impact.describe(_code)}."
+            causes = report.pool_causes(impact)
+            if causes:
+                row += f" Pool {_code(impact.pool)} changes because {_names(causes)} changed."
+            rows.append(row)
+    return rows
+
+
 def _names(models: list[str]) -> str:
     named = ", ".join(_code(m) for m in models[:BLAST_RADIUS_NAMES])
     return named + (f" and {len(models) - BLAST_RADIUS_NAMES} more" if len(models) > BLAST_RADIUS_NAMES else "")
@@ -362,9 +410,10 @@ def _names(models: list[str]) -> str:
 
 def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:
     blocks = [comment.Block([f"### Stack {_code(plan.stack)}: {summary_line(plan)}"], TABLES, "stack heading")]
-    rows = _capacity_rows(report, plan.stack)
+    rows = _capacity_rows(report, plan.stack, _cell_code)
     if rows:
-        columns = CAPACITY_HEADINGS[: len(rows[0])]
+        pooled = any(label.startswith("pool ") for label, *_ in rows)
+        columns = [("model or pool" if pooled else "model"), *CAPACITY_HEADINGS[1 : len(rows[0])]]
         head = [
             "Capacity (replicas min–max × requests), before → after:",
             "",
@@ -372,8 +421,8 @@ def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:
             "|" + " --- |" * len(columns),
         ]
         cells = [
-            f"| {'**total**' if row[0] == 'total' else _cell_code(row[0])} | " + " | ".join(row[1:]) + " |"
-            for row in rows
+            f"| {'**total**' if index == len(rows) - 1 else row[0]} | " + " | ".join(row[1:]) + " |"
+            for index, row in enumerate(rows)
         ]
         blocks.append(comment.Block(head, TABLES, "capacity table", cells))
     if plan.stack in report.head_cost:
@@ -382,11 +431,10 @@ def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:
     head, cells = contract.markdown_table(report.contracts.get(plan.stack, []))
     if cells:
         blocks.append(comment.Block(head, CONTRACTS, "contract review", cells))
-    for component in _components_in_order(plan):
-        title = "platform" if component == "platform" else "stack" if component == "" else "model"
-        changes = [s for s in plan.changes if s.component == component]
+    for kind, component in _components_in_order(plan):
+        changes = [s for s in plan.changes if (s.kind, s.component) == (kind, component)]
         head = [
-            f"#### {title.capitalize()} {_code(component) if component else ''}".rstrip(),
+            f"#### {kind.value.capitalize()} {_code(component) if component else ''}".rstrip(),
             "",
             "| resource | operation | why |",
             "| --- | --- | --- |",
@@ -409,11 +457,11 @@ def _stack_blocks(report: PlanReport, plan: StackPlan) -> list[comment.Block]:
     return blocks
 
 
-def _components_in_order(plan: StackPlan) -> list[str]:
-    seen: list[str] = []
+def _components_in_order(plan: StackPlan) -> list[tuple[ComponentKind, str]]:
+    seen: list[tuple[ComponentKind, str]] = []
     for step in plan.changes:
-        if step.component not in seen:
-            seen.append(step.component)
+        if (step.kind, step.component) not in seen:
+            seen.append((step.kind, step.component))
     return seen
 
 
@@ -473,12 +521,20 @@ def stack_json(
     config: Mapping[str, Any] | None = None,
     contracts: Sequence[contract.ContractReview] = (),
     costs: tuple[cost.StackCost, cost.StackCost] | None = None,
+    touched_models: set[str] | None = None,
 ) -> dict[str, Any]:
+    """`touched_models`: the models whose manifests the change edits (None: unknown), which
+    each changed pool's `causedBy` names."""
     document: dict[str, Any] = {"stack": plan.stack}
     if config:
         document["config"] = dict(config)
     document["steps"] = [step_json(s) for s in plan.steps]
     document["changeSummary"] = plan.summary()
+    if plan.changes:
+        document["blastRadius"] = plan.affected_models()
+    impacts = plan.pool_impacts()
+    if impacts:
+        document["poolChanges"] = [impact.as_json(impact.edited_members(touched_models)) for impact in impacts]
     if contracts:
         document["contractChanges"] = [review.as_json() for review in contracts]
     if costs is not None:
@@ -494,6 +550,7 @@ def render_json(report: PlanReport) -> dict[str, Any]:
             report.config.get(p.stack),
             report.contracts.get(p.stack, ()),
             (report.base_cost[p.stack], report.head_cost[p.stack]) if p.stack in report.head_cost else None,
+            report.touched_models,
         )
         for p in report.plans
     }
