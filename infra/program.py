@@ -61,8 +61,7 @@ def declare(
     runs, never passes it): every manifest is still read and validated, the platform is
     declared, but of the served models only these. A model's resources depend on the stack,
     the platform and its own manifest alone, so the others are what a full run declares for
-    them; what depends on the set of models, the `models` stack output and the serving pools,
-    is still declared whole.
+    them; what depends on the set of models, the `models` stack output, still lists them all.
     """
     # A real `pulumi preview` of a pull request reads what the offline plan reads: the same
     # refusal of links out of the repository, before anything is read.
@@ -92,12 +91,11 @@ def declare(
     platform = Platform("platform", settings)
     providers = [platform.k8s_provider] + ([platform.aws_provider] if platform.aws_provider else [])
     options = pulumi.ResourceOptions(providers=providers)
-    # Every pool, whichever models `only_models` names: a pool belongs to no one model (its
-    # objects depend on every member's manifest), so the incremental plan counts it with the
-    # platform, which it takes from any run of the same stack and manifests.
+    # A pool is declared with any of its members: its objects depend on every member's manifest.
     pool_services = {
         shard.name: ServingPool(shard.name, shard, settings, platform, opts=options).service
         for shard in placement.shards
+        if only_models is None or set(shard.member_names) & set(only_models)
     }
     shard_of = placement.shard_of
     exported = {}
