@@ -39,8 +39,9 @@ from policy.engines import pod_templates, selects
 from policy.rules import MANDATORY
 from scripts.modelctl.cli import main
 from scripts.modelctl.guardrails import as_policy_resource, check, stack_policy_settings
-from scripts.modelctl.incremental import model_of
+from scripts.modelctl.incremental import piece_of
 from scripts.modelctl.localstore import TEST_CREDENTIALS
+from scripts.modelctl.plan import ComponentKind
 from tests.conftest import ROOT, copy_project, edit_yaml
 from tests.test_fetch_script import SAVED_MODEL, checksum_list
 from tests.test_schemas import KUBERNETES_VERSIONS, crd_validator, is_custom
@@ -691,15 +692,22 @@ def test_auto_packing_on_production_keeps_highly_available_models_apart():
 
 
 @pytest.mark.parametrize("only", [{"solo"}, {"a03"}, {"m00"}])
-def test_a_run_of_some_models_declares_every_pool_as_a_full_run_does(fleet, fleet_run, only):
-    """The incremental plan takes what no model owns (the platform, the pools) from any run of
-    the same stack and manifests, and each unchanged model's resources from an earlier run: a
-    subset run must declare the same pools, and the same resources for the models it declares."""
+def test_a_run_of_some_models_declares_them_and_their_pools_as_a_full_run_does(fleet, fleet_run, only):
+    """The incremental plan takes the platform from any run of the same stack, each unchanged
+    model's and pool's resources from an earlier run (scripts/modelctl/incremental.py): a subset
+    run declares the models asked for and the pools that serve them, each exactly as a full run
+    does, and the same skeleton."""
     subset = run_stack(fleet[0], "local", only_models=only)
-    owners_full, owners_subset = model_of(fleet_run), model_of(subset)
+    owners_full, owners_subset = piece_of(fleet_run), piece_of(subset)
 
-    def owned_by(run, owners, models):
-        return {r.urn: (r.inputs, sorted(r.dependencies)) for r in run.resources if owners[r.urn] in models}
+    def owned_by(run, owners, pieces):
+        return {r.urn: (r.inputs, sorted(r.dependencies)) for r in run.resources if owners[r.urn] in pieces}
 
     assert owned_by(subset, owners_subset, {None}) == owned_by(fleet_run, owners_full, {None})
-    assert owned_by(subset, owners_subset, only) == owned_by(fleet_run, owners_full, only)
+    declared = {owner for owner in owners_subset.values() if owner is not None}
+    assert {o.name for o in declared if o.kind is ComponentKind.model} == only
+    shards = fleet_run.outputs["models"]
+    assert {o.name for o in declared if o.kind is ComponentKind.pool} == {
+        shards[m]["pool"] for m in only if "pool" in shards[m]
+    }
+    assert owned_by(subset, owners_subset, declared) == owned_by(fleet_run, owners_full, declared)
