@@ -191,9 +191,15 @@ def show_pools(project: Path, full_plan: str) -> None:
         print(f"  {model}: {served['url']} -> {where}")
     if not pools:
         print(f"no serving pool in {STACK}: every model has its own workload")
-    print("capacity of the stack, from the plan above (workload | replicas | CPU requested | memory requested):")
+    print("capacity and estimated cost of the stack, from the plan above (docs/cost.md):")
+    shown = False
     for line in full_plan.splitlines():
-        if line.startswith("  capacity "):
+        # The capacity table and the cost table, each a heading line and its indented rows.
+        if line.startswith(("  capacity", "  cost per month")):
+            shown = True
+        elif not line.startswith("    "):
+            shown = False
+        if shown:
             print(line)
 
 
