@@ -156,10 +156,13 @@ def test_existing_cluster_pools_from_the_stack(project):
             "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}],
         },
     ]  # fmt: skip
-    edit_yaml(
-        project / "stacks" / "Pulumi.prod.yaml",
-        lambda d: d["config"].setdefault("model-serving:cluster", {}).update({"nodePools": pools}),
-    )
+
+    def add_pools(document):
+        document["config"].setdefault("model-serving:cluster", {}).update({"nodePools": pools})
+        # A priced stack with GPU nodes prices GPU hours too (infra/spec/prices.py).
+        document["config"]["model-serving:prices"]["gpuHour"] = 1.0
+
+    edit_yaml(project / "stacks" / "Pulumi.prod.yaml", add_pools)
     general, gpu = node_pools(load_stack_settings(project, "prod"))
     assert general.allocatable == Allocatable(3920, 14 * GIB, 0)
     assert (general.desired, general.max, general.autoscaled) == (3, 6, True)
@@ -260,6 +263,11 @@ def test_the_eks_stacks_models_at_their_maxima_fit_the_autoscalers_bounds(runs):
 
 def test_the_old_eks_sizing_would_not_schedule(project):
     _set_eks(project, cpuNodes={"instanceType": "m7i.large", "minSize": 2, "desiredSize": 3, "maxSize": 6})
+    # Every node group's instance type is priced (infra/spec/prices.py); the figure is a test's.
+    edit_yaml(
+        project / "stacks" / "Pulumi.eks.yaml",
+        lambda d: d["config"]["model-serving:prices"]["instances"].update({"m7i.large": 0.1}),
+    )
     pools = desired_pools(load_stack_settings(project, "eks"))
     unplaced = place(model_pods(run_stack(project, "eks"), surge=False), pools)
     assert unplaced and all(p.owner.startswith("taxi-fare") for p in unplaced)

@@ -197,6 +197,8 @@ def test_gpu_scheduling_appears_only_for_gpu_models(project):
         lambda d: (
             d["config"].update({"model-serving:cluster": {"gpuNodes": True}}),
             d["config"]["model-serving:images"].update({"servingGpu": "docker.io/tensorflow/serving:2.19.1-gpu"}),
+            # A priced stack with GPU nodes prices GPU hours too (infra/spec/prices.py).
+            d["config"]["model-serving:prices"].update({"gpuHour": 1.0}),
         ),
     )
     for stack in ("prod", "eks", "dev"):

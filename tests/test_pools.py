@@ -436,10 +436,18 @@ def serving(**fields):
     return lambda d: d["serving"].update(fields)
 
 
+def in_local(**fields):
+    """Per-environment overrides of the local stack's environment only (iris also names the pool
+    in kind-pools, which an edit of `serving` would break too)."""
+    return lambda d: d["environments"]["local"].update(fields)
+
+
 def _gpu_stack(root: Path) -> None:
     def change(document):
         document["config"]["model-serving:cluster"] = {"gpuNodes": True}
         document["config"]["model-serving:images"]["servingGpu"] = "docker.io/tensorflow/serving:2.19.1-gpu"
+        # A priced stack with GPU nodes prices GPU hours too (infra/spec/prices.py).
+        document["config"]["model-serving:prices"]["gpuHour"] = 1.0
 
     edit_yaml(root / LOCAL, change)
 
@@ -478,7 +486,7 @@ ERROR_CASES = [
     (
         "dedicated model names a pool",
         "local",
-        edit_iris(names_pool("shared"), serving(isolation="dedicated")),
+        edit_iris(names_pool("shared"), in_local(isolation="dedicated")),
         "models/iris.yaml: environments.local.pool: ",
         "names pool shared, but cannot share: isolation: dedicated",
     ),
@@ -492,7 +500,7 @@ ERROR_CASES = [
     (
         "batching unlike the pool's",
         "local",
-        edit_iris(names_pool("shared"), serving(batching={"max_batch_size": 8, "batch_timeout_micros": 1000})),
+        edit_iris(names_pool("shared"), in_local(batching={"max_batch_size": 8, "batch_timeout_micros": 1000})),
         "models/iris.yaml: environments.local.pool: ",
         "its server-side batching differs from the pool's",
     ),
