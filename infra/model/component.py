@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.model import flagger, observability, routing, tfserving, workload
+from infra.model import flagger, network_policy, observability, routing, tfserving, workload
 from infra.model.fetch import fetch_script
 from infra.model.workload import Workload
 from infra.platform import iam
@@ -68,7 +68,7 @@ class ModelDeployment(pulumi.ComponentResource):
                 if track in model.version_labels:
                     services.append(self._workload(name, Workload.of(model, track), settings, account))
             k8s.networking.v1.NetworkPolicy(
-                f"{name}-netpol", **workload.network_policy(model, settings, namespace), opts=child
+                f"{name}-netpol", **network_policy.network_policy(model, settings, namespace), opts=child
             )
             self._monitoring(name, model, settings, pooled=pool is not None)
         gateway = getattr(platform, "gateway", None)

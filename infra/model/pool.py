@@ -26,6 +26,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.model import tfserving
+from infra.model.network_policy import network_policy_spec
 from infra.model.workload import (
     APP_NAME_LABEL,
     INSTANCE_LABEL,
@@ -35,7 +36,6 @@ from infra.model.workload import (
     deployment_spec,
     disruption_budget_spec,
     fetcher,
-    network_policy_spec,
     pod_spec,
     selector_labels,
     server_container,

@@ -163,7 +163,7 @@ def network_policy(namespace: pulumi.Input[str], flagger_namespace: str) -> dict
         return k8s.networking.v1.NetworkPolicyPortArgs(protocol="TCP", port=port)
 
     # A connection to the canary Service reaches the policy as one to a canary pod and its
-    # container port (see infra/model/workload.py store_egress), so egress names the model pods.
+    # container port (see infra/model/network_policy.py store_egress), so egress names the model pods.
     models = k8s.networking.v1.NetworkPolicyPeerArgs(
         pod_selector=k8s.meta.v1.LabelSelectorArgs(
             match_expressions=[k8s.meta.v1.LabelSelectorRequirementArgs(key=MODEL_LABEL, operator="Exists")]
