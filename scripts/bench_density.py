@@ -38,6 +38,7 @@ from scripts.bench_plan import (
     PROJECT_FILES,
     _git,
     bump_stable,
+    fleet_environments,
     plan_in_fresh_process,
     scale_node_pools,
     synthetic_name,
@@ -84,6 +85,7 @@ def small_manifest(name: str) -> dict:
     manifest["name"] = name
     manifest["artifact"] = {"path": f"bench/{name}"}
     manifest["serving"]["resources"] = dict(SMALL_RESOURCES)
+    manifest["environments"] = fleet_environments(manifest["environments"])
     return manifest
 
 

@@ -100,9 +100,20 @@ def write_models(directory: Path, models: int) -> list[str]:
         name = synthetic_name(index)
         manifest["name"] = name
         manifest["artifact"] = {"path": f"bench/{name}"}
+        manifest["environments"] = fleet_environments(manifest["environments"])
         (folder / f"{name}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
         names.append(name)
     return names
+
+
+# The kind e2e's pool environment: two named members there, not a fleet (a thousand copies in
+# its one-shard pool would neither fit maxModels nor a node).
+E2E_ONLY_ENVIRONMENTS = ("kind-pools",)
+
+
+def fleet_environments(environments: dict) -> dict:
+    """A synthetic copy's environments: the examples' own, less the e2e's pool environment."""
+    return {env: served for env, served in environments.items() if env not in E2E_ONLY_ENVIRONMENTS}
 
 
 def bump_stable(manifest: Path, environment: str) -> None:
