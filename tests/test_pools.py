@@ -719,3 +719,31 @@ def test_a_run_of_some_models_declares_them_and_their_pools_as_a_full_run_does(f
         shards[m]["pool"] for m in only if "pool" in shards[m]
     }
     assert owned_by(subset, owners_subset, declared) == owned_by(fleet_run, owners_full, declared)
+
+
+def test_a_pool_on_a_managed_store_reads_every_members_versions_through_its_own_role(project):
+    """On an EKS stack that manages its store, the pool's pods read through one IRSA role that
+    only the shard's ServiceAccount may assume, over each member's prefix and nothing else."""
+    import json
+
+    def change(document):
+        config = document["config"]
+        config.pop("model-serving:progressiveDelivery")  # pools are off under Flagger
+        config["model-serving:servingPools"] = {"pools": [SHARED]}
+
+    edit_yaml(project / "stacks" / "Pulumi.eks.yaml", change)
+    run = run_stack(project, "eks")
+    assert run.outputs["pools"] == {"shared-0": ["iris", "taxi-fare"]}
+    children = component_children(run, POOL_TYPE, "shared-0")
+    policy = json.loads(children["shared-0-reader-policy"].inputs["policy"])
+    (read,) = [s for s in policy["Statement"] if s["Sid"] == "ReadModelVersions"]
+    settings = load_stack_settings(project, "eks")
+    store = settings.object_store
+    assert read["Resource"] == [
+        f"arn:aws:s3:::{store.bucket}/{store.prefix}/{path}/*" for path in ("iris", "pricing/taxi-fare")
+    ]
+    trust = json.loads(children["shared-0-reader"].inputs["assumeRolePolicy"])
+    (subject,) = [v for k, v in trust["Statement"][0]["Condition"]["StringEquals"].items() if k.endswith(":sub")]
+    assert subject == f"system:serviceaccount:{settings.namespace}:shared-0"
+    account = children["shared-0-sa"].object["metadata"]
+    assert account["name"] == "shared-0" and "eks.amazonaws.com/role-arn" in account["annotations"]

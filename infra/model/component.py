@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
@@ -13,7 +14,7 @@ from infra.model.fetch import fetch_script
 from infra.model.workload import Workload
 from infra.platform import iam
 from infra.platform.component import Platform
-from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
+from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ModelManifest, ServedModel
 from infra.spec.settings import RouteKind, StackSettings
 
 MODEL_TYPE = "model-serving:model:ModelDeployment"
@@ -30,6 +31,35 @@ def child_options(parent: pulumi.Resource, platform: Platform, *needs: Any) -> p
         elif need is not None:
             depends.append(need)
     return pulumi.ResourceOptions(parent=parent, depends_on=depends)
+
+
+def reader_role(
+    parent: pulumi.Resource,
+    platform: Platform,
+    name: str,
+    settings: StackSettings,
+    service_account: str,
+    manifests: Sequence[ModelManifest],
+) -> pulumi.Output[str] | None:
+    """A read-only IAM role (IRSA) over the versions of `manifests`, which only the ServiceAccount
+    `service_account` may assume; None unless the stack manages its store on EKS."""
+    if not settings.object_store.managed or platform.oidc is None:
+        return None
+    import pulumi_aws as aws
+
+    provider_arn, issuer = platform.oidc
+    trust = pulumi.Output.all(provider_arn, issuer).apply(
+        lambda values: json.dumps(iam.irsa_trust_policy(values[0], values[1], settings.namespace, service_account))
+    )
+    opts = pulumi.ResourceOptions(parent=parent, provider=platform.aws_provider)
+    role = aws.iam.Role(f"{name}-reader", assume_role_policy=trust, opts=opts)
+    aws.iam.RolePolicy(
+        f"{name}-reader-policy",
+        role=role.id,
+        policy=json.dumps(iam.readers_policy(settings.object_store, manifests)),
+        opts=opts,
+    )
+    return role.arn
 
 
 class ModelDeployment(pulumi.ComponentResource):
@@ -101,23 +131,7 @@ class ModelDeployment(pulumi.ComponentResource):
 
     def _reader_role(self, name: str, model: ServedModel, settings: StackSettings) -> pulumi.Output[str] | None:
         """A read-only IAM role for the model's pods (IRSA) when the stack manages the store."""
-        if not settings.object_store.managed or self.platform.oidc is None:
-            return None
-        import pulumi_aws as aws
-
-        provider_arn, issuer = self.platform.oidc
-        trust = pulumi.Output.all(provider_arn, issuer).apply(
-            lambda values: json.dumps(iam.irsa_trust_policy(values[0], values[1], settings.namespace, model.name))
-        )
-        opts = pulumi.ResourceOptions(parent=self, provider=self.platform.aws_provider)
-        role = aws.iam.Role(f"{name}-reader", assume_role_policy=trust, opts=opts)
-        aws.iam.RolePolicy(
-            f"{name}-reader-policy",
-            role=role.id,
-            policy=json.dumps(iam.reader_policy(settings.object_store, model.manifest)),
-            opts=opts,
-        )
-        return role.arn
+        return reader_role(self, self.platform, name, settings, model.name, [model.manifest])
 
     def _monitoring(self, name: str, model: ServedModel, settings: StackSettings, pooled: bool = False) -> None:
         """ServiceMonitor, alerts and dashboard of the model's own workloads. A pooled model's pool

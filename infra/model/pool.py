@@ -39,6 +39,7 @@ from infra.model.workload import (
     pod_spec,
     selector_labels,
     server_container,
+    service_account_of,
     service_spec,
 )
 from infra.spec.manifest import LABEL_STABLE, ServedModel
@@ -105,13 +106,11 @@ def config_map(shard: Shard, files: dict[str, str], namespace: pulumi.Input[str]
     return {"metadata": metadata(shard, namespace), "data": dict(files), "immutable": True}
 
 
-def service_account(shard: Shard, settings: StackSettings, namespace: pulumi.Input[str], role_arn=None):
-    meta = metadata(shard, namespace, name=shard.name)
-    annotations: dict[str, pulumi.Input[str]] = dict(settings.service_account_annotations)
-    if role_arn is not None:
-        annotations["eks.amazonaws.com/role-arn"] = role_arn
-    meta.annotations = annotations or None
-    return {"metadata": meta, "automount_service_account_token": False}
+def service_account(
+    shard: Shard, settings: StackSettings, namespace: pulumi.Input[str], role_arn: pulumi.Input[str] | None = None
+) -> dict[str, Any]:
+    """Named after the shard, so the pool's read role (IRSA) can trust it."""
+    return service_account_of(metadata(shard, namespace, name=shard.name), settings, role_arn)
 
 
 def deployment(

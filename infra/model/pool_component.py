@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.model import observability, pool, tfserving
-from infra.model.component import child_options
+from infra.model.component import child_options, reader_role
 from infra.model.fetch import fetch_pool_script, fetch_script
-from infra.platform import iam
 from infra.platform.component import Platform
 from infra.spec.placement import Shard
 from infra.spec.settings import StackSettings
@@ -83,21 +81,5 @@ class ServingPool(pulumi.ComponentResource):
 
     def _reader_role(self, name: str, shard: Shard, settings: StackSettings) -> pulumi.Output[str] | None:
         """A read-only IAM role (IRSA) over every member's versions, when the stack manages the store."""
-        if not settings.object_store.managed or self.platform.oidc is None:
-            return None
-        import pulumi_aws as aws
-
-        provider_arn, issuer = self.platform.oidc
-        trust = pulumi.Output.all(provider_arn, issuer).apply(
-            lambda values: json.dumps(iam.irsa_trust_policy(values[0], values[1], settings.namespace, shard.name))
-        )
-        opts = pulumi.ResourceOptions(parent=self, provider=self.platform.aws_provider)
-        role = aws.iam.Role(f"{name}-reader", assume_role_policy=trust, opts=opts)
         manifests = [member.manifest for member in shard.members]
-        aws.iam.RolePolicy(
-            f"{name}-reader-policy",
-            role=role.id,
-            policy=json.dumps(iam.readers_policy(settings.object_store, manifests)),
-            opts=opts,
-        )
-        return role.arn
+        return reader_role(self, self.platform, name, settings, shard.name, manifests)

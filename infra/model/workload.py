@@ -119,7 +119,15 @@ def service_account(
 ) -> dict[str, Any]:
     """ServiceAccount kwargs; named after the model so a workload-identity role can trust it.
     `role_arn`: the model's own read role (IRSA), over any stack-wide annotation."""
-    meta = metadata(Workload.of(model, LABEL_STABLE), namespace, name=model.name)
+    return service_account_of(
+        metadata(Workload.of(model, LABEL_STABLE), namespace, name=model.name), settings, role_arn
+    )
+
+
+def service_account_of(
+    meta: k8s.meta.v1.ObjectMetaArgs, settings: StackSettings, role_arn: pulumi.Input[str] | None
+) -> dict[str, Any]:
+    """A serving workload's ServiceAccount: the stack's annotations, its own read role (IRSA) over them."""
     annotations: dict[str, pulumi.Input[str]] = dict(settings.service_account_annotations)
     if role_arn is not None:
         annotations["eks.amazonaws.com/role-arn"] = role_arn
