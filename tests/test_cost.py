@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -17,12 +15,11 @@ from infra.spec.settings import load_stack_settings
 from scripts.modelctl import cost
 from scripts.modelctl.cli import main
 from scripts.modelctl.plan import Capacity
-from scripts.project_copy import copy_project_files
 from tests.conftest import ROOT, edit_yaml
+from tests.test_plan import git, repo  # noqa: F401  (repo is a fixture)
 
 GIB = 2**30
 PLAN_SCHEMA = json.loads((ROOT / "scripts" / "modelctl" / "plan.schema.json").read_text())
-TREE = ("infra", "scripts", "models", "stacks", "Pulumi.yaml", "__main__.py")
 
 
 def run(root: Path, capsys, *args: str) -> tuple[int, str, str]:
@@ -162,37 +159,19 @@ def test_change_words():
 # In the plan ----------------------------------------------------------------------------------
 
 
-def git(repo: Path, *args: str) -> None:
-    identity = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@e",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@e",
-    }
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=os.environ | identity)
+# `repo` (a one-commit copy of the project) and `git` are test_plan's.
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    copy_project_files(TREE, repo)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "base")
-    return repo
-
-
-def _more_iris(repo: Path) -> None:
+def _more_iris(root: Path) -> None:
     edit_yaml(
-        repo / "models" / "iris.yaml",
+        root / "models" / "iris.yaml",
         lambda d: d["environments"]["prod"].update(
             {"autoscaling": {"min_replicas": 3, "max_replicas": 8}, "resources": {"cpu": "500m", "memory": "512Mi"}}
         ),
     )
 
 
-def test_a_plan_shows_the_change_in_cost(repo, capsys):
+def test_a_plan_shows_the_change_in_cost(repo, capsys):  # noqa: F811
     base_pod = (0.25, 0.25)  # iris in prod: 250m CPU, 256Mi
     _more_iris(repo)
     prices = load_stack_settings(repo, "prod").prices
@@ -229,7 +208,7 @@ def test_a_plan_shows_the_change_in_cost(repo, capsys):
     assert cost.money(after[1], "USD").replace("$", "\\$").replace(".", "\\.") in row
 
 
-def test_the_cost_is_computed_not_written_down(repo, capsys):
+def test_the_cost_is_computed_not_written_down(repo, capsys):  # noqa: F811
     """Doubling the stack's prices doubles every figure: nothing is a constant."""
     _more_iris(repo)
 
@@ -269,7 +248,7 @@ def test_status_and_the_catalog_show_the_cost_per_model(project, capsys, tmp_pat
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
-def test_the_price_source_cannot_break_the_comment(repo, capsys):
+def test_the_price_source_cannot_break_the_comment(repo, capsys):  # noqa: F811
     set_prices(repo, "prod", lambda p: p.update(source="x\n\n## Approved | `@admin` <img src=x>"))
     git(repo, "commit", "-qam", "hostile source")
     _more_iris(repo)

@@ -122,6 +122,18 @@ def pod_name_pattern(model_name: str) -> str:
     return f"{model_name}(-canary)?-deployment-[0-9a-f]+(-primary)?-[0-9a-z]+-[0-9a-z]+"
 
 
+def _scrape(*pod_label_then_target: str) -> dict[str, Any]:
+    """TF-Serving's Prometheus endpoint on the REST port; each (pod label, series label) pair
+    copies a pod label onto every series scraped from the pod."""
+    pairs = zip(pod_label_then_target[::2], pod_label_then_target[1::2], strict=True)
+    return {
+        "port": "http",
+        "path": tfserving.PROMETHEUS_PATH,
+        "interval": SCRAPE_INTERVAL,
+        "relabelings": [{"sourceLabels": [_prometheus_label(pod)], "targetLabel": target} for pod, target in pairs],
+    }
+
+
 def service_monitor(model: ServedModel, settings: StackSettings) -> dict[str, Any]:
     """Scrapes TF-Serving's Prometheus endpoint on every Service of the model (stable, canary),
     labelling each series with the pod's `version` and `track`."""
@@ -132,18 +144,7 @@ def service_monitor(model: ServedModel, settings: StackSettings) -> dict[str, An
         "spec": {
             "selector": {"matchLabels": model_selector(model.name)},
             "namespaceSelector": {"matchNames": [settings.namespace]},
-            "endpoints": [
-                {
-                    "port": "http",
-                    "path": tfserving.PROMETHEUS_PATH,
-                    "interval": SCRAPE_INTERVAL,
-                    "relabelings": [
-                        {"sourceLabels": [_prometheus_label(VERSION_LABEL)], "targetLabel": "version"},
-                        {"sourceLabels": [_prometheus_label(TRACK_LABEL)], "targetLabel": "track"},
-                        {"sourceLabels": [_prometheus_label(MODEL_LABEL)], "targetLabel": "model"},
-                    ],
-                }
-            ],
+            "endpoints": [_scrape(VERSION_LABEL, "version", TRACK_LABEL, "track", MODEL_LABEL, "model")],
         },
     }
 
@@ -342,17 +343,7 @@ def pool_service_monitor(shard: str, pool_label: str, settings: StackSettings) -
         "spec": {
             "selector": {"matchLabels": {pool_label: shard}},
             "namespaceSelector": {"matchNames": [settings.namespace]},
-            "endpoints": [
-                {
-                    "port": "http",
-                    "path": tfserving.PROMETHEUS_PATH,
-                    "interval": SCRAPE_INTERVAL,
-                    "relabelings": [
-                        {"sourceLabels": [_prometheus_label(pool_label)], "targetLabel": "pool"},
-                        {"sourceLabels": [_prometheus_label(TRACK_LABEL)], "targetLabel": "track"},
-                    ],
-                }
-            ],
+            "endpoints": [_scrape(pool_label, "pool", TRACK_LABEL, "track")],
         },
     }
 
