@@ -6,6 +6,8 @@ every `apply` runs and every input is known; the mocks stand in for the engine o
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import gc
 import hashlib
 import json
@@ -18,10 +20,11 @@ from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import resource as pulumi_resource
 from pulumi.runtime import settings as pulumi_settings
-from pulumi.runtime.proto import resource_pb2
+from pulumi.runtime.proto import resource_pb2, source_pb2
 from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from infra.spec.settings import PROJECT, read_stack_config
 
@@ -282,12 +285,67 @@ def run_stack(
             # seconds for the `models` output of a thousand models.
             run.outputs[name] = value if _plain(value) else await pulumi.Output.from_input(value).future()
 
-    with _cyclic_gc_paused(freeze=short_lived):
+    with _cyclic_gc_paused(freeze=short_lived), _no_source_positions(), _own_executor():
         try:
             _sync_await(run_pulumi_func(program_and_outputs))
         finally:
             run.resources = list(monitor.declared)
     return run
+
+
+@contextmanager
+def _own_executor():
+    """The run's engine calls on worker threads that end with the run.
+
+    The SDK hands every engine call to `loop.run_in_executor(None, ...)` (pulumi
+    sdk/python/lib/pulumi/runtime/resource.py L1344 RegisterResource, L622 ReadResource;
+    settings.py L476, L504; invoke.py L346, L523). The loop's default executor would keep its
+    idle worker threads for the life of the process; with its own executor, shut down at the
+    end, a run leaves no thread behind, so the plan may fork afterwards (a forked process
+    would inherit the threads' locks but not the threads: scripts/modelctl/forked.py).
+    """
+    # Pulumi's mocks make each worker thread an event loop of its own (pulumi/runtime/mocks.py
+    # L241-L242, `_ensure_event_loop`); made here instead, they are closed with the executor, so
+    # that a run leaves no open file descriptor behind either.
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def own_loop() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loops.append(loop)
+
+    executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="offline-run", initializer=own_loop)
+    _ensure_event_loop().set_default_executor(executor)
+    try:
+        yield
+    finally:
+        executor.shutdown(wait=True)
+        for loop in loops:
+            loop.close()
+
+
+def _empty_stack_trace() -> source_pb2.StackTrace:
+    return source_pb2.StackTrace()
+
+
+@contextmanager
+def _no_source_positions():
+    """Register resources without the call stack the SDK captures for the engine's error messages.
+
+    Before every registration the Python SDK extracts the whole interpreter stack and turns each
+    frame into a file URI (pulumi sdk/python/lib/pulumi/runtime/resource.py, `_get_stack_trace`,
+    L741-L778 in 3.272.0, called from `register_resource` L1160 and `read_resource` L833); it is
+    sent as `stackTrace` and `sourcePosition` of the RegisterResourceRequest, which only the
+    engine reads. Offline, the monitor is ours and records neither (`_RecordingMonitor`), and the
+    extraction was a sixth of a profiled thousand-model run. An empty StackTrace is what the SDK itself
+    sends when it finds no user frame.
+    """
+    captured = pulumi_resource._get_stack_trace
+    pulumi_resource._get_stack_trace = _empty_stack_trace
+    try:
+        yield
+    finally:
+        pulumi_resource._get_stack_trace = captured
 
 
 def _plain(value: Any) -> bool:

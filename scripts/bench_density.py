@@ -3,8 +3,8 @@
 The fleet: N copies of models/iris.yaml, each its own name and artifact path, made small (see
 SMALL_RESOURCES; prod keeps iris's autoscaling, min 2 max 6, and its availability objective
 0.995, below the production keep-apart threshold 0.999, so every model may share). Dedicated:
-the stacks as they are, one TF-Serving Deployment per model. Pooled: the same manifests, and the
-prod stack declares one `auto` serving pool (POOL).
+the stacks as they are, one TF-Serving Deployment per model. Pooled: the same manifests, and
+every stack the fleet is served in declares one `auto` serving pool (POOL), without Flagger.
 
 Density, from the offline run of the prod stack (one fresh process per fleet): pods, requested
 CPU and memory at minimum replicas (HPA minReplicas x the Deployment's container requests, as
@@ -35,6 +35,7 @@ import yaml
 from kubernetes.utils.quantity import parse_quantity
 
 from scripts.bench_plan import (
+    E2E_ONLY_ENVIRONMENTS,
     PROJECT_FILES,
     _git,
     bump_stable,
@@ -103,19 +104,20 @@ def write_fleet(directory: Path, models: int) -> list[str]:
 
 def edit_stacks(directory: Path, pooled: bool, flagger: bool) -> None:
     """Dedicated: no stack declares a serving pool (the local stack's included), one workload per
-    model as on main. Pooled: prod serves its models from POOL (the other stacks keep theirs) and
-    runs without Flagger unless `flagger` (the program refuses pools on a Flagger stack: a
-    Canary rolls a pool's Deployment as a whole)."""
+    model as on main; prod runs without Flagger unless `flagger`. Pooled: every stack the fleet
+    is served in serves it from POOL (the local stack's own one-shard pool would hold the whole
+    fleet in one shard), and no stack runs Flagger (the program refuses pools on a Flagger stack:
+    a Canary rolls a pool's Deployment as a whole)."""
     for path in (directory / "stacks").glob("Pulumi.*.yaml"):
         document = yaml.safe_load(path.read_text())
         config = document["config"]
+        fleet_served = config.get("model-serving:environment", path.stem.split(".", 1)[1]) not in E2E_ONLY_ENVIRONMENTS
         if not pooled:
             config.pop("model-serving:servingPools", None)
-        if path.name == f"Pulumi.{STACK}.yaml":
-            if not flagger:
-                config.pop("model-serving:progressiveDelivery", None)
-            if pooled:
-                config["model-serving:servingPools"] = {"pools": [POOL]}
+        elif fleet_served:
+            config["model-serving:servingPools"] = {"pools": [POOL]}
+        if pooled or (path.name == f"Pulumi.{STACK}.yaml" and not flagger):
+            config.pop("model-serving:progressiveDelivery", None)
         path.write_text(yaml.safe_dump(document, sort_keys=False))
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from scripts.bench_plan import bump_stable, synthetic_name, write_models
 from scripts.modelctl import incremental, plancache, snapshot
+from scripts.modelctl import scope as scopes
 from scripts.modelctl.guardrails import check, stack_policy_settings
 from scripts.modelctl.plancache import PlanCache
 from scripts.modelctl.report import PlanReport, build_report, render_json, render_markdown, render_text
@@ -166,8 +167,8 @@ def violations(root: Path, report: PlanReport) -> dict[str, list[str]]:
 def assert_same_plan(root: Path, incremental_report: PlanReport, full_report: PlanReport) -> None:
     """Steps (with both states and every property diff), summary, blast radius, capacity, the
     rendered reports and the policy verdict: all equal."""
-    assert incremental_report.scope.mode == incremental.INCREMENTAL, incremental_report.scope
-    assert full_report.scope.mode == incremental.FULL
+    assert incremental_report.scope.mode == scopes.INCREMENTAL, incremental_report.scope
+    assert full_report.scope.mode == scopes.FULL
     documents = [render_json(incremental_report), render_json(full_report)]
     for document in documents:
         document.pop("plan")
@@ -321,14 +322,14 @@ def small(tmp_path) -> Path:
 )
 def test_the_scope_of_a_change(small, edit, mode, named):
     edit(small)
-    scope = incremental.scope_of_change(small, "HEAD")
+    scope = scopes.scope_of_change(small, "HEAD")
     assert scope.mode == mode, scope
     assert named in scope.reason
 
 
 def test_an_untracked_manifest_is_a_changed_model(small):
     (small / "models/extra.yaml").write_text((small / "models/iris.yaml").read_text().replace("name: iris", "name: x"))
-    assert incremental.scope_of_change(small, "HEAD").changed_models == {"extra"}
+    assert scopes.scope_of_change(small, "HEAD").changed_models == {"extra"}
 
 
 def test_a_stack_file_change_runs_the_full_plan_and_says_so(small, capsys, tmp_path):
@@ -371,7 +372,7 @@ def test_a_violation_between_a_changed_and_an_unchanged_model_is_caught(small, c
     assert code == 1
     assert "pods-schedule" in err and "taxi-fare" in err, err
     assert "Mode: incremental" not in out  # refused before the report
-    assert incremental.scope_of_change(small, "HEAD").changed_models == {"iris"}
+    assert scopes.scope_of_change(small, "HEAD").changed_models == {"iris"}
     full = plan(small, capsys, "--stack", "eks", "--base", "HEAD", "--full", "--no-cache")
     assert full[0] == 1 and full[2] == err
 
@@ -411,6 +412,58 @@ def test_the_policy_worker_reports_what_checking_here_reports(small, capsys, tmp
         monkeypatch.setattr(policy_worker, "_run_worker", lambda writer, stacks, compute: os._exit(3))
         assert plan(small, capsys, *stacks, "--jobs", "2", *warm)[::2] == (here[0], here[2])
         assert len(forks) == 2
+
+
+@pytest.mark.parametrize("child", ["keeps", "dies"])
+def test_a_cold_cache_is_filled_by_two_processes_with_the_same_report(small, tmp_path, monkeypatch, child):
+    """--jobs 2 on a cold cache: a forked child takes some of the stacks, one at a time, and keeps
+    their pieces in the cache, and this process reads them back: the report is the one process's,
+    and the cache then holds every stack (the next plan forks nothing). A child that dies leaves
+    its stacks to this process, with the same report."""
+    from scripts.modelctl import forked
+
+    bump_stable(small / "models/iris.yaml", "prod")
+    stacks = ["prod", "eks", "dev", "staging"]
+    # The copy holds this very program: its head runs in this process, where the fork happens.
+    monkeypatch.setattr(snapshot, "_code_root", lambda: small.resolve())
+    one = build_report(small, stacks, "HEAD", cache=PlanCache(tmp_path / "one"), jobs=1)
+    declared_here: list[str] = []
+    original_take = snapshot.take
+
+    def take(root, names, **kwargs):
+        if set(kwargs.get("only_models") or ()) - {"iris"}:  # what lacked pieces; the first pass: iris only
+            declared_here.extend(names)
+        return original_take(root, names, **kwargs)
+
+    forks = []
+    original_fork = forked.Forked.__init__
+
+    def fork(self, task):
+        forks.append(task)
+        original_fork(self, task if child == "keeps" else lambda: os._exit(3))
+
+    monkeypatch.setattr(snapshot, "take", take)
+    monkeypatch.setattr(forked.Forked, "__init__", fork)
+    two = build_report(small, stacks, "HEAD", cache=PlanCache(tmp_path / "two"), jobs=2)
+    assert len(forks) == 1
+    assert render_json(two) == render_json(one)
+    assert render_markdown(two) == render_markdown(one)
+    if child == "keeps":
+        assert set(declared_here) < set(stacks) and len(declared_here) == len(set(declared_here))
+    else:
+        assert sorted(declared_here) == sorted(stacks)
+    monkeypatch.setattr(forked.Forked, "__init__", lambda self, task: pytest.fail("nothing was missing"))
+    three = build_report(small, stacks, "HEAD", cache=PlanCache(tmp_path / "two"), jobs=2)
+    assert render_json(three) == render_json(one)
+
+
+def test_a_claim_is_taken_once():
+    from scripts.modelctl import forked
+
+    with forked.Claims() as claims:
+        assert [claims.take(i) for i in (0, 1, 0, 1, 2)] == [True, True, False, False, True]
+        directory = claims.directory
+    assert not os.path.exists(directory)
 
 
 # The plan cache ---------------------------------------------------------------------------------

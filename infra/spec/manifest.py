@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -560,6 +561,8 @@ class ModelManifest(Frozen):
     training: Training | None = Field(
         default=None, description="How the model is trained and retrained; absent: it cannot be (re)trained here."
     )
+    # env -> (the environment's entry, the defaults, the merged Serving) of `serving_for`.
+    _serving_by_env: dict[str, tuple[EnvironmentServing, Serving, Serving]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ModelManifest:
@@ -590,8 +593,21 @@ class ModelManifest(Frozen):
         return self
 
     def serving_for(self, env: str) -> Serving:
-        """The serving spec for `env`: the defaults with the environment's overrides applied."""
+        """The serving spec for `env`: the defaults with the environment's overrides applied.
+
+        Kept per environment: a plan asks for it once per model, stack and run (61,000 times at a
+        thousand models). The entry is used only while this manifest still holds the very objects
+        it was merged from, so a copy with other environments or defaults merges again.
+        """
         served = self.environments[env]
+        hit = self._serving_by_env.get(env)
+        if hit is not None and hit[0] is served and hit[1] is self.serving:
+            return hit[2]
+        merged = self._merged_serving(env, served)
+        self._serving_by_env[env] = (served, self.serving, merged)
+        return merged
+
+    def _merged_serving(self, env: str, served: EnvironmentServing) -> Serving:
         resources = self.serving.resources
         if served.resources is not None:
             resources = resources.model_copy(update=served.resources.model_dump(exclude_none=True))

@@ -28,9 +28,9 @@ from scripts.training.train import TrainingError
 
 if TYPE_CHECKING:
     from infra.offline import OfflineRun
-    from scripts.modelctl.incremental import Scope
     from scripts.modelctl.plancache import PlanCache
     from scripts.modelctl.policy_worker import PolicyWorker
+    from scripts.modelctl.scope import Scope
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -108,7 +108,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     scope = plan_scope(args.root, args.base, allow_incremental=not args.full)
     worker = policy_worker(args, stacks, scope, cache)
     try:
-        report = build_report(args.root, stacks, args.base, cache=cache, scope=scope)
+        report = build_report(args.root, stacks, args.base, cache=cache, scope=scope, jobs=args.jobs)
         checked = worker.result() if worker is not None else None
     finally:
         if worker is not None:
@@ -613,8 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         choices=(1, 2),
         default=2 if (os.cpu_count() or 1) > 1 else 1,
-        help="2: an incremental plan with a cache checks every other stack's policies in a second process "
-        "(the output is the same); default 2 when there are several CPUs",
+        help="2: an incremental plan with a cache checks every other stack's policies in a second process, "
+        "and declares every other stack the cache lacks there (the output is the same); default 2 when there "
+        "are several CPUs",
     )
     plan.add_argument(
         "--prune-cache",

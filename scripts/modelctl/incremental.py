@@ -1,5 +1,5 @@
-"""What a change can reach, and the plan of only that: the plan's mode (incremental or full) and
-why, and an incremental plan's runs assembled back into whole stacks.
+"""The plan of only what a change can reach (the mode, incremental or full, and why:
+`scripts/modelctl/scope.py`): an incremental plan's runs, assembled back into whole stacks.
 
 A model's resources are a function of the program (its code, `Pulumi.yaml`, the requirements),
 the stack file and the model's own manifest: `program.declare` builds the platform from the
@@ -18,7 +18,6 @@ as in a full plan. Anything else touching the program runs the full plan.
 from __future__ import annotations
 
 import gc
-import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,149 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.offline import DeclaredResource, OfflineRun
-from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
-from scripts.modelctl import snapshot
+from scripts.modelctl import forked, snapshot
 from scripts.modelctl.plan import STACK_ITSELF, Component, ComponentKind, components, pool_members
 from scripts.modelctl.plancache import PlanCache, cache_key, records, resources_from_records
+from scripts.modelctl.scope import Scope
 
-INCREMENTAL = "incremental"
-FULL = "full"
-# Paths that cannot change what the program declares: modelctl and the training code (the plan
-# runs the head's modelctl for both sides), the policy pack (it checks what is declared, and
-# the checks always run on whole stacks), tests, docs, CI, what `make` and the plan write
-# (build/, the plan cache's default home) and the repository's own files. Any
-# other path is the program's (infra/, __main__.py, Pulumi.yaml, requirements*.txt,
-# pyproject.toml, stacks/, and whatever is added later), so changing it runs the full plan.
-DECLARES_NOTHING_DIRS = ("scripts/", "policy/", "tests/", "docs/", ".github/", ".ci/", "build/")
-DECLARES_NOTHING_FILES = (".gitignore", "Makefile", "LICENSE")
-SHOWN_PATHS = 3
 # What the plan cache keeps apart from a stack's skeleton: a model's resources, a pool's.
 PIECE_KINDS = (ComponentKind.model, ComponentKind.pool)
-
-
-@dataclass(frozen=True)
-class Tree:
-    """The files of one side of a change that the program may read, by path relative to the
-    project root, each with its git blob id (a content hash)."""
-
-    blobs: Mapping[str, str]
-
-    def manifests(self) -> dict[str, str]:
-        """Model name -> blob of each manifest (`models/<name>.yaml`, the files
-        `load_manifests` reads; the file name is the model's name)."""
-        found = {}
-        for path, blob in self.blobs.items():
-            folder, _, file = path.rpartition("/")
-            if folder == MODELS_DIR and Path(file).suffix in MANIFEST_SUFFIXES:
-                found[Path(file).stem] = blob
-        return found
-
-    def program(self) -> dict[str, str]:
-        """Every other file that may shape what is declared (see DECLARES_NOTHING_*)."""
-        return {path: blob for path, blob in self.blobs.items() if shapes_program(path)}
-
-    def program_digest(self) -> str:
-        return hashlib.sha256(repr(sorted(self.program().items())).encode()).hexdigest()
-
-
-def shapes_program(path: str) -> bool:
-    """Can a change to `path` change what the program declares, other than through one model?"""
-    if path.startswith(DECLARES_NOTHING_DIRS) or path in DECLARES_NOTHING_FILES:
-        return False
-    if "/" not in path and path.endswith(".md"):
-        return False
-    # The program reads models/<name>.yaml only (not subfolders, not the JSON Schema).
-    return not path.startswith(f"{MODELS_DIR}/")
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Which plan runs, and why (the plan output says both)."""
-
-    mode: str
-    reason: str
-    changed_models: frozenset[str] = frozenset()
-    base: Tree | None = None
-    head: Tree | None = None
-
-    @property
-    def incremental(self) -> bool:
-        return self.mode == INCREMENTAL
-
-    def describe(self) -> str:
-        return f"{self.mode} plan: {self.reason}"
-
-
-def full(reason: str, base: Tree | None = None, head: Tree | None = None) -> Scope:
-    return Scope(FULL, reason, base=base, head=head)
-
-
-def scope_of_change(root: Path, base_ref: str, allow_incremental: bool = True) -> Scope:
-    """Classify the change from `base_ref` to the working tree at `root`."""
-    commit = snapshot.git(root, "rev-parse", "--verify", "--quiet", f"{base_ref}^{{commit}}")
-    if commit is None:
-        return full(f"{base_ref} is not a commit")
-    base, head = tree_of_commit(root, commit), tree_of_working_tree(root)
-    if base is None or head is None:
-        return full("the files of the base or the head could not be listed", base, head)
-    if not allow_incremental:
-        return full("asked for (--full)", base, head)
-    changed_paths = sorted(p for p in set(base.program().items()) ^ set(head.program().items()))
-    program_paths = sorted({path for path, _ in changed_paths})
-    if program_paths:
-        shown = ", ".join(program_paths[:SHOWN_PATHS])
-        more = f" and {len(program_paths) - SHOWN_PATHS} more" if len(program_paths) > SHOWN_PATHS else ""
-        return full(f"the change touches the program, the stack files or the requirements ({shown}{more})", base, head)
-    before, after = base.manifests(), head.manifests()
-    changed = frozenset(m for m in set(before) | set(after) if before.get(m) != after.get(m))
-    named = ", ".join(sorted(changed)[:SHOWN_PATHS]) + (
-        f" and {len(changed) - SHOWN_PATHS} more" if len(changed) > SHOWN_PATHS else ""
-    )
-    what = f"only model manifests changed ({named})" if changed else "no model manifest changed"
-    return Scope(
-        INCREMENTAL,
-        f"{what}; the program, stack files and requirements are the base's, so only "
-        f"{'these models, the serving pools holding them and ' if changed else ''}"
-        "the platform are planned on both sides",
-        changed,
-        base,
-        head,
-    )
-
-
-def tree_of_commit(root: Path, commit: str) -> Tree | None:
-    """The files of `commit` under the project root (`git ls-tree` lists paths relative to it)."""
-    listing = snapshot.git(root, "ls-tree", "-r", "-z", commit)
-    if listing is None:
-        return None
-    blobs = {}
-    for entry in listing.split("\0"):
-        if entry:
-            meta, path = entry.split("\t", 1)
-            blobs[path] = meta.split()[2]
-    return Tree(blobs)
-
-
-def tree_of_working_tree(root: Path) -> Tree | None:
-    """The working tree's files, hashed as git hashes blobs: tracked and untracked files that
-    git does not ignore, and every manifest whatever git thinks of it (the program reads each
-    `models/*.yaml`). A file git would store differently (a clean filter, a symlink) hashes
-    differently here: it counts as changed, the safe direction."""
-    listing = snapshot.git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    if listing is None:
-        return None
-    paths = {p for p in listing.split("\0") if p}
-    models = root / MODELS_DIR
-    if models.is_dir():
-        paths |= {f"{MODELS_DIR}/{p.name}" for p in models.iterdir() if p.suffix in MANIFEST_SUFFIXES}
-    blobs = {}
-    for path in paths:
-        try:
-            content = (root / path).read_bytes()
-        except OSError:
-            continue  # deleted in the working tree, or a directory (a submodule)
-        blobs[path] = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
-    return Tree(blobs)
 
 
 # Runs of a subset, and whole stacks from them --------------------------------------------------
@@ -370,11 +233,12 @@ class PieceStore:
 
 
 def head_runs(
-    root: Path, stacks: Sequence[str], scope: Scope, store: PieceStore
+    root: Path, stacks: Sequence[str], scope: Scope, store: PieceStore, jobs: int = 1
 ) -> tuple[dict[str, OfflineRun], dict[str, dict[Component, list[DeclaredResource]]]]:
     """The head's whole stacks, declaring only the changed models (with their pools) and the
     models and pools the cache lacks; also every unchanged model's and pool's resources per
-    stack (a pool is unchanged when none of its members is), for the base side."""
+    stack (a pool is unchanged when none of its members is), for the base side. `jobs` 2: the
+    stacks that lack pieces are declared by two processes (`_declare_missing`)."""
     assert scope.head is not None
     manifests = scope.head.manifests()
     changed = scope.changed_models
@@ -400,7 +264,7 @@ def head_runs(
     if missing:
         # The first plan of these models and pools under this program: declare them once, and keep them.
         again = [stack for stack, found in unchanged.items() if None in found.values()]
-        runs |= snapshot.take(root, again, short_lived=True, only_models=changed | missing).runs
+        runs |= _declare_missing(root, again, changed | missing, store, manifests, runs, unchanged, jobs)
     whole: dict[str, OfflineRun] = {}
     pieces_by_stack: dict[str, dict[Component, list[DeclaredResource]]] = {}
     for stack, run in runs.items():
@@ -419,6 +283,54 @@ def head_runs(
         whole[stack] = assemble(run, found)
         store.put_skeleton(run, manifests)
     return whole, pieces_by_stack
+
+
+def _declare_missing(
+    root: Path,
+    stacks: Sequence[str],
+    only: Collection[str],
+    store: PieceStore,
+    manifests: Mapping[str, str],
+    taken: Mapping[str, OfflineRun],
+    unchanged: dict[str, dict[Component, list[DeclaredResource] | None]],
+    jobs: int,
+) -> dict[str, OfflineRun]:
+    """Runs of `stacks` declaring `only` too. With `jobs` 2, a cache and two stacks or more, a
+    forked child (scripts/modelctl/forked.py) shares the stacks with this process, one at a time,
+    and keeps the pieces of those it declares in the cache; they are then read back into
+    `unchanged` as a warm plan reads them, and what it did not keep is declared here. Their runs
+    stay the ones `taken` already (the platform and the changed models), as on a warm cache."""
+
+    def run(names: Sequence[str]) -> dict[str, OfflineRun]:
+        return snapshot.take(root, names, short_lived=True, only_models=only).runs
+
+    if not (jobs >= 2 and store.cache is not None and len(stacks) >= 2 and forked.available()):
+        return run(stacks)
+    runs: dict[str, OfflineRun] = {}
+    with forked.Claims() as claims:
+
+        def declare_and_keep() -> None:  # in the child: from the last stack on
+            for index in reversed(range(len(stacks))):
+                if claims.take(index):
+                    for declared in run([stacks[index]]).values():
+                        store.put_run(declared, manifests)
+
+        child = forked.Forked(declare_and_keep)
+        for index, stack in enumerate(stacks):
+            if claims.take(index):
+                runs |= run([stack])
+        kept = child.succeeded()
+    delegated = [stack for stack in stacks if stack not in runs]
+    if kept:
+        with _cyclic_gc_paused():
+            for stack in delegated:
+                memberships = pool_members(taken[stack].outputs)
+                unchanged[stack] = {
+                    piece: found if found is not None else store.get(stack, piece, manifests, memberships)
+                    for piece, found in unchanged[stack].items()
+                }
+    left = [stack for stack in delegated if None in unchanged[stack].values()]
+    return runs | (run(left) if left else {})
 
 
 def head_side(root: Path, stacks: Sequence[str], scope: Scope, cache: PlanCache | None) -> dict[str, OfflineRun]:
@@ -484,20 +396,20 @@ def base_snapshot(
 
 
 def incremental_runs(
-    root: Path, base_ref: str, stacks: Sequence[str], scope: Scope, cache: PlanCache | None
+    root: Path, base_ref: str, stacks: Sequence[str], scope: Scope, cache: PlanCache | None, jobs: int = 1
 ) -> tuple[dict[str, OfflineRun], dict[str, OfflineRun]]:
-    """(base, head) whole stacks of an incremental plan."""
+    """(base, head) whole stacks of an incremental plan; `jobs`: see `head_runs`."""
     assert scope.base is not None
     store = PieceStore(cache, scope.base.program_digest())
     companions = pool_companions(root, stacks, scope.changed_models)
     if snapshot.runs_here(root):
-        head, unchanged = head_runs(root, stacks, scope, store)
+        head, unchanged = head_runs(root, stacks, scope, store, jobs)
         base = base_snapshot(root, base_ref, stacks, scope, cache, companions)
     else:
         # The base runs in its own worktree and subprocess: let it run on the other core while
         # this process runs the head and reads the cache (the thread mostly waits on the child).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-base") as pool:
             base_future = pool.submit(base_snapshot, root, base_ref, stacks, scope, cache, companions)
-            head, unchanged = head_runs(root, stacks, scope, store)
+            head, unchanged = head_runs(root, stacks, scope, store, jobs)
             base = base_future.result()
     return {stack: assemble(base.runs[stack], unchanged[stack]) for stack in stacks}, head

@@ -12,10 +12,12 @@ from infra.offline import DeclaredResource, OfflineRun, mask_secrets
 from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
 from infra.spec.settings import load_stack_settings, read_stack_config
 from scripts.modelctl import comment, contract, cost, incremental, sinks, snapshot
+from scripts.modelctl import scope as scope_module
 from scripts.modelctl.comment import COMMENT_BUDGET
 from scripts.modelctl.plan import Capacity, ComponentKind, Op, PoolImpact, StackPlan, Step, capacity, plan_stack
 from scripts.modelctl.plancache import PlanCache
 from scripts.modelctl.render import dump_yaml
+from scripts.modelctl.scope import Scope
 
 COMMENT_MARKER = "<!-- modelctl-plan -->"
 # Of the comment's budget (comment.COMMENT_BUDGET), at most this much goes to YAML diffs by default.
@@ -42,7 +44,7 @@ class PlanReport:
     head_runs: dict[str, OfflineRun] = field(default_factory=dict)  # whole stacks, in either mode
     # Per stack, the served versions that move and what that does to the clients (contract.py).
     contracts: dict[str, list[contract.ContractReview]] = field(default_factory=dict)
-    scope: incremental.Scope | None = None  # which plan ran and why; None: not said
+    scope: Scope | None = None  # which plan ran and why; None: not said
 
     @property
     def has_changes(self) -> bool:
@@ -69,14 +71,14 @@ class PlanReport:
         return [(p.stack, i) for p in self.plans for i in p.pool_impacts() if self.pool_causes(i) == []]
 
 
-def plan_scope(root: Path, base_ref: str | None, allow_incremental: bool = True) -> incremental.Scope:
+def plan_scope(root: Path, base_ref: str | None, allow_incremental: bool = True) -> Scope:
     """Which plan runs against `base_ref` (None: nothing), and why."""
     if not base_ref:
-        return incremental.full("no base revision: every resource is a create")
+        return scope_module.full("no base revision: every resource is a create")
     # Refused before any git call if it could be read as an option; every later call gets
     # the resolved commit, never the text given (snapshot.resolve_commit).
     snapshot.resolve_commit(root, base_ref)
-    return incremental.scope_of_change(root, base_ref, allow_incremental)
+    return scope_module.scope_of_change(root, base_ref, allow_incremental)
 
 
 def build_report(
@@ -85,7 +87,8 @@ def build_report(
     base_ref: str | None,
     cache: PlanCache | None = None,
     allow_incremental: bool = True,
-    scope: incremental.Scope | None = None,
+    scope: Scope | None = None,
+    jobs: int = 1,
 ) -> PlanReport:
     """Plan `stacks` of the working tree at `root` against revision `base_ref` (None: nothing).
 
@@ -95,12 +98,13 @@ def build_report(
     the two modes differ only in how the unchanged models' resources were obtained.
     `cache`: where models' resources and base runs are kept between runs (None: nowhere).
     `scope`: the plan's mode, when the caller classified the change already (`plan_scope`).
+    `jobs`: 2 lets an incremental plan declare what the cache lacks in two processes.
     """
     if scope is None:
         scope = plan_scope(root, base_ref, allow_incremental)
     if scope.incremental:
         assert base_ref is not None
-        base_runs, head_runs = incremental.incremental_runs(root, base_ref, stacks, scope, cache)
+        base_runs, head_runs = incremental.incremental_runs(root, base_ref, stacks, scope, cache, jobs)
     else:
         head_runs = snapshot.take(root, stacks, short_lived=True).runs
         base_runs = (
