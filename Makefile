@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # The policy pack's own virtualenv: pulumi-policy needs protobuf < 6, TensorFlow >= 6.
 POLICY_VENV := .venv-policy
 POLICY_STAMP := $(POLICY_VENV)/.installed
+# Prometheus's own rule checker and tester (tests/promtool.py), from Debian's prometheus package.
+PROMTOOL := $(BIN)/promtool
 
 .PHONY: install demo e2e test test-fast lint shellcheck-installed chromium-installed schema policy-config codeowners bench bench-input clean
 
@@ -31,6 +33,20 @@ shellcheck-installed:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck; \
 	} || { echo "could not install shellcheck: run 'apt-get install shellcheck' as root" >&2; exit 1; }
 
+# promtool (`promtool check rules`, `promtool test rules`: tests/test_promql.py) is in Debian's
+# prometheus package, which also ships the server and a service unit. Only the promtool binary is
+# taken: the one on PATH, or the package's, downloaded and unpacked without installing it (so no
+# Prometheus server is started on the machine).
+$(PROMTOOL): $(STAMP)
+	@if command -v promtool > /dev/null; then ln -sf "$$(command -v promtool)" $@; else \
+	  echo "promtool is missing: unpacking it from Debian's prometheus package"; \
+	  scratch=$$(mktemp -d) && \
+	  { apt-get update -qq && (cd "$$scratch" && apt-get download -qq prometheus 2> /dev/null) && \
+	    dpkg-deb -x "$$scratch"/prometheus_*.deb "$$scratch/root" && cp "$$scratch/root/usr/bin/promtool" $@; }; \
+	  status=$$?; rm -rf "$$scratch"; \
+	  test $$status -eq 0 || { echo "could not get promtool: run 'apt-get install prometheus' as root" >&2; exit 1; }; \
+	fi
+
 # The catalog's browser tests (tests/test_catalog_browser.py) drive Debian's Chromium through its
 # chromedriver with Selenium; both are Debian packages, installed the same way as shellcheck.
 chromium-installed:
@@ -50,10 +66,10 @@ demo: $(STAMP)
 e2e: $(STAMP)
 	bash scripts/e2e/e2e.sh
 
-test: $(STAMP) $(POLICY_STAMP) shellcheck-installed chromium-installed
+test: $(STAMP) $(POLICY_STAMP) $(PROMTOOL) shellcheck-installed chromium-installed
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) $(POLICY_STAMP) shellcheck-installed chromium-installed
+test-fast: $(STAMP) $(POLICY_STAMP) $(PROMTOOL) shellcheck-installed chromium-installed
 	$(BIN)/python -m pytest -m "not slow"
 
 # actionlint checks every workflow under .github/workflows (and their `run:` blocks with

@@ -13,7 +13,7 @@ from infra.model.pool import MEMBERS_ANNOTATION, POOL_LABEL
 from infra.spec.settings import load_stack_settings
 from policy.engines import generated_service_ports
 from tests.conftest import MODEL_X_STACK, ROOT, STACKS, edit_yaml, serving_component, shard_of
-from tests.promql_eval import evaluate, value
+from tests.promtool import counter, expr_case, run_rule_tests
 from tests.test_program import DEPLOYMENT, HPA, SERVICE, children, extras, pod_spec, served
 
 ALERTS = {
@@ -328,42 +328,73 @@ def flagger_query(runs, metric: str) -> str:
     return substitute_flagger_variables(extras(runs["prod"], "iris")[metric].object["spec"]["query"])
 
 
-def test_probe_traffic_does_not_change_the_success_rate(runs):
+def as_series(traffic: list, **labels: str) -> list[dict[str, str]]:
+    """Synthetic rates as promtool's input series: counters growing at those rates."""
+    return [
+        counter(series_labels["__name__"], rate, {k: v for k, v in series_labels.items() if k != "__name__"} | labels)
+        for series_labels, rate in traffic
+    ]
+
+
+def assert_answers(directory, expr: str, cases: list[tuple[list, float | None]], **labels: str) -> None:
+    """Prometheus's answer to `expr` over each traffic: that one value, or nothing (None)."""
+    for index, (traffic, expected) in enumerate(cases):
+        samples = [] if expected is None else [({}, expected)]
+        run_rule_tests(directory / str(index), as_series(traffic, **labels), [expr_case(expr, samples)])
+
+
+def test_probe_traffic_does_not_change_the_success_rate(runs, tmp_path):
     success_rate = flagger_query(runs, "success-rate")
-    assert value(evaluate(success_rate, canary_traffic() + ELSEWHERE)) == pytest.approx(90.0)
-    assert value(evaluate(success_rate, canary_traffic(probes=0.6) + ELSEWHERE)) == pytest.approx(90.0)
-    assert value(evaluate(success_rate, canary_traffic(probes=6.0))) == pytest.approx(90.0)
+    assert_answers(
+        tmp_path / "now",
+        success_rate,
+        [
+            (canary_traffic() + ELSEWHERE, 90.0),
+            (canary_traffic(probes=0.6) + ELSEWHERE, 90.0),
+            (canary_traffic(probes=6.0), 90.0),
+        ],
+    )
     # The old formula counted the probes as successes: the same canary looked healthier.
-    assert value(evaluate(OLD_SUCCESS_RATE, canary_traffic())) == pytest.approx(90.0)
-    assert value(evaluate(OLD_SUCCESS_RATE, canary_traffic(probes=0.6))) == pytest.approx(100 * 9.6 / 10.6)
-    assert value(evaluate(OLD_SUCCESS_RATE, canary_traffic(probes=6.0))) == pytest.approx(100 * 15 / 16)
+    assert_answers(
+        tmp_path / "old",
+        OLD_SUCCESS_RATE,
+        [
+            (canary_traffic(), 90.0),
+            (canary_traffic(probes=0.6), 100 * 9.6 / 10.6),
+            (canary_traffic(probes=6.0), 100 * 15 / 16),
+        ],
+    )
 
 
-def test_success_rate_has_a_value_without_failures_and_without_successes(runs):
-    success_rate = flagger_query(runs, "success-rate")
-    # No failed call yet: the failure series does not exist, and the rate is still 100, not empty.
-    assert value(evaluate(success_rate, canary_traffic(failures=0, probes=0.6))) == pytest.approx(100.0)
-    # Every prediction fails (a broken version): 0, so Flagger rolls back, not "no data".
-    assert value(evaluate(success_rate, canary_traffic(predictions=0, probes=0.6))) == pytest.approx(0.0)
-    # No prediction at all: no value (Flagger then needs load, e.g. its load tester webhook).
-    assert value(evaluate(success_rate, canary_traffic(predictions=0, failures=0, probes=0.6))) is None
+def test_success_rate_has_a_value_without_failures_and_without_successes(runs, tmp_path):
+    assert_answers(
+        tmp_path,
+        flagger_query(runs, "success-rate"),
+        [
+            # No failed call yet: the failure series does not exist, and the rate is still 100, not empty.
+            (canary_traffic(failures=0, probes=0.6), 100.0),
+            # Every prediction fails (a broken version): 0, so Flagger rolls back, not "no data".
+            (canary_traffic(predictions=0, probes=0.6), 0.0),
+            # No prediction at all: no value (Flagger then needs load, e.g. its load tester webhook).
+            (canary_traffic(predictions=0, failures=0, probes=0.6), None),
+        ],
+    )
 
 
 @pytest.mark.parametrize("stack", [s for s in STACKS if monitored(s)])
-def test_error_ratio_alert_and_panel_ignore_probes(runs, stack):
+def test_error_ratio_alert_and_panel_ignore_probes(runs, stack, tmp_path):
     settings = load_stack_settings(ROOT, stack)
     expr = next(r["expr"] for r in model_alerts(runs[stack], "iris") if r["alert"] == "ModelErrorRatioAboveSLO")
     ratio = expr.rsplit(" > ", 1)[0]
-    data = [({**labels, "namespace": settings.namespace}, rate) for labels, rate in canary_traffic(probes=0.6)]
-    assert value(evaluate(ratio, data)) == pytest.approx(0.1)
+    traffic = canary_traffic(probes=0.6)
+    assert_answers(tmp_path / "alert", ratio, [(traffic, 0.1)], namespace=settings.namespace)
     if not with_dashboards(stack) or shard_of("iris", stack) is not None:
         assert "dashboard" not in extras(runs[stack], "iris")
         return
     (text,) = extras(runs[stack], "iris")["dashboard"].object["data"].values()
     panel = next(p for p in json.loads(text)["panels"] if p["title"] == "Error ratio")
-    by_version = [({**labels, "version": "2"}, rate) for labels, rate in data]
-    result = evaluate(panel["targets"][0]["expr"], by_version)
-    assert result == {frozenset({("version", "2")}): pytest.approx(0.1)}
+    by_version = as_series(traffic, namespace=settings.namespace, version="2")
+    run_rule_tests(tmp_path / "panel", by_version, [expr_case(panel["targets"][0]["expr"], [({"version": "2"}, 0.1)])])
 
 
 # --- A pod that cannot start (issue 9, n) -------------------------------------------------
