@@ -457,6 +457,41 @@ def test_a_cold_cache_is_filled_by_two_processes_with_the_same_report(small, tmp
     assert render_json(three) == render_json(one)
 
 
+def test_a_failing_plan_stops_its_filling_child(small, tmp_path, monkeypatch):
+    """The plan fails while its child still declares: the child is stopped and reaped, so
+    nothing of a failed plan runs on behind its back."""
+    import time
+
+    from scripts.modelctl import forked
+
+    monkeypatch.setattr(snapshot, "_code_root", lambda: small.resolve())
+    parent = os.getpid()
+    original_take = snapshot.take
+
+    def take(root, names, **kwargs):
+        if set(kwargs.get("only_models") or ()):  # declaring what the cache lacks
+            if os.getpid() != parent:
+                time.sleep(3600)  # the child: busy for good
+            raise RuntimeError("the plan fails here")
+        return original_take(root, names, **kwargs)
+
+    children = []
+    original_fork = forked.Forked.__init__
+
+    def fork(self, task):
+        original_fork(self, task)
+        children.append((self, self.pid))
+
+    monkeypatch.setattr(snapshot, "take", take)
+    monkeypatch.setattr(forked.Forked, "__init__", fork)
+    with pytest.raises(RuntimeError, match="the plan fails here"):
+        build_report(small, ["prod", "dev"], "HEAD", cache=PlanCache(tmp_path / "cache"), jobs=2)
+    ((child, pid),) = children
+    assert child.pid is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
 def test_a_claim_is_taken_once():
     from scripts.modelctl import forked
 

@@ -316,9 +316,13 @@ def _declare_missing(
                         store.put_run(declared, manifests)
 
         child = forked.Forked(declare_and_keep)
-        for index, stack in enumerate(stacks):
-            if claims.take(index):
-                runs |= run([stack])
+        try:
+            for index, stack in enumerate(stacks):
+                if claims.take(index):
+                    runs |= run([stack])
+        except BaseException:
+            child.stop()  # this plan fails: nothing of it runs on behind its back
+            raise
         kept = child.succeeded()
     delegated = [stack for stack in stacks if stack not in runs]
     if kept:
