@@ -20,7 +20,7 @@ from scripts.modelctl.guardrails import check, stack_policy_settings
 from scripts.modelctl.plancache import PlanCache
 from scripts.modelctl.report import PlanReport, build_report, render_json, render_markdown, render_text
 from scripts.project_copy import copy_project_files
-from tests.conftest import edit_yaml
+from tests.conftest import ROOT, edit_yaml
 from tests.test_plan import TREE, git, plan
 
 FLEET = 100
@@ -426,6 +426,9 @@ def test_a_cold_cache_is_filled_by_two_processes_with_the_same_report(small, tmp
     stacks = ["prod", "eks", "dev", "staging"]
     # The copy holds this very program: its head runs in this process, where the fork happens.
     monkeypatch.setattr(snapshot, "_code_root", lambda: small.resolve())
+    # Other tests' servers leave threads in this process, where `modelctl plan` has none
+    # (test_an_offline_run_leaves_no_thread_behind); they never run in the child.
+    monkeypatch.setattr(forked, "available", lambda: True)
     one = build_report(small, stacks, "HEAD", cache=PlanCache(tmp_path / "one"), jobs=1)
     declared_here: list[str] = []
     original_take = snapshot.take
@@ -465,6 +468,7 @@ def test_a_failing_plan_stops_its_filling_child(small, tmp_path, monkeypatch):
     from scripts.modelctl import forked
 
     monkeypatch.setattr(snapshot, "_code_root", lambda: small.resolve())
+    monkeypatch.setattr(forked, "available", lambda: True)  # as above
     parent = os.getpid()
     original_take = snapshot.take
 
@@ -490,6 +494,27 @@ def test_a_failing_plan_stops_its_filling_child(small, tmp_path, monkeypatch):
     assert child.pid is None
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_an_offline_run_leaves_no_thread_behind():
+    """What lets a plan fork: after a run, the process has its main thread only, and no more
+    open files than before (infra/offline.py `_own_executor`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, threading\n"
+        "from pathlib import Path\n"
+        "from infra.offline import run_stack\n"
+        "from scripts.modelctl import forked\n"
+        "run_stack(Path('.'), 'local', short_lived=True)\n"
+        "before = len(os.listdir('/proc/self/fd'))\n"
+        "run_stack(Path('.'), 'dev', short_lived=True)\n"
+        "print(threading.active_count(), forked.available(), len(os.listdir('/proc/self/fd')) - before)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "True", "0"]
 
 
 def test_a_claim_is_taken_once():
