@@ -1,4 +1,6 @@
-"""A task run in a forked copy of this process, whose result lands in the plan cache.
+"""A task run in a forked copy of this process: the policy worker's (scripts/modelctl/policy_worker.py,
+which reads its answer from a pipe) and the cold plan-cache fill's, whose result lands in the plan
+cache.
 
 The cold plan-cache job (main's first plan under a program: every model of every stack is
 declared once) is one busy core for minutes at a thousand models. Its stacks are independent:

@@ -19,14 +19,13 @@ a result is used only when it is complete.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import select
-import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
+
+from scripts.modelctl import forked
 
 # Stack -> [(enforcement, violation text)], in the order the rules reported them.
 Verdicts = dict[str, list[tuple[str, str]]]
@@ -42,17 +41,16 @@ class PolicyWorker:
     def __init__(self, stacks: Sequence[str], compute: Callable[[Sequence[str]], Verdicts]):
         self.stacks = list(stacks)
         reader, writer = os.pipe()
-        # Whatever this process buffered would otherwise be written twice.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker
+
+        def work() -> None:  # in the forked process
             os.close(reader)
             _run_worker(writer, self.stacks, compute)
+
+        self.child: forked.Forked | None = forked.Forked(work)
         os.close(writer)
-        self.pid: int | None = pid
+        self.pid: int | None = self.child.pid
         self.reader = reader
-        self.started = time.monotonic()
+        self.started = self.child.started
 
     def result(self) -> Verdicts | None:
         """The verdicts of every stack given, or None when the worker did not deliver them.
@@ -80,10 +78,10 @@ class PolicyWorker:
                 self.close()
                 return None
         os.close(self.reader)
-        _, status = os.waitpid(self.pid, 0)
+        succeeded = self.child is not None and self.child.succeeded()
         self.pid = None
         data = b"".join(chunks)
-        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        if not succeeded:
             return None
         try:
             document = json.loads(data)
@@ -96,29 +94,16 @@ class PolicyWorker:
         """Stop the worker if it is still running (the plan failed before asking for it)."""
         if self.pid is None:
             return
-        with contextlib.suppress(OSError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.waitpid(self.pid, 0)
+        if self.child is not None:
+            self.child.stop()
         with contextlib.suppress(OSError):
             os.close(self.reader)
         self.pid = None
 
 
 def _run_worker(writer: int, stacks: list[str], compute: Callable[[Sequence[str]], Verdicts]) -> None:
-    """In the forked process: compute, write the JSON verdicts, and leave without running any of
-    the parent's exit handlers or flushing its buffers again (os._exit)."""
-    code = 1
-    try:
-        # What was inherited is never collected here: scanning it would copy every page the
-        # two processes share.
-        gc.freeze()
-        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the process ends below
-        payload = json.dumps(compute(stacks)).encode()
-        with os.fdopen(writer, "wb") as pipe:
-            pipe.write(payload)
-        code = 0
-    except BaseException:  # the parent checks every stack itself then
-        code = 1
-    finally:
-        os._exit(code)
+    """In the forked process (scripts/modelctl/forked.py runs it, and leaves with its exit code):
+    compute, and write the JSON verdicts."""
+    payload = json.dumps(compute(stacks)).encode()
+    with os.fdopen(writer, "wb") as pipe:
+        pipe.write(payload)
