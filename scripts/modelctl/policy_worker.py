@@ -46,11 +46,14 @@ class PolicyWorker:
             os.close(reader)
             _run_worker(writer, self.stacks, compute)
 
-        self.child: forked.Forked | None = forked.Forked(work)
+        self.child = forked.Forked(work)
         os.close(writer)
-        self.pid: int | None = self.child.pid
         self.reader = reader
-        self.started = self.child.started
+
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id while it has not been waited for or stopped."""
+        return self.child.pid
 
     def result(self) -> Verdicts | None:
         """The verdicts of every stack given, or None when the worker did not deliver them.
@@ -60,7 +63,7 @@ class PolicyWorker:
         """
         if self.pid is None:
             return None
-        deadline = time.monotonic() + max(MIN_WAIT_SECONDS, 2 * (time.monotonic() - self.started))
+        deadline = time.monotonic() + max(MIN_WAIT_SECONDS, 2 * (time.monotonic() - self.child.started))
         chunks: list[bytes] = []
         received = 0
         while True:
@@ -78,8 +81,7 @@ class PolicyWorker:
                 self.close()
                 return None
         os.close(self.reader)
-        succeeded = self.child is not None and self.child.succeeded()
-        self.pid = None
+        succeeded = self.child.succeeded()
         data = b"".join(chunks)
         if not succeeded:
             return None
@@ -94,11 +96,9 @@ class PolicyWorker:
         """Stop the worker if it is still running (the plan failed before asking for it)."""
         if self.pid is None:
             return
-        if self.child is not None:
-            self.child.stop()
+        self.child.stop()
         with contextlib.suppress(OSError):
             os.close(self.reader)
-        self.pid = None
 
 
 def _run_worker(writer: int, stacks: list[str], compute: Callable[[Sequence[str]], Verdicts]) -> None:
