@@ -374,3 +374,29 @@ def test_the_program_in_a_real_preview_refuses_a_link_out_of_the_repository(proj
     with pytest.raises(pulumi.RunError):
         run_stack(project, "local", entry=program.main, into=declared)
     assert declared.resources == [], "nothing declared"
+
+
+def test_the_containment_walk_lists_what_os_walk_lists_in_its_order(tmp_path):
+    """`links_outside` walks with directory entries (a Path asks the system again per file, once
+    per stack of a fleet's plan); what it visits, and in which order (the MAX_WALKED_ENTRIES cap
+    cuts at a position), is os.walk's without following links."""
+    from infra.spec.paths import OUTSIDE, _entries, links_outside
+
+    top = tmp_path / "policy"
+    (top / "a" / "deep").mkdir(parents=True)
+    (top / "b").mkdir()
+    (top / "a" / "deep" / "x.yaml").write_text("x")
+    (top / "b" / "y.py").write_text("y")
+    (top / "z.txt").write_text("z")
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    (outside / "inner").mkdir(parents=True)
+    (top / "a" / "out").symlink_to(outside)  # a link to a directory outside: reported, not entered
+    (top / "b" / "in.py").symlink_to(top / "z.txt")
+    expected = [
+        os.path.join(directory, name)
+        for directory, subdirectories, files in os.walk(top, followlinks=False)
+        for name in subdirectories + files
+    ]
+    assert [entry.path for entry in _entries(str(top))] == expected
+    problems = links_outside(tmp_path, ("policy",))
+    assert [(p.file, p.message) for p in problems] == [("policy/a/out", OUTSIDE)]

@@ -781,19 +781,22 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
     manifests: list[ModelManifest] = []
     origin: dict[str, str] = {}
     known = set(environments) if environments is not None else None
-    paths = manifest_paths(root)
+    entries = manifest_entries(root)
     # `models/` itself resolves inside the root (checked above, or not a link), so an entry
     # of it that is not a symbolic link does too; only links need resolving, one by one.
     models_inside = is_inside(root, models_dir)
     total = 0
-    for path in paths:
-        display = f"{MODELS_DIR}/{path.name}"
-        if not (models_inside and not path.is_symlink()) and not is_inside(root, path):
+    for entry in entries:
+        path = models_dir / entry.name
+        display = f"{MODELS_DIR}/{entry.name}"
+        # The directory entry's type and its one stat (DirEntry caches both): a fleet's plan
+        # lists `models/` once per stack, and a Path's is_symlink() and stat() cost a call each.
+        if not (models_inside and not entry.is_symlink()) and not is_inside(root, path):
             errors.append(ErrorItem(display, "", OUTSIDE))
             continue
         with contextlib.suppress(OSError):  # read_bounded names the problem
             # A file over the per-file cap gets its own error from read_bounded and is not read.
-            total += size if (size := path.stat().st_size) <= MAX_FILE_BYTES else 0
+            total += size if (size := entry.stat().st_size) <= MAX_FILE_BYTES else 0
         if total > MAX_MANIFEST_BYTES_TOTAL:
             errors.append(
                 ErrorItem(
@@ -843,17 +846,23 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
 
 
 def manifest_paths(root: Path) -> list[Path]:
-    """Every `models/*.yaml|yml`, in name order; a ConfigError when there are more than MAX_MANIFESTS.
+    """Every `models/*.yaml|yml`, in name order; a ConfigError when there are more than MAX_MANIFESTS."""
+    return [root / MODELS_DIR / entry.name for entry in manifest_entries(root)]
+
+
+def manifest_entries(root: Path) -> list[os.DirEntry[str]]:
+    """The directory entries of every `models/*.yaml|yml`, in name order; a ConfigError when there
+    are more than MAX_MANIFESTS.
 
     Counted from directory entries (not reading any), so the cap holds before any work.
     """
     models_dir = root / MODELS_DIR
-    paths = []
+    found = []
     with os.scandir(models_dir) as entries:
         for entry in entries:
-            if Path(entry.name).suffix in MANIFEST_SUFFIXES:
-                paths.append(models_dir / entry.name)
-                if len(paths) > MAX_MANIFESTS:
+            if os.path.splitext(entry.name)[1] in MANIFEST_SUFFIXES:
+                found.append(entry)
+                if len(found) > MAX_MANIFESTS:
                     raise ConfigError(
                         [
                             ErrorItem(
@@ -864,7 +873,7 @@ def manifest_paths(root: Path) -> list[Path]:
                             )
                         ]
                     )
-    return sorted(paths)
+    return sorted(found, key=lambda entry: entry.name)
 
 
 def manifest_json_schema() -> dict[str, Any]:

@@ -131,6 +131,7 @@ def place(settings: StackSettings, served: Sequence[ServedModel]) -> Placement:
     errors: list[ErrorItem] = []
     chosen: dict[str, list[ServedModel]] = {}
     pool_of_shard: dict[str, PoolSettings] = {}
+    auto = pools.auto  # asked once, not per model of a fleet
     for model in served:
         field = f"environments.{model.environment}.pool"
         if model.pool is not None:
@@ -156,8 +157,8 @@ def place(settings: StackSettings, served: Sequence[ServedModel]) -> Placement:
                     ErrorItem(_manifest_file(model), field, f"names pool {model.pool}, but cannot share: {reason}")
                 )
                 continue
-        elif pools.auto is not None and why_dedicated(model, settings, pools.auto) is None:
-            pool = pools.auto
+        elif auto is not None and why_dedicated(model, settings, auto) is None:
+            pool = auto
         else:
             continue
         shard = shard_name(pool.name, shard_index(model.name, pool))
