@@ -341,6 +341,29 @@ def test_adding_removing_or_bumping_one_model_moves_no_other():
     assert shard_of(eight, FLEET, bumped=FLEET[99]) == before
 
 
+def test_placements_and_served_models_kept_in_the_process_answer_only_the_same_question():
+    """place() and served_in() keep their answers per process (a fleet's plan asks each stack
+    several times); an answer is reused only for the same stack settings and the same
+    manifest objects, and a refused placement is refused again."""
+    manifests = [MANIFEST.model_copy(update={"name": name}) for name in FLEET[:40]]
+    served = served_in(manifests, "local")
+    again = served_in(manifests, "local")
+    assert again == served and again is not served  # a new list: callers may change theirs
+    bumped = [m.model_copy() for m in manifests]
+    bumped[3] = bumped[3].model_copy(
+        update={"environments": {"local": bumped[3].environments["local"].model_copy(update={"stable": 7})}}
+    )
+    assert served_in(bumped, "local")[3].version_labels["stable"] == 7
+    assert served[3].version_labels["stable"] != 7
+    eight, nine = settings_with(8), settings_with(9)
+    assert place(eight, served) is place(eight, served_in(manifests, "local"))
+    assert place(nine, served).shard_of != place(eight, served).shard_of
+    too_small = settings_with(8, max_models=2)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="more than maxModels 2"):
+            place(too_small, served)
+
+
 def test_a_ninth_shard_takes_models_only_onto_itself():
     before = shard_of(settings_with(8), FLEET)
     after = shard_of(settings_with(9), FLEET)

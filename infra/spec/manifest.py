@@ -681,8 +681,29 @@ class ServedModel:
         return self.manifest.versions[version].digest
 
 
+# served_in's answers in this process, by environment and the manifests' identities (immutable
+# models, kept alive by the entry): validation, the program and the plan ask it for every stack
+# several times per plan, and at a thousand models each answer is 1,000 ServedModels. The
+# ServedModels are shared (frozen; nothing writes to their version labels).
+_SERVED: OrderedDict[tuple, tuple[tuple[ModelManifest, ...], tuple[ServedModel, ...]]] = OrderedDict()
+_SERVED_LIMIT = 64
+
+
 def served_in(manifests: Iterable[ModelManifest], environment: str) -> list[ServedModel]:
     """The models `environment` serves, in name order."""
+    manifests = tuple(manifests)
+    key = (environment, tuple(map(id, manifests)))
+    if key in _SERVED:
+        _SERVED.move_to_end(key)
+        return list(_SERVED[key][1])
+    served = _served_in(manifests, environment)
+    _SERVED[key] = (manifests, tuple(served))
+    if len(_SERVED) > _SERVED_LIMIT:
+        _SERVED.popitem(last=False)
+    return served
+
+
+def _served_in(manifests: Iterable[ModelManifest], environment: str) -> list[ServedModel]:
     served = []
     for m in sorted(manifests, key=lambda m: m.name):
         if environment in m.environments:

@@ -14,13 +14,12 @@ from infra.spec.settings import STACKS_DIR, RouteKind, StackSettings, load_stack
 
 def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) -> list[ErrorItem]:
     """Rules that need both a stack and the manifests it serves."""
-    manifests = list(manifests)
-    errors = placement_errors(settings, served_in(manifests, settings.environment))
-    for manifest in manifests:
-        served = manifest.environments.get(settings.environment)
-        if served is None:
-            continue
-        if manifest.serving_for(settings.environment).resources.gpu:
+    served_models = served_in(manifests, settings.environment)
+    errors = placement_errors(settings, served_models)
+    for model in served_models:
+        manifest, serving = model.manifest, model.serving
+        served = manifest.environments[settings.environment]
+        if serving.resources.gpu:
             file = f"{MODELS_DIR}/{manifest.name}.yaml"
             if not settings.cluster.has_gpu_nodes:
                 errors.append(
@@ -35,7 +34,6 @@ def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) ->
                 errors.append(
                     ErrorItem(file, "serving.resources.gpu", f"stack {settings.stack} names no images.servingGpu")
                 )
-        serving = manifest.serving_for(settings.environment)
         if serving.ingress and Protocol.grpc in serving.protocols:
             field = f"environments.{settings.environment}.protocols" if served.protocols else "serving.protocols"
             if settings.routing.kind is RouteKind.ingress:
