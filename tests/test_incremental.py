@@ -713,6 +713,7 @@ def documents(tmp_path, monkeypatch):
     from infra.spec import manifest as manifest_module
 
     monkeypatch.setattr(manifest_module, "_PARSED", type(manifest_module._PARSED)())
+    monkeypatch.setattr(manifest_module, "_BY_STAT", type(manifest_module._BY_STAT)())
     store = plancache.ManifestDocuments(PlanCache(tmp_path / "documents"))
     manifest_module.keep_documents_in(store)
     yield store
@@ -723,7 +724,7 @@ def test_a_manifest_is_parsed_once_across_processes(small, documents, monkeypatc
     from infra.spec import manifest as manifest_module
 
     first = manifest_module.load_manifests(small)
-    manifest_module._PARSED.clear()
+    manifest_module.forget_parsed()
 
     def no_parsing(*args, **kwargs):
         raise AssertionError("parsed again")
@@ -731,7 +732,7 @@ def test_a_manifest_is_parsed_once_across_processes(small, documents, monkeypatc
     monkeypatch.setattr(manifest_module, "parse_yaml", no_parsing)
     assert manifest_module.load_manifests(small) == first
     # Other content: parsed (and validated) again.
-    manifest_module._PARSED.clear()
+    manifest_module.forget_parsed()
     bump_stable(small / "models/iris.yaml", "prod")
     with pytest.raises(AssertionError, match="parsed again"):
         manifest_module.load_manifests(small)
@@ -824,3 +825,42 @@ def test_a_policy_worker_delivers_complete_verdicts_or_nothing(monkeypatch):
     assert stuck.result() is None and stuck.pid is None
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_manifest_unchanged_since_it_was_read_is_not_read_again_in_the_process(small, monkeypatch):
+    """A plan lists models/ once per stack; a manifest whose stat (device, inode, size, times)
+    is the one it had when read, long enough after its last change, is not read again. A
+    same-size rewrite with its modification time put back is still seen (the change time)."""
+    from infra.spec import manifest as manifest_module
+
+    manifest_module.forget_parsed()
+    reads: list[str] = []
+    read_bounded = manifest_module.read_bounded
+
+    def counted(path, display, *args):
+        reads.append(display)
+        return read_bounded(path, display, *args)
+
+    monkeypatch.setattr(manifest_module, "read_bounded", counted)
+    iris = small / "models/iris.yaml"
+    first = manifest_module.load_manifests(small)
+    # Just written (the fixture copied it): its stat is not trusted yet, so it is read again.
+    assert manifest_module.load_manifests(small) == first
+    assert reads.count("models/iris.yaml") == 2
+    monkeypatch.setattr(manifest_module, "RACY_NS", -(10**12))  # as if every file were old
+    manifest_module.load_manifests(small)
+    assert reads.count("models/iris.yaml") == 3
+    assert manifest_module.load_manifests(small) == first
+    assert reads.count("models/iris.yaml") == 3  # trusted: not read
+    before = iris.stat()
+    text = iris.read_text()
+    start = text.index("description: ") + len("description: ")
+    rewritten = text[:start] + "_" + text[start + 1 :]
+    assert len(rewritten) == len(text) and rewritten != text
+    iris.write_text(rewritten)
+    os.utime(iris, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert iris.stat().st_size == before.st_size and iris.stat().st_mtime_ns == before.st_mtime_ns
+    again = {m.name: m for m in manifest_module.load_manifests(small)}
+    assert reads.count("models/iris.yaml") == 4
+    assert again["iris"].description.startswith("_")
+    manifest_module.forget_parsed()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import typing
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -763,17 +764,36 @@ def keep_documents_in(store: DocumentStore | None) -> None:
     parse in every process). Validation runs on every read either way."""
     global _DOCUMENTS
     _DOCUMENTS = store
-    _PARSED.clear()  # so that every content read from now on goes through `store` once
+    forget_parsed()  # so that every content read from now on goes through `store` once
 
 
-def _parsed_manifest(path: Path, display: str) -> ModelManifest:
+def forget_parsed() -> None:
+    """Forget every manifest parsed in this process (as a new process would start)."""
+    _PARSED.clear()
+    _BY_STAT.clear()
+
+
+def _parsed_manifest(path: Path, display: str, info: os.stat_result | None = None) -> ModelManifest:
     """Parse a manifest once per content (a fleet's plan reads each many times). The file is
     read within the size cap and without blocking (read_bounded: a FIFO or a huge file is
-    refused unread), and what is parsed is exactly the bytes of the key."""
+    refused unread), and what is parsed is exactly the bytes of the key.
+
+    `info`, the file's stat: a file unchanged since it was parsed in this process (same device,
+    inode, size, modification and change times) is not read again, as git's index trusts a
+    file's stat (Documentation/technical/racy-git.txt). A file is trusted so only if, when it
+    was read, its last change was more than RACY_NS ago: a later change then carries a later
+    change time even on a file system with coarse timestamps, so a same-size rewrite within one
+    timestamp tick cannot pass for the file that was read."""
+    trusted = _stat_key(display, info) if info is not None else None
+    if trusted is not None and trusted in _BY_STAT:
+        _BY_STAT.move_to_end(trusted)
+        return _BY_STAT[trusted]
+    read_at = time.time_ns()
     data = read_bounded(path, display)
     key = (display, data)
     if key in _PARSED:
         _PARSED.move_to_end(key)
+        _trust(trusted, info, read_at, _PARSED[key])
         return _PARSED[key]
     document = _DOCUMENTS.get(data) if _DOCUMENTS is not None else None
     if document is None:
@@ -784,7 +804,31 @@ def _parsed_manifest(path: Path, display: str) -> ModelManifest:
     _PARSED[key] = manifest
     if len(_PARSED) > _PARSED_LIMIT:
         _PARSED.popitem(last=False)
+    _trust(trusted, info, read_at, manifest)
     return manifest
+
+
+# Valid manifests by file name and stat (see _parsed_manifest); bounded like _PARSED.
+_BY_STAT: OrderedDict[tuple[str, int, int, int, int, int], ModelManifest] = OrderedDict()
+# Coarser than any file system's timestamps that a repository lives on (FAT: 2 s).
+RACY_NS = 3 * 10**9
+
+
+def _stat_key(display: str, info: os.stat_result) -> tuple[str, int, int, int, int, int]:
+    return (display, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _trust(
+    key: tuple[str, int, int, int, int, int] | None,
+    info: os.stat_result | None,
+    read_at: int,
+    manifest: ModelManifest,
+) -> None:
+    if key is None or info is None or read_at - max(info.st_mtime_ns, info.st_ctime_ns) <= RACY_NS:
+        return
+    _BY_STAT[key] = manifest
+    if len(_BY_STAT) > _PARSED_LIMIT:
+        _BY_STAT.popitem(last=False)
 
 
 def load_manifests(root: Path, environments: Iterable[str] | None = None) -> list[ModelManifest]:
@@ -815,9 +859,11 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
         if not (models_inside and not entry.is_symlink()) and not is_inside(root, path):
             errors.append(ErrorItem(display, "", OUTSIDE))
             continue
+        info = None
         with contextlib.suppress(OSError):  # read_bounded names the problem
+            info = entry.stat()
             # A file over the per-file cap gets its own error from read_bounded and is not read.
-            total += size if (size := entry.stat().st_size) <= MAX_FILE_BYTES else 0
+            total += info.st_size if info.st_size <= MAX_FILE_BYTES else 0
         if total > MAX_MANIFEST_BYTES_TOTAL:
             errors.append(
                 ErrorItem(
@@ -829,7 +875,7 @@ def load_manifests(root: Path, environments: Iterable[str] | None = None) -> lis
             )
             break
         try:
-            manifest = _parsed_manifest(path, display)
+            manifest = _parsed_manifest(path, display, info)
         except ConfigError as exc:
             errors.extend(exc.errors)
             continue
