@@ -15,6 +15,9 @@ KUBERNETES_PREFIX = "kubernetes:"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+# A KEDA ScaledObject: KEDA creates and owns the HPA of its target (policy/keda.py).
+SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
+SCALERS = (HPA, SCALED_OBJECT)
 CANARY = "kubernetes:flagger.app/v1beta1:Canary"
 HTTP_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
 GRPC_ROUTE = "kubernetes:gateway.networking.k8s.io/v1:GRPCRoute"
@@ -158,12 +161,21 @@ class PodTemplate:
         return f"{self.owner.kind} {self.owner.object_name}"
 
 
+def min_replicas(scaler: Resource) -> int:
+    """The fewest pods an HPA or a KEDA ScaledObject keeps its target at: an HPA's minReplicas
+    (default 1), a ScaledObject's minReplicaCount (default 0: KEDA scales an idle target to zero,
+    kedacore/keda@v2.20.2 pkg/scaling/executor/scale_scaledobjects.go:58-61, 98)."""
+    if scaler.type == SCALED_OBJECT:
+        return int(scaler.spec.get("minReplicaCount", 0))
+    return int(scaler.spec.get("minReplicas", 1))
+
+
 def pod_templates(resources: Sequence[Resource]) -> list[PodTemplate]:
     """Every workload's pods, with the minimum replica count its autoscaler keeps."""
     scalers = {
-        (r.namespace, (r.spec.get("scaleTargetRef") or {}).get("name")): r.spec.get("minReplicas", 1)
+        (r.namespace, (r.spec.get("scaleTargetRef") or {}).get("name")): min_replicas(r)
         for r in resources
-        if r.type == HPA
+        if r.type in SCALERS
     }
     templates = []
     for resource in resources:
@@ -327,11 +339,13 @@ def flagger_outcome(resources: Sequence[Resource]) -> FlaggerOutcome:
         label, value = selector
         template = target.spec.get("template") or {}
         primary_labels = dict((template.get("metadata") or {}).get("labels") or {}) | {label: f"{value}-primary"}
-        # The primary gets its own copy of the target's autoscaler (`<hpa>-primary`).
+        # The primary gets its own copy of the target's autoscaler (`<hpa>-primary`, or
+        # `<scaledobject>-primary`: pkg/canary/scaled_object_reconciler.go:40-79).
         scaler_ref = canary.spec.get("autoscalerRef") or {}
-        scaler = index.find(HPA, canary.namespace, str(scaler_ref.get("name")))
+        scaler_type = SCALED_OBJECT if scaler_ref.get("kind") == "ScaledObject" else HPA
+        scaler = index.find(scaler_type, canary.namespace, str(scaler_ref.get("name")))
         primary_spec = {
-            "replicas": (scaler.spec.get("minReplicas", 1) if scaler else target.spec.get("replicas", 1)),
+            "replicas": (min_replicas(scaler) if scaler else target.spec.get("replicas", 1)),
             "selector": {"matchLabels": {label: f"{value}-primary"}},
             "template": {"metadata": {"labels": primary_labels}, "spec": template.get("spec") or {}},
         }

@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy import fidelity, webhooks
+from policy import fidelity, keda, webhooks
 from policy.engines import (
     DEPLOYMENT,
     GRPC_ROUTE,
     HTTP_ROUTE,
     POOL_LABEL,
+    SCALED_OBJECT,
     SERVICE,
     LabelIndex,
     NodePool,
@@ -225,7 +226,8 @@ def routes_on_stack_host(resource: Resource, settings: PolicySettings) -> list[s
 
 
 def production_replicas(resources: list[Resource], settings: PolicySettings) -> list[tuple[Resource, str]]:
-    """In production: at least two replicas (HPA minimum), and a PodDisruptionBudget per workload."""
+    """In production: at least two replicas (HPA or KEDA ScaledObject minimum), and a
+    PodDisruptionBudget per workload."""
     if not settings.production:
         return []
     problems = []
@@ -234,6 +236,10 @@ def production_replicas(resources: list[Resource], settings: PolicySettings) -> 
         minimum = scaler.props.get("spec", {}).get("minReplicas", 1)
         if minimum < PRODUCTION_MIN_REPLICAS:
             problems.append((scaler, f"minReplicas {minimum} < {PRODUCTION_MIN_REPLICAS} in production"))
+    for scaler in (r for r in resources if r.type == SCALED_OBJECT):
+        minimum, _ = keda.replica_bounds(scaler)
+        if minimum < PRODUCTION_MIN_REPLICAS:
+            problems.append((scaler, f"minReplicaCount {minimum} < {PRODUCTION_MIN_REPLICAS} in production"))
     for workload in (r for r in resources if r.type in POD_OWNERS):
         replicas = workload.props.get("spec", {}).get("replicas")
         if replicas is not None and replicas < PRODUCTION_MIN_REPLICAS:
@@ -452,6 +458,10 @@ def _references(resource: Resource) -> Iterable[tuple[str, str, str, str]]:
     elif resource.kind == "HorizontalPodAutoscaler":
         target = spec.get("scaleTargetRef") or {}
         yield "spec.scaleTargetRef", target.get("kind", ""), namespace, target.get("name", "")
+    elif resource.type == SCALED_OBJECT:
+        # An empty kind is a Deployment (policy/keda.py target).
+        target = spec.get("scaleTargetRef") or {}
+        yield "spec.scaleTargetRef", target.get("kind") or "Deployment", namespace, target.get("name", "")
     elif resource.kind == "Canary":
         yield "spec.targetRef", (spec.get("targetRef") or {}).get("kind", ""), namespace, spec["targetRef"]["name"]
         if spec.get("autoscalerRef"):
@@ -648,6 +658,13 @@ RULES = (
         check_stack=pods_schedule,
         fix="lower the requests or minimum replicas, or choose larger or more nodes (cluster.eks.*Nodes, "
         "cluster.nodePools) or a node autoscaler",
+    ),
+    Rule(
+        "one-autoscaler-per-workload",
+        "No workload is scaled by a HorizontalPodAutoscaler and a KEDA ScaledObject, or by two ScaledObjects "
+        "(KEDA's admission webhook refuses the ScaledObject).",
+        check_stack=keda.autoscaler_conflicts,
+        fix="declare either the HPA (autoscaling.metric: cpu) or the ScaledObject (metric: requests), not both",
     ),
     # Findings of issue 24, with their upstream sources in policy/fidelity.py.
     Rule(

@@ -12,6 +12,7 @@ import pytest
 
 from infra.platform import addons, pins
 from policy.fidelity import EMULATED_FLAGGER_RELEASE
+from policy.keda import EMULATED_KEDA_RELEASE
 from tests.conftest import ROOT
 from tests.test_schemas import CRD_DIRS
 
@@ -48,6 +49,12 @@ def test_the_flagger_chart_is_the_release_of_its_crds_and_of_the_emulation():
     assert addons.FLAGGER.version == pins.FLAGGER.version
 
 
+def test_the_keda_chart_is_the_release_of_its_crds_and_of_the_emulation():
+    release = CRD_DIR.match(pins.KEDA.crds)["release"]
+    assert pins.KEDA.version == release == EMULATED_KEDA_RELEASE
+    assert addons.KEDA.version == pins.KEDA.version
+
+
 @pytest.mark.parametrize(
     ("pattern", "pin"),
     [
@@ -65,6 +72,9 @@ def test_the_flagger_chart_is_the_release_of_its_crds_and_of_the_emulation():
         (r"Cluster Autoscaler chart\s+([0-9]+\.[0-9]+\.[0-9]+)", pins.CLUSTER_AUTOSCALER.version),
         (r"k8s-device-plugin@v([0-9.]*[0-9])", pins.NVIDIA_DEVICE_PLUGIN.version),
         (r"NVIDIA device plugin chart ([0-9]+\.[0-9]+\.[0-9]+)", pins.NVIDIA_DEVICE_PLUGIN.version),
+        (r"kedacore/keda@v([0-9.]*[0-9])", pins.KEDA.version),
+        (r"keda-v([0-9.]*[0-9])", pins.KEDA.version),
+        (r"\bKEDA (?:v|chart )?([0-9]+\.[0-9]+\.[0-9]+)", pins.KEDA.version),
     ],
 )
 def test_every_citation_names_the_pinned_release(pattern, pin):
@@ -80,5 +90,6 @@ def test_the_charts_installed_are_the_pins():
         addons.FLAGGER,
         addons.CLUSTER_AUTOSCALER,
         addons.NVIDIA_DEVICE_PLUGIN,
+        addons.KEDA,
     ]
     assert {c.name: c.version for c in charts} == {name: pin.version for name, pin in pins.PINS.items()}

@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import ROOT, STACKS
 
 SCHEMAS = Path(__file__).parent / "schemas"
-CRD_DIRS = ("gateway-api-v1.6.1", "prometheus-operator-v0.93.0", "flagger-v1.44.0")
+CRD_DIRS = ("gateway-api-v1.6.1", "prometheus-operator-v0.93.0", "flagger-v1.44.0", "keda-v2.20.2")
 # The oldest Kubernetes the program supports (the preStop `sleep` action is on by default
 # from 1.30) and the newest the schema package ships.
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]

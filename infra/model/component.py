@@ -9,12 +9,14 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.model import flagger, network_policy, observability, routing, tfserving, workload
+from infra.model import flagger, keda, network_policy, observability, routing, tfserving, workload
 from infra.model.fetch import fetch_script
 from infra.model.workload import Workload
 from infra.platform import iam
 from infra.platform.component import Platform
-from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ModelManifest, ServedModel
+from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, Autoscaling, ModelManifest, ServedModel
+from infra.spec.scaling import ScalingMetric
+from infra.spec.serving_pools import PoolAutoscaling
 from infra.spec.settings import RouteKind, StackSettings
 
 MODEL_TYPE = "model-serving:model:ModelDeployment"
@@ -31,6 +33,37 @@ def child_options(parent: pulumi.Resource, platform: Platform, *needs: Any) -> p
         elif need is not None:
             depends.append(need)
     return pulumi.ResourceOptions(parent=parent, depends_on=depends)
+
+
+def scaled_object(
+    parent: pulumi.Resource,
+    platform: Platform,
+    name: str,
+    settings: StackSettings,
+    deployment: k8s.apps.v1.Deployment,
+    metadata: k8s.meta.v1.ObjectMetaArgs,
+    scaling: Autoscaling | PoolAutoscaling,
+    model_name: str | None,
+) -> k8s.apiextensions.CustomResource:
+    """`<name>-scaler`, the KEDA ScaledObject of a Deployment scaled on requests, in place of its HPA
+    (infra/model/keda.py). `scaling`: the model's or the pool's autoscaling; `model_name`: count only
+    that model's calls (None: every model the pods serve)."""
+    address = settings.monitoring.prometheus_address
+    assert address is not None  # required by infra/spec/project.py request_scaling_errors
+    query = deployment.metadata.name.apply(lambda pods: keda.request_rate_query(settings.namespace, pods, model_name))
+    return k8s.apiextensions.CustomResource(
+        f"{name}-scaler",
+        **keda.scaled_object(
+            metadata,
+            deployment.metadata.name,
+            scaling.min_replicas,
+            scaling.max_replicas,
+            scaling.target_requests_per_second,
+            query,
+            address,
+        ),
+        opts=child_options(parent, platform, "keda"),
+    )
 
 
 def reader_role(
@@ -179,11 +212,26 @@ class ModelDeployment(pulumi.ComponentResource):
             ),
             opts=self._opts(account),
         )
-        autoscaler = k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{prefix}-hpa",
-            **workload.autoscaler(track, namespace, deployment.metadata.name),
-            opts=self._opts("metrics-server"),
-        )
+        scaling = track.model.serving.autoscaling
+        if scaling.metric is ScalingMetric.requests:
+            scaler = scaled_object(
+                self,
+                self.platform,
+                prefix,
+                settings,
+                deployment,
+                workload.metadata(track, namespace),
+                scaling,
+                track.name,
+            )
+            autoscaler_name = scaler.metadata["name"]
+        else:
+            autoscaler = k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                f"{prefix}-hpa",
+                **workload.autoscaler(track, namespace, deployment.metadata.name),
+                opts=self._opts("metrics-server"),
+            )
+            autoscaler_name = autoscaler.metadata.name
         k8s.policy.v1.PodDisruptionBudget(
             f"{prefix}-pdb", **workload.disruption_budget(track, namespace, whole_model=flagger_target), opts=child
         )
@@ -198,7 +246,7 @@ class ModelDeployment(pulumi.ComponentResource):
                     track.model,
                     settings,
                     deployment.metadata.name,
-                    autoscaler.metadata.name,
+                    autoscaler_name,
                     {metric: template.metadata["name"] for metric, template in templates.items()},
                 ),
                 opts=self._opts("flagger", "envoy-gateway", *templates.values()),

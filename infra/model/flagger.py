@@ -13,12 +13,13 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from infra.model import loadtest, tfserving
+from infra.model import keda, loadtest, tfserving
 from infra.model.observability import latency_quantile, success_ratio
 from infra.model.routing import route_path, verb_paths
 from infra.model.workload import model_selector
 from infra.platform.network import platform_labels
 from infra.spec.manifest import ServedModel
+from infra.spec.scaling import ScalingMetric
 from infra.spec.settings import StackSettings
 
 FLAGGER_API = "flagger.app/v1beta1"
@@ -64,6 +65,30 @@ def metric_templates(model: ServedModel, settings: StackSettings) -> dict[str, d
     }
 
 
+def autoscaler_ref(
+    model: ServedModel, settings: StackSettings, deployment_name: pulumi.Input[str], autoscaler_name: pulumi.Input[str]
+) -> dict[str, Any]:
+    """The target's autoscaler, which Flagger copies for `<target>-primary` and pauses between analyses.
+
+    A ScaledObject's copy is `<name>-primary`, aimed at the primary Deployment, with the queries of
+    `primaryScalerQueries` by trigger name (fluxcd/flagger@v1.44.0
+    pkg/canary/scaled_object_reconciler.go:L40-L79, L183-L192; kind ScaledObject at
+    pkg/canary/factory.go:L116-L120); without them Flagger rewrites the target's name in each query
+    (L193-L208). Ours names the primary's pods explicitly.
+    """
+    if model.serving.autoscaling.metric is not ScalingMetric.requests:
+        return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": autoscaler_name}
+    primary_query = pulumi.Output.from_input(deployment_name).apply(
+        lambda target: keda.request_rate_query(settings.namespace, f"{target}-primary", model.name)
+    )
+    return {
+        "apiVersion": keda.KEDA_API,
+        "kind": keda.SCALED_OBJECT,
+        "name": autoscaler_name,
+        "primaryScalerQueries": {keda.TRIGGER: primary_query},
+    }
+
+
 def canary(
     model: ServedModel,
     settings: StackSettings,
@@ -87,11 +112,7 @@ def canary(
         "spec": {
             "provider": "gatewayapi:v1",
             "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
-            "autoscalerRef": {
-                "apiVersion": "autoscaling/v2",
-                "kind": "HorizontalPodAutoscaler",
-                "name": autoscaler_name,
-            },
+            "autoscalerRef": autoscaler_ref(model, settings, deployment_name, autoscaler_name),
             "progressDeadlineSeconds": 900,
             "service": {
                 # The apex Service and the HTTPRoute carry the model's name, as without Flagger.

@@ -37,6 +37,7 @@ from infra.model import tfserving
 from infra.model.workload import MODEL_LABEL, TRACK_LABEL, VERSION_LABEL, model_selector
 from infra.platform.network import platform_labels
 from infra.spec.manifest import ServedModel
+from infra.spec.scaling import ScalingMetric
 from infra.spec.settings import StackSettings
 
 MONITORING_API = "monitoring.coreos.com/v1"
@@ -151,19 +152,27 @@ def service_monitor(model: ServedModel, settings: StackSettings) -> dict[str, An
 
 def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
     """The alerts of one model; every expression names it (and its namespace)."""
-    return alert_rules_of(model.name, namespace, pod_name_pattern(model.name), f"{model.name}(-primary)?", model)
+    hpa = autoscaler_pattern(model.name, model.serving.autoscaling.metric)
+    return alert_rules_of(model.name, namespace, pod_name_pattern(model.name), f"{model.name}(-primary)?", model, hpa)
+
+
+def autoscaler_pattern(workload: str, metric: ScalingMetric) -> str:
+    """A regex of the names of the stable track's HPA: ours, Pulumi auto-named `<workload>-hpa-<hex>`,
+    or on requests the one KEDA creates for our ScaledObject `<workload>-scaler-<hex>`, named
+    `keda-hpa-<scaledobject>` (kedacore/keda@v2.20.2 controllers/keda/hpa.go:401-402)."""
+    return f"keda-hpa-{workload}-scaler-.+" if metric is ScalingMetric.requests else f"{workload}-hpa-.+"
 
 
 def alert_rules_of(
-    workload: str, namespace: str, pods_pattern: str, services: str, model: ServedModel
+    workload: str, namespace: str, pods_pattern: str, services: str, model: ServedModel, hpa: str
 ) -> list[dict[str, Any]]:
     """The alerts of the workload `workload` (a model's, or a pool's: its Services match `services`,
-    its pods `pods_pattern`), with `model`'s SLO alerts on its own `model_name` series."""
+    its pods `pods_pattern`, its autoscaler's name `hpa`), with `model`'s SLO alerts on its own
+    `model_name` series."""
     slo = model.serving.slo
     where = selectors(model, namespace)
     error_budget = round(1 - slo.availability, 6)
     latency_us = slo.latency_p99_ms * 1000
-    hpa = f"{workload}-hpa-.+"  # the stable track's autoscaler (Pulumi auto-names it)
     labels = {"model": workload, "namespace": namespace}
 
     def alert(name: str, expr: str, duration: str, severity: str, summary: str) -> dict[str, Any]:
@@ -348,10 +357,13 @@ def pool_service_monitor(shard: str, pool_label: str, settings: StackSettings) -
     }
 
 
-def pool_alert_rules(shard: str, members: list[ServedModel], namespace: str) -> list[dict[str, Any]]:
+def pool_alert_rules(
+    shard: str, members: list[ServedModel], namespace: str, metric: ScalingMetric = ScalingMetric.cpu
+) -> list[dict[str, Any]]:
     """The pool's own alerts (no ready pod, autoscaler at max, pods not starting), then each
     member's SLO alerts on its own `model_name` series."""
-    own_rules = alert_rules_of(shard, namespace, pool_pod_pattern(shard), shard, members[0])
+    hpa = autoscaler_pattern(shard, metric)
+    own_rules = alert_rules_of(shard, namespace, pool_pod_pattern(shard), shard, members[0], hpa)
     per_model = {rule["alert"]: rule for rule in own_rules}
     rules = [
         _relabel(per_model["ModelNoReadyReplica"], "PoolNoReadyReplica", shard),
@@ -371,17 +383,18 @@ def _relabel(rule: dict[str, Any], name: str, shard: str) -> dict[str, Any]:
 
 
 def pool_prometheus_rule(
-    shard: str, pool_label: str, members: list[ServedModel], settings: StackSettings
+    shard: str,
+    pool_label: str,
+    members: list[ServedModel],
+    settings: StackSettings,
+    metric: ScalingMetric = ScalingMetric.cpu,
 ) -> dict[str, Any]:
+    rules = pool_alert_rules(shard, members, settings.namespace, metric)
     return {
         "api_version": MONITORING_API,
         "kind": "PrometheusRule",
         "metadata": _pool_metadata(shard, pool_label, settings),
-        "spec": {
-            "groups": [
-                {"name": f"model-serving.pool.{shard}", "rules": pool_alert_rules(shard, members, settings.namespace)}
-            ]
-        },
+        "spec": {"groups": [{"name": f"model-serving.pool.{shard}", "rules": rules}]},
     }
 
 

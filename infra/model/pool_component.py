@@ -8,10 +8,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.model import observability, pool, tfserving
-from infra.model.component import child_options, reader_role
+from infra.model.component import child_options, reader_role, scaled_object
 from infra.model.fetch import fetch_pool_script, fetch_script
 from infra.platform.component import Platform
 from infra.spec.placement import Shard
+from infra.spec.scaling import ScalingMetric
 from infra.spec.settings import StackSettings
 
 POOL_TYPE = "model-serving:model:ServingPool"
@@ -44,11 +45,16 @@ class ServingPool(pulumi.ComponentResource):
             **pool.deployment(shard, settings, namespace, config.metadata.name, tfserving.content_hash(files)),
             opts=self._opts(account),
         )
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa",
-            **pool.autoscaler(shard, namespace, deployment.metadata.name),
-            opts=self._opts("metrics-server"),
-        )
+        scaling = shard.pool.autoscaling
+        if scaling.metric is ScalingMetric.requests:
+            # Every member's calls: the members share the pods.
+            scaled_object(self, platform, name, settings, deployment, pool.metadata(shard, namespace), scaling, None)
+        else:
+            k8s.autoscaling.v2.HorizontalPodAutoscaler(
+                f"{name}-hpa",
+                **pool.autoscaler(shard, namespace, deployment.metadata.name),
+                opts=self._opts("metrics-server"),
+            )
         k8s.policy.v1.PodDisruptionBudget(f"{name}-pdb", **pool.disruption_budget(shard, namespace), opts=child)
         k8s.networking.v1.NetworkPolicy(f"{name}-netpol", **pool.network_policy(shard, settings, namespace), opts=child)
         # Waits for its Deployment, as a model's Service does (infra/model/component.py).
@@ -65,7 +71,7 @@ class ServingPool(pulumi.ComponentResource):
             )
             k8s.apiextensions.CustomResource(
                 f"{name}-alerts",
-                **observability.pool_prometheus_rule(shard.name, pool.POOL_LABEL, members, settings),
+                **observability.pool_prometheus_rule(shard.name, pool.POOL_LABEL, members, settings, scaling.metric),
                 opts=monitoring,
             )
         if settings.monitoring.grafana_dashboards:

@@ -1,5 +1,5 @@
 """Cluster add-ons as pinned Helm charts: Envoy Gateway, metrics-server, kube-prometheus-stack, Flagger,
-and on EKS the Cluster Autoscaler and the NVIDIA device plugin."""
+KEDA, and on EKS the Cluster Autoscaler and the NVIDIA device plugin."""
 
 from __future__ import annotations
 
@@ -59,6 +59,12 @@ FLAGGER = Chart(
     "flagger-system",
     {"meshProvider": "gatewayapi:v1", "metricsServer": "http://kube-prometheus-stack-prometheus.monitoring:9090"},
 )
+# KEDA: the operator, its metrics API server (which the HPAs it creates read) and the admission
+# webhook that refuses a second autoscaler on a workload (kedacore/keda@v2.20.2
+# apis/keda/v1alpha1/scaledobject_webhook.go:308, :391). Repository as in KEDA's install docs
+# (`helm repo add kedacore https://kedacore.github.io/charts`). The chart's default values install
+# the CRDs (`crds.install`; kedacore/charts was not read offline, so that is not verified here).
+KEDA = Chart("keda", "keda", PINS["keda"].version, "https://kedacore.github.io/charts", "keda", {})
 
 # kubernetes/autoscaler@cluster-autoscaler-chart-9.59.0: chart `cluster-autoscaler` 9.59.0
 # (cluster-autoscaler/charts/cluster-autoscaler/Chart.yaml:L10, L14), repository from its

@@ -204,6 +204,7 @@ class Platform(pulumi.ComponentResource):
             (wanted.metrics_server, addons.METRICS_SERVER, addons.METRICS_SERVER.values),
             (wanted.kube_prometheus_stack, addons.KUBE_PROMETHEUS_STACK, addons.KUBE_PROMETHEUS_STACK.values),
             (wanted.flagger, addons.FLAGGER, addons.FLAGGER.values),
+            (wanted.keda, addons.KEDA, addons.KEDA.values),
         ]
         if wanted.cluster_autoscaler and eks_spec is not None:
             values = addons.cluster_autoscaler_values(

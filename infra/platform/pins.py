@@ -58,7 +58,20 @@ NVIDIA_DEVICE_PLUGIN = Pin(
     "NVIDIA/k8s-device-plugin@v0.17.4 deployments/helm/nvidia-device-plugin/Chart.yaml:L2, L5",
 )
 
+# KEDA's chart (kedacore/charts, `keda`) is released with the same version as KEDA itself; the
+# ScaledObject schema vendored is kedacore/keda@v2.20.2 config/crd/bases/keda.sh_scaledobjects.yaml, and
+# the code cites that tag (the chart's appVersion is not verified offline: kedacore/charts not read).
+KEDA = Pin("keda", "2.20.2", "keda-v2.20.2", "kedacore/charts keda 2.20.2 (appVersion not verified offline)")
+
 PINS: dict[str, Pin] = {
     pin.chart: pin
-    for pin in (FLAGGER, ENVOY_GATEWAY, KUBE_PROMETHEUS_STACK, METRICS_SERVER, CLUSTER_AUTOSCALER, NVIDIA_DEVICE_PLUGIN)
+    for pin in (
+        FLAGGER,
+        ENVOY_GATEWAY,
+        KUBE_PROMETHEUS_STACK,
+        METRICS_SERVER,
+        CLUSTER_AUTOSCALER,
+        NVIDIA_DEVICE_PLUGIN,
+        KEDA,
+    )
 }

@@ -27,6 +27,7 @@ from pydantic import (
 
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
 from infra.spec.paths import OUTSIDE, is_inside
+from infra.spec.scaling import ScalingMetric, metric_problems
 from infra.spec.validators import FiniteValue, VersionNumber, finite
 from infra.spec.yamlio import MAX_FILE_BYTES, decode_text, parse_yaml, read_bounded
 
@@ -255,15 +256,28 @@ class Autoscaling(Frozen):
         ge=1,
         le=100,
         strict=True,
-        description="Average CPU utilisation (% of request) the HPA aims for.",
+        description="Average CPU utilisation (% of request) the HPA aims for (metric cpu).",
+    )
+    # Enums take their YAML string value (as `goal` does).
+    metric: Annotated[ScalingMetric, Field(strict=False)] = Field(
+        default=ScalingMetric.cpu,
+        description="`cpu`: a HorizontalPodAutoscaler on CPU utilisation; `requests`: a KEDA ScaledObject on the "
+        "model's prediction calls per second (docs/autoscaling.md; the stack names its Prometheus).",
+    )
+    target_requests_per_second: float | None = Field(
+        default=None,
+        gt=0,
+        description="Prediction calls per second one replica takes (metric requests only): KEDA keeps "
+        "replicas = ceil(rate / target) within min and max.",
     )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Autoscaling:
+        problems = metric_problems(self.metric, self.target_requests_per_second, "target_requests_per_second")
         if self.min_replicas > self.max_replicas:
-            raise FieldProblemsError(
-                [("min_replicas", f"Got {self.min_replicas}, greater than max_replicas {self.max_replicas}")]
-            )
+            problems.append(("min_replicas", f"Got {self.min_replicas}, greater than max_replicas {self.max_replicas}"))
+        if problems:
+            raise FieldProblemsError(problems)
         return self
 
 
@@ -494,6 +508,12 @@ class AutoscalingOverride(Frozen):
     min_replicas: int | None = Field(default=None, ge=1, strict=True)
     max_replicas: int | None = Field(default=None, ge=1, strict=True)
     target_cpu_utilization: int | None = Field(default=None, ge=1, le=100, strict=True)
+    metric: Annotated[ScalingMetric, Field(strict=False)] | None = Field(
+        default=None, description="Per-environment override of serving.autoscaling.metric."
+    )
+    target_requests_per_second: float | None = Field(
+        default=None, gt=0, description="Per-environment override of serving.autoscaling.target_requests_per_second."
+    )
 
 
 class Canary(Frozen):
@@ -614,17 +634,26 @@ class ModelManifest(Frozen):
             resources = resources.model_copy(update=served.resources.model_dump(exclude_none=True))
         autoscaling = self.serving.autoscaling
         if served.autoscaling is not None:
-            merged = autoscaling.model_dump() | served.autoscaling.model_dump(exclude_none=True)
+            override = served.autoscaling.model_dump(exclude_none=True)
+            merged = autoscaling.model_dump() | override
+            if override.get("metric") is ScalingMetric.cpu and "target_requests_per_second" not in override:
+                # Back to CPU here: the request-rate target of the defaults does not apply.
+                merged["target_requests_per_second"] = None
+            problems = metric_problems(
+                merged["metric"],
+                merged["target_requests_per_second"],
+                f"environments.{env}.autoscaling.target_requests_per_second",
+            )
             if merged["min_replicas"] > merged["max_replicas"]:
-                raise FieldProblemsError(
-                    [
-                        (
-                            f"environments.{env}.autoscaling",
-                            f"min_replicas {merged['min_replicas']} is greater than "
-                            f"max_replicas {merged['max_replicas']} (after applying the overrides)",
-                        )
-                    ]
+                problems.append(
+                    (
+                        f"environments.{env}.autoscaling",
+                        f"min_replicas {merged['min_replicas']} is greater than "
+                        f"max_replicas {merged['max_replicas']} (after applying the overrides)",
+                    )
                 )
+            if problems:
+                raise FieldProblemsError(problems)
             autoscaling = Autoscaling(**merged)
         return self.serving.model_copy(
             update={

@@ -6,16 +6,27 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from infra.spec.errors import ConfigError, ErrorItem
-from infra.spec.manifest import MODELS_DIR, ModelManifest, Protocol, load_manifests, served_in
+from infra.spec.manifest import MODELS_DIR, ModelManifest, Protocol, ServedModel, load_manifests, served_in
 from infra.spec.paths import links_outside
 from infra.spec.placement import placement_errors
-from infra.spec.settings import STACKS_DIR, RouteKind, StackSettings, load_stack_settings, stack_names
+from infra.spec.scaling import ScalingMetric
+from infra.spec.settings import (
+    PROJECT,
+    STACK_FILE_PREFIX,
+    STACK_FILE_SUFFIX,
+    STACKS_DIR,
+    RouteKind,
+    StackSettings,
+    load_stack_settings,
+    stack_names,
+)
 
 
 def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) -> list[ErrorItem]:
     """Rules that need both a stack and the manifests it serves."""
     served_models = served_in(manifests, settings.environment)
     errors = placement_errors(settings, served_models)
+    errors += request_scaling_errors(settings, served_models)
     for model in served_models:
         manifest, serving = model.manifest, model.serving
         served = manifest.environments[settings.environment]
@@ -74,6 +85,49 @@ def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) ->
                     "a canary needs Gateway API routing (routing.kind: gateway) for its weight",
                 )
             )
+    return errors
+
+
+def request_scaling_errors(settings: StackSettings, served_models: Iterable[ServedModel]) -> list[ErrorItem]:
+    """A stack whose models or pools scale on requests names the Prometheus KEDA's triggers query
+    (monitoring.prometheusAddress) and has the ServiceMonitors that put TF-Serving's series there."""
+    env = settings.environment
+    scaling = []
+    for model in served_models:
+        manifest, served = model.manifest, model.manifest.environments[env]
+        if model.serving.autoscaling.metric is ScalingMetric.requests:
+            where = (
+                f"environments.{env}.autoscaling"
+                if served.autoscaling and served.autoscaling.metric
+                else "serving.autoscaling"
+            )
+            scaling.append(f"{MODELS_DIR}/{manifest.name}.yaml ({where}.metric)")
+    for index, pool in enumerate(settings.serving_pools.pools):
+        if pool.autoscaling.metric is ScalingMetric.requests:
+            scaling.append(f"pool {pool.name} (servingPools.pools.{index}.autoscaling.metric)")
+    if not scaling:
+        return []
+    file = f"{STACKS_DIR}/{STACK_FILE_PREFIX}{settings.stack}{STACK_FILE_SUFFIX}"
+    shown = ", ".join(scaling[:3]) + (f" and {len(scaling) - 3} more" if len(scaling) > 3 else "")
+    errors = []
+    if settings.monitoring.prometheus_address is None:
+        errors.append(
+            ErrorItem(
+                file,
+                f"config.{PROJECT}:monitoring.prometheusAddress",
+                f"required: {shown} scale(s) on requests, and KEDA's trigger queries this Prometheus "
+                "(e.g. http://kube-prometheus-stack-prometheus.monitoring:9090)",
+            )
+        )
+    if not settings.monitoring.prometheus_operator:
+        errors.append(
+            ErrorItem(
+                file,
+                f"config.{PROJECT}:monitoring.prometheusOperator",
+                f"must be true: {shown} scale(s) on requests, counted from TF-Serving's series that only the "
+                "ServiceMonitors put into Prometheus",
+            )
+        )
     return errors
 
 

@@ -22,6 +22,7 @@ from infra.spec.manifest import (
     QUANTITY_PATTERN,
     Batching,
 )
+from infra.spec.scaling import ScalingMetric, metric_problems
 from infra.spec.settings_base import Settings
 
 # Shards are named `<pool>-<index>`; with the `-canary` and Pulumi's auto-name suffixes, a pool
@@ -58,15 +59,29 @@ class PoolAutoscaling(Settings):
     min_replicas: int = Field(ge=1, strict=True, description="Fewest pool pods.")
     max_replicas: int = Field(ge=1, strict=True, description="Most pool pods.")
     target_cpu_utilization: int = Field(
-        default=70, ge=1, le=100, strict=True, description="Average CPU utilisation (% of request) the HPA aims for."
+        default=70,
+        ge=1,
+        le=100,
+        strict=True,
+        description="Average CPU utilisation (% of request) the HPA aims for (metric cpu).",
+    )
+    metric: ScalingMetric = Field(
+        default=ScalingMetric.cpu,
+        strict=False,
+        description="`cpu`: a HorizontalPodAutoscaler on CPU; `requests`: a KEDA ScaledObject on the sum of the "
+        "members' prediction calls per second served by the shard (docs/autoscaling.md).",
+    )
+    target_requests_per_second: float | None = Field(
+        default=None, gt=0, description="Prediction calls per second one pool pod takes, all members together."
     )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> PoolAutoscaling:
+        problems = metric_problems(self.metric, self.target_requests_per_second, "targetRequestsPerSecond")
         if self.min_replicas > self.max_replicas:
-            raise FieldProblemsError(
-                [("minReplicas", f"Got {self.min_replicas}, greater than maxReplicas {self.max_replicas}")]
-            )
+            problems.append(("minReplicas", f"Got {self.min_replicas}, greater than maxReplicas {self.max_replicas}"))
+        if problems:
+            raise FieldProblemsError(problems)
         return self
 
 

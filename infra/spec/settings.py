@@ -233,6 +233,11 @@ class AddonSettings(Settings):
     metrics_server: bool = Field(default=False, description="metrics-server (the HPAs need it).")
     kube_prometheus_stack: bool = Field(default=False, description="Prometheus Operator, Prometheus and Grafana.")
     flagger: bool = Field(default=False, description="Flagger (with progressiveDelivery.flagger).")
+    keda: bool = Field(
+        default=False,
+        description="KEDA (the ScaledObjects of models and pools whose autoscaling metric is `requests` need it; "
+        "leave it off where the cluster's admins run KEDA already).",
+    )
     cluster_autoscaler: bool = Field(
         default=False,
         description="Cluster Autoscaler with its own IAM role, scaling the EKS managed node groups between "
@@ -241,7 +246,7 @@ class AddonSettings(Settings):
     values: dict[Annotated[str, StringConstraints(pattern=DNS_LABEL)], dict[str, FiniteValue]] = Field(
         default_factory=dict,
         description="Helm values merged over an add-on's defaults, keyed by release name (envoy-gateway, "
-        "metrics-server, kube-prometheus-stack, flagger), for what one cluster needs: e.g. metrics-server's "
+        "metrics-server, kube-prometheus-stack, flagger, keda), for what one cluster needs: e.g. metrics-server's "
         "`args: [--kubelet-insecure-tls]` on kind, whose kubelets serve self-signed certificates.",
     )
 
@@ -252,6 +257,7 @@ class AddonSettings(Settings):
             "metrics-server": self.metrics_server,
             "kube-prometheus-stack": self.kube_prometheus_stack,
             "flagger": self.flagger,
+            "keda": self.keda,
         }
         problems = []
         for release in self.values:
@@ -595,6 +601,11 @@ class MonitoringSettings(Settings):
     selector_labels: OwnLabels = Field(
         default_factory=dict,
         description="Labels Prometheus selects monitors and rules by (kube-prometheus-stack: `release`).",
+    )
+    prometheus_address: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")] | None = Field(
+        default=None,
+        description="URL of the Prometheus that scrapes the models (through the ServiceMonitors), as KEDA's "
+        "operator reaches it: what the triggers of `autoscaling.metric: requests` query.",
     )
 
 

@@ -20,6 +20,8 @@ from infra.model.component import MODEL_TYPE
 from infra.model.pool_component import POOL_TYPE
 from infra.offline import DeclaredResource, OfflineRun
 from infra.platform.component import PLATFORM_TYPE
+from policy.engines import SCALED_OBJECT, Resource
+from policy.keda import replica_bounds
 
 PLATFORM = "platform"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
@@ -462,8 +464,8 @@ def _request(requests: list[dict], resource: str, limits: list[dict]) -> float:
 
 
 def capacity(run: OfflineRun) -> dict[str, Capacity]:
-    """Per model or pool (by name): HPA bounds x the Deployment's container requests (init
-    containers excluded: they finish before the pod serves)."""
+    """Per model or pool (by name): autoscaler bounds (HPA, or KEDA ScaledObject) x the Deployment's
+    container requests (init containers excluded: they finish before the pod serves)."""
     owners = components(run)
     deployments: dict[str, dict] = {}
     scalers: dict[str, dict] = {}
@@ -475,6 +477,9 @@ def capacity(run: OfflineRun) -> dict[str, Capacity]:
             deployments[owner.name] = resource.inputs
         elif resource.type == "kubernetes:autoscaling/v2:HorizontalPodAutoscaler":
             scalers[owner.name] = resource.inputs
+        elif resource.type == SCALED_OBJECT:  # metric requests: KEDA's bounds, with its defaults
+            low, high = replica_bounds(Resource(resource.type, resource.name, resource.inputs))
+            scalers[owner.name] = {"spec": {"minReplicas": low, "maxReplicas": high}}
     result = {}
     for model, deployment in deployments.items():
         containers = deployment["spec"]["template"]["spec"]["containers"]
