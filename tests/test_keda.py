@@ -455,3 +455,52 @@ def test_the_pool_query_sums_its_members_and_the_primary_query_counts_the_primar
     primary = keda_builders.request_rate_query("models-dev", f"{target}-primary", "iris")
     traffic = exported(pod_of(f"{target}-primary"), "iris", 8.0) + exported(pod_of(target), "iris", 2.0)
     run_rule_tests(tmp_path / "primary", traffic, [expr_case(primary, [({}, 8.0)])])
+
+
+# The cpu-to-requests switch: the plan says what must come before `pulumi up` ---------------------
+
+
+def test_the_plan_of_a_switch_to_requests_names_the_step_pulumi_up_needs_first(requests_runs):
+    """`pulumi up` creates the ScaledObject before it deletes the HPA (deletes come last), and KEDA's
+    webhook refuses a ScaledObject whose workload an HPA scales: the plan says so, with the command
+    that exempts the old HPA, in the text, the comment and the JSON (which its schema admits)."""
+    import jsonschema
+
+    from scripts.modelctl.handover import handovers
+    from scripts.modelctl.plan import plan_stack
+    from scripts.modelctl.report import PlanReport, render_markdown, render_text, stack_json
+    from tests.conftest import ROOT
+
+    plan = plan_stack("dev", run_stack(ROOT, "dev"), requests_runs["dev"])
+    found = {h.instance: h for h in handovers(plan)}
+    assert set(found) == {"iris", "iris-canary"}
+    assert found["iris"].command() == [
+        "kubectl",
+        "--namespace",
+        "models-dev",
+        "annotate",
+        "hpa",
+        "--selector",
+        "app.kubernetes.io/instance=iris",
+        "validations.keda.sh/hpa-ownership=false",
+    ]
+    command = "kubectl --namespace models-dev annotate hpa --selector app.kubernetes.io/instance=iris"
+    text = render_text(PlanReport([plan], "main", "working tree", {"iris"}))
+    moves = "moves from its HorizontalPodAutoscaler to the KEDA ScaledObject"
+    assert f"warning: stack dev: iris {moves} iris-scaler" in text
+    assert f"  {command} validations.keda.sh/hpa-ownership=false\n" in text
+    comment = render_markdown(PlanReport([plan], "main", "working tree", {"iris"}))
+    assert "> [!WARNING]" in comment and f"`{command} validations.keda.sh/hpa-ownership=false`" in comment
+    assert f"> stack `dev`: `iris` {moves} `iris-scaler`" in comment
+    document = stack_json(plan)
+    schema = json.loads((ROOT / "scripts" / "modelctl" / "plan.schema.json").read_text())
+    jsonschema.validate(document, schema)
+    assert sorted(step["command"][-2] for step in document["beforeUpdate"]) == [
+        "app.kubernetes.io/instance=iris",
+        "app.kubernetes.io/instance=iris-canary",
+    ]
+    assert all("KEDA's webhook refuses" in step["reason"] for step in document["beforeUpdate"])
+    # Once on requests, or back to cpu (KEDA's webhook does not check HPAs): nothing comes first.
+    assert handovers(plan_stack("dev", requests_runs["dev"], requests_runs["dev"])) == []
+    assert handovers(plan_stack("dev", requests_runs["dev"], run_stack(ROOT, "dev"))) == []
+    assert "beforeUpdate" not in stack_json(plan_stack("dev", requests_runs["dev"], run_stack(ROOT, "dev")))

@@ -11,7 +11,7 @@ from typing import Any
 from infra.offline import DeclaredResource, OfflineRun, mask_secrets
 from infra.spec.manifest import MANIFEST_SUFFIXES, MODELS_DIR
 from infra.spec.settings import load_stack_settings, read_stack_config
-from scripts.modelctl import comment, contract, cost, incremental, sinks, snapshot
+from scripts.modelctl import comment, contract, cost, handover, incremental, sinks, snapshot
 from scripts.modelctl import scope as scope_module
 from scripts.modelctl.comment import COMMENT_BUDGET
 from scripts.modelctl.plan import Capacity, ComponentKind, Op, PoolImpact, StackPlan, Step, capacity, plan_stack
@@ -207,6 +207,10 @@ def render_text(report: PlanReport) -> str:
         lines.append(
             f"warning: pool {impact.pool} of stack {stack} changes although none of its members' manifests is touched"
         )
+    for plan in report.plans:
+        for step in handover.handovers(plan):
+            lines.append(f"warning: {step.describe()}; before pulumi up, run:")
+            lines.append(f"  {sinks.shell_command(step.command())}")
     # Each line quotes the change (refs, names, paths): a control in a value stays in its line.
     return "\n".join(sinks.terminal(line) for line in lines) + "\n"
 
@@ -381,6 +385,14 @@ def render_markdown(
         ]
         blocks.append(comment.Block(warning, RADIUS, "warning"))
     for plan in report.plans:
+        for step in handover.handovers(plan):
+            warning = [
+                "> [!WARNING]",
+                f"> {step.describe(_code)}. Before `pulumi up`, run "
+                f"{_code(sinks.shell_command(step.command()))} (docs/autoscaling.md).",
+            ]
+            blocks.append(comment.Block(warning, RADIUS, "warning"))
+    for plan in report.plans:
         if plan.changes:
             blocks += _stack_blocks(report, plan)
     return comment.assemble(
@@ -541,6 +553,9 @@ def stack_json(
         document["poolChanges"] = [impact.as_json(impact.edited_members(touched_models)) for impact in impacts]
     if contracts:
         document["contractChanges"] = [review.as_json() for review in contracts]
+    steps_first = handover.handovers(plan)
+    if steps_first:
+        document["beforeUpdate"] = [{"reason": h.describe(), "command": h.command()} for h in steps_first]
     if costs is not None:
         document["cost"] = cost.as_json(*costs)
     return document

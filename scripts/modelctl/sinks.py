@@ -1,9 +1,11 @@
-"""Untrusted text (manifests, pull requests) escaped for each place it is written: markdown, HTML, terminals."""
+"""Untrusted text (manifests, pull requests) escaped for each place it is written: markdown, HTML,
+terminals, shell command lines."""
 
 from __future__ import annotations
 
 import html
 import re
+import shlex
 import string
 from urllib.parse import quote, urlsplit
 
@@ -138,3 +140,10 @@ def md_html_inline(text: object) -> str:
     apply; the text is HTML-escaped instead, and kept on one line, since a blank line ends the
     HTML block and returns to markdown."""
     return html_text(visible_controls(str(text)))
+
+
+def shell_command(words: list[str]) -> str:
+    """A command line a reader copies into a POSIX shell: each word quoted so that the shell reads
+    it back as that one word (shlex.join: single quotes around anything but safe characters), and
+    controls shown as escapes so the line is one line."""
+    return visible_controls(shlex.join(words))
