@@ -26,10 +26,10 @@ from pydantic import (
 )
 
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
-from infra.spec.paths import OUTSIDE, is_inside
+from infra.spec.paths import OUTSIDE, is_inside, require_inside
 from infra.spec.scaling import ScalingMetric, metric_problems
 from infra.spec.validators import FiniteValue, VersionNumber, finite
-from infra.spec.yamlio import MAX_FILE_BYTES, decode_text, parse_yaml, read_bounded
+from infra.spec.yamlio import MAX_FILE_BYTES, decode_text, parse_yaml, read_bounded, read_yaml
 
 MODELS_DIR = "models"
 # `.yml` files are read too, so a stray copy cannot shadow a manifest unnoticed.
@@ -970,6 +970,24 @@ def manifest_entries(root: Path) -> list[os.DirEntry[str]]:
                         ]
                     )
     return sorted(found, key=lambda entry: entry.name)
+
+
+def manifest_path(root: Path, model: str) -> Path:
+    """`models/<model>.yaml` under `root`: a ConfigError naming the models there when there is none,
+    or when the file resolves outside `root`."""
+    path = root / MODELS_DIR / f"{model}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (root / MODELS_DIR).glob("*.yaml"))
+        raise ConfigError.single(f"{MODELS_DIR}/{model}.yaml", "", f"no such model (models are {', '.join(known)})")
+    require_inside(root, path, f"{MODELS_DIR}/{path.name}")
+    return path
+
+
+def read_manifest(root: Path, model: str) -> ModelManifest:
+    """One model's manifest, read and validated (the commands that edit or train one model)."""
+    path = manifest_path(root, model)
+    display = f"{MODELS_DIR}/{path.name}"
+    return parse_manifest(read_yaml(path, display), display, model)
 
 
 def manifest_json_schema() -> dict[str, Any]:

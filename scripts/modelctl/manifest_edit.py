@@ -17,10 +17,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from infra.spec.errors import ConfigError
-from infra.spec.manifest import MODELS_DIR, ModelManifest, parse_manifest
-from infra.spec.paths import require_inside
-from infra.spec.yamlio import check_events, parse_yaml, read_text, read_yaml
+from infra.spec.manifest import MODELS_DIR, ModelManifest, manifest_path, parse_manifest, read_manifest
+from infra.spec.yamlio import check_events, parse_yaml, read_text
 
 
 def _yaml() -> YAML:
@@ -31,19 +29,9 @@ def _yaml() -> YAML:
     return yaml
 
 
-def manifest_path(root: Path, model: str) -> Path:
-    path = root / MODELS_DIR / f"{model}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (root / MODELS_DIR).glob("*.yaml"))
-        raise ConfigError.single(f"{MODELS_DIR}/{model}.yaml", "", f"no such model (models are {', '.join(known)})")
-    require_inside(root, path, f"{MODELS_DIR}/{path.name}")
-    return path
-
-
 def load(root: Path, model: str) -> ModelManifest:
-    path = manifest_path(root, model)
-    display = f"{MODELS_DIR}/{path.name}"
-    return parse_manifest(read_yaml(path, display), display, model)
+    """One model's manifest, read and validated (infra.spec.manifest.read_manifest)."""
+    return read_manifest(root, model)
 
 
 def edit(root: Path, model: str, change: Callable[[CommentedMap], None]) -> ModelManifest:

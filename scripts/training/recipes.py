@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.spec.errors import ConfigError
-from infra.spec.manifest import MODELS_DIR, ModelManifest
+from infra.spec.manifest import MODELS_DIR, ModelManifest, read_manifest
 from infra.spec.paths import is_inside
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -188,7 +188,5 @@ def recipe_of(root: Path, manifest: ModelManifest, parameters: Mapping[str, Any]
 
 def recipe_for(model: str, root: Path | None = None, parameters: Mapping[str, Any] | None = None) -> Recipe:
     """The recipe of `model` in the project at `root` (default: this repository)."""
-    from scripts.modelctl import manifest_edit
-
     root = root or Path(__file__).resolve().parents[2]
-    return recipe_of(root, manifest_edit.load(root, model), parameters or {})
+    return recipe_of(root, read_manifest(root, model), parameters or {})
