@@ -39,6 +39,7 @@ from infra.platform.network import platform_labels
 from infra.spec.manifest import ServedModel
 from infra.spec.scaling import ScalingMetric
 from infra.spec.settings import StackSettings
+from infra.spec.shadow import LABEL_SHADOW
 
 MONITORING_API = "monitoring.coreos.com/v1"
 REQUEST_COUNT = ":tensorflow:serving:request_count"
@@ -61,7 +62,10 @@ def _prometheus_label(kubernetes_label: str) -> str:
 
 
 def selectors(model: ServedModel, namespace: str) -> str:
-    return f'namespace="{namespace}", model_name="{model.name}"'
+    """The model's series that clients' calls made: a shadow's (docs/shadow.md) answer no client,
+    so its mirrored calls stay out of the SLO alerts and the dashboard."""
+    where = f'namespace="{namespace}", model_name="{model.name}"'
+    return where + f', track!="{LABEL_SHADOW}"' if model.has_shadow else where
 
 
 def _grouping(by: str) -> str:
