@@ -14,7 +14,8 @@ import pytest
 
 from infra.offline import OfflineRun, run_stack
 from infra.spec.errors import ConfigError
-from infra.spec.manifest import load_manifests
+from infra.spec.manifest import load_manifests, served_in
+from infra.spec.shadow import Shadow
 from policy.rules import MANDATORY, references_resolve
 from scripts.modelctl.cli import main
 from scripts.modelctl.guardrails import as_policy_resource, check, stack_policy_settings
@@ -246,3 +247,24 @@ def test_a_model_named_like_a_shadow_service_is_refused(project):
     edit_yaml(path, rename)
     path.rename(project / "models" / "iris-shadow.yaml")
     assert any("names ending in '-shadow' are taken" in e for e in errors_of(project))
+
+
+def test_status_live_does_not_expect_the_shadow_through_the_route():
+    from scripts.modelctl.shelf import compare_loaded
+
+    manifests = load_manifests(Path(__file__).parent.parent)
+    iris = next(m for m in manifests if m.name == "iris")
+    environments = dict(iris.environments)
+    environments["dev"] = environments["dev"].model_copy(update={"shadow": Shadow(version=1)})
+    (served,) = [m for m in served_in([iris.model_copy(update={"environments": environments})], "dev")]
+    # dev: stable 3, canary 2, shadow 1; one status request reaches the stable workload.
+    status = compare_loaded(served, "https://host/v1/models/iris", {3: "AVAILABLE"})
+    assert status.differences == ()
+    assert status.notes[0] == "version 1 (shadow) not seen: a shadow answers no client through the route"
+    assert "version 2 (canary) not seen" in status.notes[1]
+    # The stable's version still must be there.
+    status = compare_loaded(served, "https://host/v1/models/iris", {})
+    assert status.differences == (
+        "version 2 (canary) is declared but not loaded",
+        "version 3 (stable) is declared but not loaded",
+    )
