@@ -139,7 +139,8 @@ def test_a_model_without_shadow_renders_as_before(shadow_runs, runs):
         # A pooled model gets its own ServiceAccount, NetworkPolicy and ServiceMonitor for its shadow,
         # as for a canary.
         expected = r"iris-shadow-(config|deployment|service|hpa|pdb)|iris-(route|grpc-route|alerts|dashboard)"
-        expected += "|iris-(sa|netpol|monitor)" if stack == "local" else ""
+        # Its pool's rule holds its SLO alerts, which leave the shadow out.
+        expected += "|iris-(sa|netpol|monitor)|shared-0-alerts" if stack == "local" else ""
         assert all(re.fullmatch(expected, name) for name in changed), changed
         assert {"iris-shadow-deployment", "iris-route"} <= changed
 
@@ -268,3 +269,34 @@ def test_status_live_does_not_expect_the_shadow_through_the_route():
         "version 2 (canary) is declared but not loaded",
         "version 3 (stable) is declared but not loaded",
     )
+
+
+def test_a_failing_shadow_pages_nobody_but_its_pods_are_watched(shadow_runs, tmp_path):
+    """On Prometheus's engine: the dev stack's iris error-ratio alert fires on the stable's failures
+    and stays quiet while only the shadow fails every call; the pods-not-starting alert covers the
+    shadow's pods; a pooled iris's SLO alerts (in its pool's rule) leave the shadow out too."""
+    from tests.promtool import alert_case, counter, run_rule_tests
+
+    (group,) = of_type(shadow_runs["dev"], PROMETHEUS_RULE)["iris-alerts"]["spec"]["groups"]
+    rule = next(r for r in group["rules"] if r["alert"] == "ModelErrorRatioAboveSLO")
+    stuck = next(r for r in group["rules"] if r["alert"] == "ModelPodsNotStarting")
+    assert "(-canary|-shadow)?-deployment-" in stuck["expr"]
+
+    def calls(track: str, predictions: float, failures: float) -> list[dict[str, str]]:
+        labels = {"namespace": "models-dev", "model_name": "iris", "track": track}
+        series = [counter(":tensorflow:serving:request_count", failures, labels | {"status": "INTERNAL"})]
+        if predictions:
+            series.append(
+                counter(":tensorflow:serving:request_latency_count", predictions, labels | {"API": "predict"})
+            )
+        return series
+
+    cases = [
+        ("shadow-failing", calls("stable", 10.0, 0.0)[1:] + calls("shadow", 0.0, 5.0), False),
+        ("stable-failing", calls("stable", 5.0, 5.0) + calls("shadow", 10.0, 0.0)[1:], True),
+    ]
+    for name, series, firing in cases:
+        run_rule_tests(tmp_path / name, series, alerts=[alert_case(rule, firing)], groups=[group])
+    (pool_group,) = of_type(shadow_runs["local"], PROMETHEUS_RULE)["shared-0-alerts"]["spec"]["groups"]
+    iris_slo = [r for r in pool_group["rules"] if r["alert"] == "ModelErrorRatioAboveSLO" and '"iris"' in r["expr"]]
+    assert iris_slo and all('track!="shadow"' in r["expr"] for r in iris_slo)
