@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy import fidelity, keda, webhooks
+from policy import fidelity, keda, mirrors, webhooks
 from policy.engines import (
     DEPLOYMENT,
     GRPC_ROUTE,
@@ -678,6 +678,13 @@ RULES = (
         "(KEDA's admission webhook refuses the ScaledObject).",
         check_stack=keda.autoscaler_conflicts,
         fix="declare either the HPA (autoscaling.metric: cpu) or the ScaledObject (metric: requests), not both",
+    ),
+    Rule(
+        "mirrors-take-no-client-traffic",
+        "A route's RequestMirror target (a shadow's Service) is no route's backend, and no rule both mirrors "
+        "and redirects (Envoy Gateway refuses it).",
+        check_stack=mirrors.mirrors_take_no_client_traffic,
+        fix="mirror to the model's `<model>-shadow` Service only (environments.<env>.shadow, docs/shadow.md)",
     ),
     # Findings of issue 24, with their upstream sources in policy/fidelity.py.
     Rule(

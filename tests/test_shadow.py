@@ -300,3 +300,36 @@ def test_a_failing_shadow_pages_nobody_but_its_pods_are_watched(shadow_runs, tmp
     (pool_group,) = of_type(shadow_runs["local"], PROMETHEUS_RULE)["shared-0-alerts"]["spec"]["groups"]
     iris_slo = [r for r in pool_group["rules"] if r["alert"] == "ModelErrorRatioAboveSLO" and '"iris"' in r["expr"]]
     assert iris_slo and all('track!="shadow"' in r["expr"] for r in iris_slo)
+
+
+def test_a_mirror_target_that_takes_client_traffic_or_a_redirecting_mirror_is_refused(shadow_project, shadow_runs):
+    from policy.rules import evaluate
+
+    settings = stack_policy_settings(shadow_project, "dev")
+    resources = [as_policy_resource(r) for r in shadow_runs["dev"].resources]
+
+    def found(objects):
+        return [v for v in evaluate(objects, settings) if v.rule == "mirrors-take-no-client-traffic"]
+
+    assert found(resources) == []
+
+    def changed(change):
+        out = []
+        for resource in resources:
+            if resource.name == "iris-route":
+                props = copy.deepcopy(dict(resource.props))
+                change(props["spec"]["rules"][0])
+                resource = dataclasses.replace(resource, props=props)
+            out.append(resource)
+        return out
+
+    routed = changed(lambda rule: rule["backendRefs"].append({"name": "iris-shadow", "port": 8501, "weight": 1}))
+    # Both of iris's routes mirror to a Service the REST route now also sends clients to.
+    violations = found(routed)
+    assert sorted(v.resource.name for v in violations) == ["iris-grpc-route", "iris-route"]
+    for violation in violations:
+        assert violation.enforcement == MANDATORY
+        assert violation.message.startswith("mirrors to Service iris-shadow, which a route also sends client requests")
+    redirect = {"type": "RequestRedirect", "requestRedirect": {"scheme": "https"}}
+    (violation,) = found(changed(lambda rule: rule["filters"].append(redirect)))
+    assert "Envoy Gateway refuses the rule (IncompatibleFilters" in violation.message
