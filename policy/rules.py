@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy import fidelity, keda, webhooks
+from policy import fidelity, keda, mirrors, webhooks
 from policy.engines import (
     DEPLOYMENT,
     GRPC_ROUTE,
@@ -442,8 +442,8 @@ def _references(resource: Resource) -> Iterable[tuple[str, str, str, str]]:
         for ref in spec.get("parentRefs") or []:
             yield "spec.parentRefs", ref.get("kind", "Gateway"), ref.get("namespace", namespace), ref.get("name", "")
         for rule in spec.get("rules") or []:
-            for ref in rule.get("backendRefs") or []:
-                yield "spec.rules.backendRefs", ref.get("kind", "Service"), ref.get("namespace", namespace), ref["name"]
+            for field_path, ref in route_backends(rule):
+                yield field_path, ref.get("kind", "Service"), ref.get("namespace", namespace), ref["name"]
     elif resource.kind == "Ingress":
         if spec.get("ingressClassName"):
             yield "spec.ingressClassName", "IngressClass", "", spec["ingressClassName"]
@@ -484,6 +484,19 @@ def _references(resource: Resource) -> Iterable[tuple[str, str, str, str]]:
             yield f"spec.template.spec.{field_path}", kind, namespace, name
 
 
+def route_backends(rule: dict[str, Any]) -> Iterable[tuple[str, dict[str, Any]]]:
+    """(field path, backendRef) of every Service a route rule sends requests to: its backendRefs,
+    and the backendRef of each RequestMirror filter (a shadow's Service, docs/shadow.md), which
+    Envoy Gateway resolves as it resolves a backendRef (envoyproxy/gateway@v1.9.0
+    internal/gatewayapi/filters.go:1091-1099)."""
+    for ref in rule.get("backendRefs") or []:
+        yield "spec.rules.backendRefs", ref
+    for f in rule.get("filters") or []:
+        mirror = (f.get("requestMirror") or {}).get("backendRef") if f.get("type") == "RequestMirror" else None
+        if mirror:
+            yield "spec.rules.filters.requestMirror.backendRef", mirror
+
+
 def _port_problems(resource: Resource, index: _Index) -> Iterable[str]:
     """Ports and listeners that references name: a route's backend port, a ServiceMonitor's
     endpoint port, an HTTPRoute's sectionName."""
@@ -503,11 +516,11 @@ def _port_problems(resource: Resource, index: _Index) -> Iterable[str]:
                 # The Gateway refuses the attachment (Route condition Accepted=False, NotAllowedByListeners).
                 yield f"spec.parentRefs: listener {ref['sectionName']!r} of {gateway.describe()} admits only {allowed}"
         for rule in resource.spec.get("rules") or []:
-            for ref in rule.get("backendRefs") or []:
+            for field_path, ref in route_backends(rule):
                 service = index.get("Service", ref.get("namespace", resource.namespace), ref["name"])
                 ports = [p.get("port") for p in (service.spec.get("ports") if service else []) or []]
                 if service is not None and ref.get("port") not in ports:
-                    yield f"spec.rules.backendRefs: {service.describe()} has no port {ref.get('port')} (ports {ports})"
+                    yield f"{field_path}: {service.describe()} has no port {ref.get('port')} (ports {ports})"
     elif resource.kind == "Ingress":
         for rule in resource.spec.get("rules") or []:
             for path in (rule.get("http") or {}).get("paths") or []:
@@ -665,6 +678,13 @@ RULES = (
         "(KEDA's admission webhook refuses the ScaledObject).",
         check_stack=keda.autoscaler_conflicts,
         fix="declare either the HPA (autoscaling.metric: cpu) or the ScaledObject (metric: requests), not both",
+    ),
+    Rule(
+        "mirrors-take-no-client-traffic",
+        "A route's RequestMirror target (a shadow's Service) is no route's backend, and no rule both mirrors "
+        "and redirects (Envoy Gateway refuses it).",
+        check_stack=mirrors.mirrors_take_no_client_traffic,
+        fix="mirror to the model's `<model>-shadow` Service only (environments.<env>.shadow, docs/shadow.md)",
     ),
     # Findings of issue 24, with their upstream sources in policy/fidelity.py.
     Rule(

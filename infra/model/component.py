@@ -18,6 +18,7 @@ from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, Autoscaling, ModelMa
 from infra.spec.scaling import ScalingMetric
 from infra.spec.serving_pools import PoolAutoscaling
 from infra.spec.settings import RouteKind, StackSettings
+from infra.spec.shadow import LABEL_SHADOW
 
 MODEL_TYPE = "model-serving:model:ModelDeployment"
 
@@ -99,7 +100,8 @@ class ModelDeployment(pulumi.ComponentResource):
     """Everything one model needs in one environment: config, workloads, scaling, routing.
 
     The stable workload's resources are named `<model>-config`, `<model>-deployment`, ...;
-    a canary adds `<model>-canary-*` and removing it deletes exactly those.
+    a canary adds `<model>-canary-*`, a shadow `<model>-shadow-*`, and removing either deletes
+    exactly those.
     """
 
     def __init__(
@@ -121,7 +123,8 @@ class ModelDeployment(pulumi.ComponentResource):
         namespace = settings.namespace
         child = self._opts()
         services: list[k8s.core.v1.Service | None] = [pool_service] if pool else []
-        tracks = [LABEL_CANARY] if pool else [LABEL_STABLE, LABEL_CANARY]
+        # A shadow (docs/shadow.md) is a track of its own, beside a pool as a canary is.
+        tracks = [LABEL_CANARY, LABEL_SHADOW] if pool else [LABEL_STABLE, LABEL_CANARY, LABEL_SHADOW]
         if any(track in model.version_labels for track in tracks):
             role_arn = self._reader_role(name, model, settings)
             account = k8s.core.v1.ServiceAccount(

@@ -39,6 +39,7 @@ from infra.platform.network import platform_labels
 from infra.spec.manifest import ServedModel
 from infra.spec.scaling import ScalingMetric
 from infra.spec.settings import StackSettings
+from infra.spec.shadow import LABEL_SHADOW
 
 MONITORING_API = "monitoring.coreos.com/v1"
 REQUEST_COUNT = ":tensorflow:serving:request_count"
@@ -61,7 +62,10 @@ def _prometheus_label(kubernetes_label: str) -> str:
 
 
 def selectors(model: ServedModel, namespace: str) -> str:
-    return f'namespace="{namespace}", model_name="{model.name}"'
+    """The model's series that clients' calls made: a shadow's (docs/shadow.md) answer no client,
+    so its mirrored calls stay out of the SLO alerts and the dashboard."""
+    where = f'namespace="{namespace}", model_name="{model.name}"'
+    return where + f', track!="{LABEL_SHADOW}"' if model.has_shadow else where
 
 
 def _grouping(by: str) -> str:
@@ -112,15 +116,16 @@ def latency_quantile(quantile: float, where: str, window: str, by: str = "") -> 
     )
 
 
-def pod_name_pattern(model_name: str) -> str:
+def pod_name_pattern(model_name: str, shadow: bool = False) -> str:
     """A regex of the names of the model's pods, every track, with or without Flagger.
 
     Pods of a Deployment are `<deployment>-<pod-template-hash>-<suffix>`; our Deployments are
     Pulumi auto-named `<model>-deployment-<hex>` (`<model>-canary-deployment-<hex>` for a
-    canary track; infra/model/component.py) and Flagger's clone is `<target>-primary`
-    (fluxcd/flagger pkg/canary/deployment_controller.go L236).
+    canary track, `<model>-shadow-deployment-<hex>` for a shadow; infra/model/component.py) and
+    Flagger's clone is `<target>-primary` (fluxcd/flagger pkg/canary/deployment_controller.go L236).
     """
-    return f"{model_name}(-canary)?-deployment-[0-9a-f]+(-primary)?-[0-9a-z]+-[0-9a-z]+"
+    tracks = "(-canary|-shadow)?" if shadow else "(-canary)?"
+    return f"{model_name}{tracks}-deployment-[0-9a-f]+(-primary)?-[0-9a-z]+-[0-9a-z]+"
 
 
 def _scrape(*pod_label_then_target: str) -> dict[str, Any]:
@@ -153,7 +158,8 @@ def service_monitor(model: ServedModel, settings: StackSettings) -> dict[str, An
 def alert_rules(model: ServedModel, namespace: str) -> list[dict[str, Any]]:
     """The alerts of one model; every expression names it (and its namespace)."""
     hpa = autoscaler_pattern(model.name, model.serving.autoscaling.metric)
-    return alert_rules_of(model.name, namespace, pod_name_pattern(model.name), f"{model.name}(-primary)?", model, hpa)
+    pods = pod_name_pattern(model.name, shadow=model.has_shadow)
+    return alert_rules_of(model.name, namespace, pods, f"{model.name}(-primary)?", model, hpa)
 
 
 def autoscaler_pattern(workload: str, metric: ScalingMetric) -> str:

@@ -63,7 +63,9 @@ class ServingPool(pulumi.ComponentResource):
         )
         if settings.monitoring.prometheus_operator:
             monitoring = self._opts("kube-prometheus-stack")
-            members = pool.members(shard)
+            # Whole members, not their stable track: a member's SLO alerts leave its shadow's series
+            # out (observability.selectors, docs/shadow.md).
+            members = list(shard.members)
             k8s.apiextensions.CustomResource(
                 f"{name}-monitor",
                 **observability.pool_service_monitor(shard.name, pool.POOL_LABEL, settings),

@@ -12,6 +12,7 @@ from infra.model.workload import Workload, metadata
 from infra.platform.network import GATEWAY_API_GROUP, GATEWAY_API_VERSION
 from infra.spec.manifest import LABEL_CANARY, LABEL_STABLE, ServedModel
 from infra.spec.settings import RouteKind, StackSettings
+from infra.spec.shadow import LABEL_SHADOW
 
 # TF-Serving's REST calls on a model: `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:<verb>`
 # (tensorflow/serving tensorflow_serving/g3doc/api_rest.md, "Classify and Regress API" and
@@ -81,6 +82,7 @@ def http_route(
                     "matches": path_matches(model.name),
                     "backendRefs": backend_refs(model, pool=pool),
                 }
+                | mirror_filters(model)
             ],
         },
     }
@@ -126,6 +128,7 @@ def grpc_route(
                     "matches": [{"method": {"type": "Exact", "service": service}} for service in GRPC_SERVICES],
                     "backendRefs": backends,
                 }
+                | mirror_filters(model, tfserving.GRPC_PORT)
             ],
         },
     }
@@ -143,6 +146,27 @@ def backend_refs(model: ServedModel, port: int = tfserving.REST_PORT, pool: str 
         {"name": stable, "port": port, "weight": 100 - weight},
         {"name": canary.instance, "port": port, "weight": weight},
     ]
+
+
+def mirror_filters(model: ServedModel, port: int = tfserving.REST_PORT) -> dict[str, Any]:
+    """`{"filters": [RequestMirror]}` copying `percent`% of the rule's requests to the shadow's
+    Service (docs/shadow.md), or nothing without a shadow.
+
+    Gateway API v1.6.1: "responses from that destination are ignored" (RequestMirror filter,
+    tests/schemas/gateway-api-v1.6.1/httproutes.yaml:2143-2152; GRPCRoute grpcroutes.yaml:
+    1246-1397); `percent` and `fraction` exclude each other (CEL rule, httproutes.yaml:2293) and a
+    Service backendRef needs its port (CEL rule :2249). Envoy Gateway v1.9 translates it for
+    HTTPRoute and GRPCRoute alike (envoyproxy/gateway@v1.9.0 internal/gatewayapi/filters.go:127-128,
+    :203-204, processRequestMirrorFilter :1066-1130) into one Envoy RequestMirrorPolicy with a
+    runtime fraction (internal/xds/translator/route.go:659-675), which is "fire and forget": Envoy
+    does not wait for the shadow, and returns the primary's response (envoyproxy/envoy
+    api/envoy/config/route/v3/route_components.proto, RouteAction.RequestMirrorPolicy). The Host
+    header is kept (DisableShadowHostSuffixAppend, route.go:659-675).
+    """
+    if not model.has_shadow:
+        return {}
+    mirror = {"backendRef": {"name": Workload.of(model, LABEL_SHADOW).instance, "port": port}}
+    return {"filters": [{"type": "RequestMirror", "requestMirror": mirror | {"percent": model.shadow_percent}}]}
 
 
 def ingress(

@@ -28,6 +28,7 @@ from pydantic import (
 from infra.spec.errors import ConfigError, ErrorItem, FieldProblemsError, pydantic_errors
 from infra.spec.paths import OUTSIDE, is_inside, require_inside
 from infra.spec.scaling import ScalingMetric, metric_problems
+from infra.spec.shadow import LABEL_SHADOW, Shadow
 from infra.spec.validators import FiniteValue, VersionNumber, finite
 from infra.spec.yamlio import MAX_FILE_BYTES, decode_text, parse_yaml, read_bounded, read_yaml
 
@@ -50,7 +51,8 @@ MODEL_NAME_MAX = 40
 # `<model>-canary` names a model's canary workload and Service; Flagger generates
 # `<service>-primary` and `<service>-canary` Services (fluxcd/flagger
 # pkg/router/kubernetes_default.go:48-78). A model named like that would collide.
-RESERVED_NAME_SUFFIXES = ("-canary", "-primary")
+# `<model>-shadow` names a model's shadow workload and Service (docs/shadow.md).
+RESERVED_NAME_SUFFIXES = ("-canary", "-primary", "-shadow")
 # TF-Serving's version labels must match [a-zA-Z0-9_]+ (g3doc/serving_config.md).
 LABEL_STABLE = "stable"
 LABEL_CANARY = "canary"
@@ -528,6 +530,11 @@ class EnvironmentServing(Frozen):
     canary: Canary | None = Field(
         default=None, description="A second workload serving another version for `weight`% of the traffic."
     )
+    shadow: Shadow | None = Field(
+        default=None,
+        description="A workload serving another version on a copy of `percent`% of the route's requests; its "
+        "responses are discarded (docs/shadow.md).",
+    )
     resources: ResourcesOverride | None = Field(default=None, description="Per-environment resource overrides.")
     autoscaling: AutoscalingOverride | None = Field(default=None, description="Per-environment autoscaling overrides.")
     batching: Batching | None = Field(default=None, description="Per-environment batching (replaces the default).")
@@ -553,6 +560,20 @@ class EnvironmentServing(Frozen):
             raise FieldProblemsError(
                 [("canary.version", f"Got {self.canary.version}, the stable version too; a canary serves another")]
             )
+        if self.shadow is not None:
+            if self.shadow.version == self.stable:
+                raise FieldProblemsError(
+                    [("shadow.version", f"Got {self.shadow.version}, the stable version too; a shadow serves another")]
+                )
+            if self.canary is not None and self.shadow.version == self.canary.version:
+                raise FieldProblemsError(
+                    [
+                        (
+                            "shadow.version",
+                            f"Got {self.shadow.version}, the canary's version too; a shadow serves another",
+                        )
+                    ]
+                )
         return self
 
     def labels(self) -> dict[str, int]:
@@ -560,6 +581,8 @@ class EnvironmentServing(Frozen):
         labels = {LABEL_STABLE: self.stable}
         if self.canary is not None:
             labels[LABEL_CANARY] = self.canary.version
+        if self.shadow is not None:
+            labels[LABEL_SHADOW] = self.shadow.version
         return labels
 
 
@@ -594,14 +617,14 @@ class ModelManifest(Frozen):
                 problems.append(
                     (
                         "name",
-                        f"Got {self.name!r}; names ending in {suffix!r} are taken by the Services of another model's "
-                        f"canary workload and of Flagger's primary/canary (`<model>{suffix}`)",
+                        f"Got {self.name!r}; names ending in {suffix!r} are taken by the Services of another "
+                        f"model's canary or shadow workload and of Flagger's primary/canary (`<model>{suffix}`)",
                     )
                 )
         for env, served in self.environments.items():
             for label, version in served.labels().items():
                 if version not in self.versions:
-                    field = "stable" if label == LABEL_STABLE else "canary.version"
+                    field = "stable" if label == LABEL_STABLE else f"{label}.version"
                     problems.append(
                         (f"environments.{env}.{field}", f"Got {version}; published versions are {published}")
                     )
@@ -678,6 +701,8 @@ class ServedModel:
     canary_weight: int | None = None
     # The serving pool `environments.<env>.pool` names, if any (the placement decides the shard).
     pool: str | None = None
+    # `environments.<env>.shadow`, if any: the share of requests mirrored to the shadow track.
+    shadow_percent: int | None = None
 
     @property
     def name(self) -> str:
@@ -686,6 +711,10 @@ class ServedModel:
     @property
     def has_canary(self) -> bool:
         return LABEL_CANARY in self.version_labels
+
+    @property
+    def has_shadow(self) -> bool:
+        return LABEL_SHADOW in self.version_labels
 
     @property
     def serves_grpc(self) -> bool:
@@ -701,6 +730,7 @@ class ServedModel:
             {label: self.version_labels[label]},
             self.canary_weight,
             self.pool,
+            self.shadow_percent,
         )
 
     @property
@@ -738,6 +768,7 @@ def _served_in(manifests: Iterable[ModelManifest], environment: str) -> list[Ser
     for m in sorted(manifests, key=lambda m: m.name):
         if environment in m.environments:
             canary = m.environments[environment].canary
+            shadow = m.environments[environment].shadow
             served.append(
                 ServedModel(
                     m,
@@ -746,6 +777,7 @@ def _served_in(manifests: Iterable[ModelManifest], environment: str) -> list[Ser
                     m.environments[environment].labels(),
                     canary.weight if canary else None,
                     m.environments[environment].pool,
+                    shadow.percent if shadow else None,
                 )
             )
     return served

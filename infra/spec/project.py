@@ -65,6 +65,7 @@ def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) ->
                         f"*.grpc.{settings.routing.host}); add it to stacks/Pulumi.{settings.stack}.yaml",
                     )
                 )
+        errors += shadow_errors(settings, model)
         if served.canary is None:
             continue
         if settings.flagger:
@@ -86,6 +87,35 @@ def stack_errors(settings: StackSettings, manifests: Iterable[ModelManifest]) ->
                 )
             )
     return errors
+
+
+def shadow_errors(settings: StackSettings, model: ServedModel) -> list[ErrorItem]:
+    """A shadow needs a route of ours to mirror from: a Gateway API route on a stack without Flagger.
+
+    Flagger rewrites the whole HTTPRoute spec on every reconciliation (`hrClone.Spec =
+    httpRouteSpec`, fluxcd/flagger@v1.44.0 pkg/router/gateway_api.go:241, :417), which would drop
+    our RequestMirror filter; its own mirror is Blue/Green's 100% copy to its canary (:383-397).
+    An Ingress has no portable request mirroring (networking.k8s.io/v1 IngressSpec has none).
+    """
+    env = settings.environment
+    if model.manifest.environments[env].shadow is None:
+        return []
+    file, field = f"{MODELS_DIR}/{model.name}.yaml", f"environments.{env}.shadow"
+    if settings.flagger:
+        reason = (
+            f"stack {settings.stack} rolls versions out with Flagger, which rewrites the whole HTTPRoute "
+            "(pkg/router/gateway_api.go:241) and would drop the mirror; shadow on a stack without Flagger"
+        )
+    elif settings.routing.kind is RouteKind.ingress:
+        reason = (
+            f"stack {settings.stack} routes by Ingress, which has no portable request mirroring; "
+            "a shadow needs Gateway API routing (routing.kind: gateway) for its RequestMirror filter"
+        )
+    elif not model.serving.ingress:
+        reason = "the model has no route here (ingress: false), so no request could be mirrored to a shadow"
+    else:
+        return []
+    return [ErrorItem(file, field, reason)]
 
 
 def request_scaling_errors(settings: StackSettings, served_models: Iterable[ServedModel]) -> list[ErrorItem]:

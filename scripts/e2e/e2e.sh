@@ -2,7 +2,8 @@
 # `make e2e`: the project on a real cluster. Creates a kind cluster, installs MinIO and the
 # stack's prerequisites, trains and publishes two iris versions, `pulumi up --stack kind`,
 # predicts through the Gateway, bumps the version under a bounded request loop (zero failed
-# requests, the new version serving), rolls back, then (stack kind-pools) serves iris and taxi-fare
+# requests, the new version serving), rolls back, mirrors the calls to a shadow version (its pods
+# serve them, clients see only the stable version), then (stack kind-pools) serves iris and taxi-fare
 # from one serving pool and bumps iris under load (zero failed requests of either), then (stack
 # kind-flagger: Prometheus and Flagger) publishes a version that loads but fails its predictions
 # and requires Flagger to roll it back, and finally releases a change that breaks gRPC only, which the load tester's
@@ -33,6 +34,7 @@ POOL_SHARD=shared-0 # the one shard of pool `shared` in stacks/Pulumi.kind-pools
 PEER=taxi-fare      # iris's co-tenant in that pool
 HOST=models.kind.localtest.me # routing.host of both stacks
 GATEWAY_PORT="${E2E_GATEWAY_PORT:-18443}"
+SHADOW_PORT="${E2E_SHADOW_PORT:-18501}" # a port-forward to the shadow Service's REST port
 STORE_PORT=19000 # objectStore.externalEndpoint of both stacks: http://127.0.0.1:19000
 REQUIRED_TOOLS=(docker kind kubectl pulumi curl openssl git timeout)
 # What the throwaway copy needs: the program, its inputs, the CLI and the policy pack.
@@ -436,6 +438,50 @@ rollback() {
     expect_serving "$FIRST"
 }
 
+# shadow_predictions: the successful prediction calls the shadow's pods served, from TF-Serving's
+# own metrics on its REST port (infra/model/tfserving.py PROMETHEUS_PATH) through the port-forward:
+# `request_latency_count` with API "predict" (the kubelet's probes carry an empty API,
+# infra/model/observability.py); prints a whole number (0 when none yet).
+shadow_predictions() {
+    curl -sS --max-time "$REQUEST_SECONDS" "http://127.0.0.1:$SHADOW_PORT/monitoring/prometheus/metrics" |
+        awk -v model="model_name=\"$MODEL\"" '
+            /^:tensorflow:serving:request_latency_count\{/ && /API="predict"/ && index($0, model) { sum += $NF }
+            END { printf "%d\n", sum }'
+}
+
+# Shadow traffic (docs/shadow.md): version $SECOND as the shadow of the stable $FIRST, every call
+# mirrored. Clients must only ever see the stable version (Envoy discards the mirror's answers)
+# while the shadow's pods serve the mirrored predictions. Then the shadow goes (the Flagger stack,
+# which serves the same environment, refuses one).
+shadow_takes_mirrored_calls_only() {
+    local deadline=$((SECONDS + WAIT_SECONDS)) sent=0 served=0 got code
+    run shadow helper shadow "$MODEL" --env "$ENVIRONMENT" --version "$SECOND" --percent 100 || return 1
+    commit "$MODEL version $SECOND as the shadow in $ENVIRONMENT" || return 1
+    pulumi_up "$STACK" || return 1
+    port_forward shadow models "service/$MODEL-shadow" "$SHADOW_PORT:8501" || return 1
+    while ((SECONDS < deadline)); do
+        got="$(serving_version)" || got=""
+        code="$(predict)" || code=""
+        sent=$((sent + 1))
+        if [[ "$got" != "$FIRST" || "$code" != 200 ]]; then
+            log "call $sent: version '${got}', predict '${code}'; clients must see only the stable version $FIRST"
+            return 1
+        fi
+        served="$(shadow_predictions)" || served=0
+        ((${served:-0} > 0)) && break
+        sleep 1
+    done
+    if ((${served:-0} == 0)); then
+        log "the shadow (version $SECOND) served no mirrored prediction within ${WAIT_SECONDS} s ($sent calls sent)"
+        return 1
+    fi
+    log "shadow version $SECOND served $served mirrored predictions; $sent client calls all saw version $FIRST"
+    run shadow helper shadow "$MODEL" --env "$ENVIRONMENT" --remove || return 1
+    commit "no shadow of $MODEL in $ENVIRONMENT" || return 1
+    pulumi_up "$STACK" || return 1
+    expect_serving "$FIRST"
+}
+
 # Two models from one serving pool (stack kind-pools, docs/pools.md): both answer through their
 # own routes, which lead to the pool's Service. Then iris is bumped: the pool's ConfigMap is
 # replaced and its one Deployment rolls (maxUnavailable 0), so the co-tenant's pods restart too.
@@ -614,6 +660,7 @@ main() {
     expect_serving "$FIRST" || die "version $FIRST through the Gateway"
     bump_under_traffic || die "the version bump under traffic"
     rollback || die "the rollback"
+    shadow_takes_mirrored_calls_only || die "the shadow's mirrored calls"
     pool_serves_two_models_and_bumps_one || die "two models from one serving pool, one bumped under traffic"
     flagger_rolls_back_a_failing_version || die "Flagger's rollback of a failing version"
     flagger_rolls_back_a_grpc_only_failure || die "Flagger's rollback of a release broken on gRPC only"

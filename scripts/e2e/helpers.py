@@ -5,6 +5,9 @@
   serve MODEL --env E --version N    serve version N as stable in environment E (the manifest edit a
                                      reviewed pull request would make; no promotion gate: the e2e
                                      chooses which version serves)
+  shadow MODEL --env E (--version N [--percent P] | --remove)
+                                     version N as the shadow of environment E, P% mirrored (or no
+                                     shadow there any more): the manifest edit of docs/shadow.md
   break-model SRC DST --signature S  a copy of SavedModel SRC whose signature S fails every call
   await-flagger --stack S --model M --expect promoted|failed --timeout SECONDS
                                      Flagger's verdict on M (scripts/modelctl/rollout.py)
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from infra.spec.manifest import LABEL_STABLE
 from infra.spec.settings import load_stack_settings
+from infra.spec.shadow import LABEL_SHADOW
 
 # The sentence a failing prediction of the broken version carries, for the e2e's logs.
 BROKEN_MESSAGE = "e2e: this version loads but fails every prediction on purpose"
@@ -45,6 +49,17 @@ def serve(root: Path, model: str, environment: str, version: int) -> str:
 
     manifest_edit.edit(root, model, lambda d: manifest_edit.set_label(d, environment, LABEL_STABLE, version))
     return f"{model}: version {version} is stable in {environment}"
+
+
+def shadow(root: Path, model: str, environment: str, version: int | None, percent: int) -> str:
+    """`environments.<environment>.shadow = {version, percent}`, or no shadow with `version` None."""
+    from scripts.modelctl import manifest_edit
+
+    if version is None:
+        manifest_edit.edit(root, model, lambda d: manifest_edit.drop_label(d, environment, LABEL_SHADOW))
+        return f"{model}: no shadow in {environment}"
+    manifest_edit.edit(root, model, lambda d: manifest_edit.set_shadow(d, environment, version, percent))
+    return f"{model}: version {version} is the shadow in {environment} ({percent}% mirrored)"
 
 
 def break_model(source: Path, target: Path, signature_name: str) -> str:
@@ -121,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("model")
     serving.add_argument("--env", required=True)
     serving.add_argument("--version", type=int, required=True)
+    shadowing = commands.add_parser("shadow")
+    shadowing.add_argument("model")
+    shadowing.add_argument("--env", required=True)
+    which = shadowing.add_mutually_exclusive_group(required=True)
+    which.add_argument("--version", type=int)
+    which.add_argument("--remove", action="store_true")
+    shadowing.add_argument("--percent", type=int, default=100)
     broken = commands.add_parser("break-model")
     broken.add_argument("source", type=Path)
     broken.add_argument("target", type=Path)
@@ -140,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(create_bucket(args.root, args.stack))
     elif args.command == "serve":
         print(serve(args.root, args.model, args.env, args.version))
+    elif args.command == "shadow":
+        print(shadow(args.root, args.model, args.env, args.version, args.percent))
     elif args.command == "break-model":
         print(break_model(args.source, args.target, args.signature))
     else:

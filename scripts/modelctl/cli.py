@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -355,7 +356,17 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from scripts.modelctl.promote import promote
 
-    comparison = promote(args.root, args.model, args.env, args.version, args.canary, weight=args.weight)
+    comparison = promote(
+        args.root,
+        args.model,
+        args.env,
+        args.version,
+        args.canary,
+        weight=args.weight,
+        require_shadow=args.require_shadow,
+        prometheus=args.prometheus,
+        report=print,
+    )
     label = "canary" if args.canary else "stable"
     print(comparison.describe())
     print(f"promoted {args.model} version {comparison.candidate} to {label} in {args.env} (models/{args.model}.yaml)")
@@ -532,6 +543,13 @@ def _seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text}: seconds are a finite number, 0 or more")
     return value
+
+
+def _http_url(text: str) -> str:
+    """An argparse type: an http(s) URL (a Prometheus address)."""
+    if not re.fullmatch(r"https?://[^\s]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
 
 
 def _percent(text: str) -> int:
@@ -717,13 +735,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retrain.set_defaults(func=cmd_retrain)
 
-    promote = commands.add_parser("promote", help="serve a version if it beats the champion")
+    promote = commands.add_parser(
+        "promote",
+        help="serve a version if it beats the champion",
+        description=(
+            "Serve a version in an environment (an edit of models/<model>.yaml) if it beats the stable\n"
+            "version on the promotion rule's metric. With --require-shadow, the version is the\n"
+            "environment's shadow, and its shadow verdict (minutes served, mirrored calls, error ratio\n"
+            "and p95 latency against the stable's, thresholds in environments.<env>.shadow.verdict)\n"
+            "must hold in every stack serving the environment, read from Prometheus."
+        ),
+        epilog=(
+            "exit codes:\n"
+            "  0  promoted (the manifest changed)\n"
+            "  1  refused (the gate or the shadow verdict), Prometheus unreachable, or bad input\n"
+            "\n"
+            "example:\n"
+            "  modelctl promote iris --env dev --require-shadow --prometheus http://localhost:9090"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     promote.add_argument("model")
     promote.add_argument("--env", required=True, help="environment (a stack's `environment`)")
     promote.add_argument("--version", type=_version, help="default: the newest published")
     promote.add_argument("--canary", action="store_true", help="serve it as the canary instead of stable")
     promote.add_argument(
         "--weight", type=_percent, default=10, help="with --canary: its share of the traffic, %% (default 10)"
+    )
+    promote.add_argument(
+        "--require-shadow",
+        action="store_true",
+        help="promote the environment's shadow version only if its shadow verdict holds too, read from "
+        "Prometheus (docs/shadow.md)",
+    )
+    promote.add_argument(
+        "--prometheus",
+        metavar="URL",
+        type=_http_url,
+        help="with --require-shadow: the Prometheus to ask (default: the stack's monitoring.prometheusAddress)",
     )
     promote.set_defaults(func=cmd_promote)
 

@@ -102,6 +102,11 @@ def set_canary(document: CommentedMap, environment: str, version: int, weight: i
     document["environments"][environment]["canary"] = _flow_map({"version": version, "weight": weight})
 
 
+def set_shadow(document: CommentedMap, environment: str, version: int, percent: int) -> None:
+    """`environments.<environment>.shadow = {version, percent}` (flow style, one line; docs/shadow.md)."""
+    document["environments"][environment]["shadow"] = _flow_map({"version": version, "percent": percent})
+
+
 def drop_label(document: CommentedMap, environment: str, label: str) -> None:
     served = document.get("environments", {}).get(environment)
     if served is not None and label in served:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ from infra.spec.errors import ConfigError
 from infra.spec.manifest import DEFAULT_CANARY_WEIGHT, LABEL_CANARY, LABEL_STABLE, MODELS_DIR, Goal, ModelManifest
 from infra.spec.project import validate_project
 from infra.spec.settings import StackSettings
+from infra.spec.shadow import LABEL_SHADOW, Shadow
 from infra.spec.validators import version_problem
 from infra.spec.yamlio import parse_yaml
 from scripts.modelctl import manifest_edit, sinks
+from scripts.modelctl.shadow_verdict import ShadowVerdictError, Verdict, read_verdict
 
 # Metric differences below this are float noise (0.972 - 0.967 is not exactly 0.005).
 EPSILON = 1e-9
@@ -116,6 +119,31 @@ def compare(manifest: ModelManifest, environment: str, candidate: int) -> Compar
     )
 
 
+def require_shadow_verdict(
+    model: str, shadow: Shadow, stacks: list[StackSettings], prometheus: str | None = None
+) -> list[Verdict]:
+    """The shadow verdict of every stack serving the environment, read from its Prometheus
+    (`prometheus`, else the stack's monitoring.prometheusAddress, else progressiveDelivery's);
+    a PromotionError unless it holds in every one."""
+    verdicts = []
+    for stack in stacks:
+        delivery = stack.progressive_delivery
+        address = prometheus or stack.monitoring.prometheus_address or (delivery and delivery.prometheus_address)
+        if not address:
+            raise PromotionError(
+                f"stack {stack.stack} names no Prometheus to read the shadow verdict from "
+                "(monitoring.prometheusAddress); pass --prometheus URL"
+            )
+        try:
+            verdict = read_verdict(address, stack.namespace, model, shadow, f"stack {stack.stack}")
+        except ShadowVerdictError as exc:
+            raise PromotionError(f"{model}: no shadow verdict in stack {stack.stack}: {exc}") from None
+        if not verdict.holds:
+            raise PromotionError(f"{model}: {verdict.describe()}")
+        verdicts.append(verdict)
+    return verdicts
+
+
 def promote(
     root: Path,
     model: str,
@@ -125,18 +153,38 @@ def promote(
     client: Any = None,
     weight: int = DEFAULT_CANARY_WEIGHT,
     gate: Comparison | None = None,
+    require_shadow: bool = False,
+    prometheus: str | None = None,
+    report: Callable[[str], None] = lambda line: None,
 ) -> Comparison:
     """Gate `version` (default: the newest published) against the stable version of `environment`;
     on success serve it there as stable (or canary).
 
     `gate`: a comparison measured elsewhere, used instead of the manifest's recorded metrics;
     `modelctl retrain` passes the one it measured on the frozen evaluation set, champion included
-    (a recorded metric may come from other data, so it is not evidence)."""
+    (a recorded metric may come from other data, so it is not evidence).
+
+    `require_shadow`: the candidate is the environment's shadow version (default), and besides the
+    offline gate its shadow verdict must hold in every stack serving the environment
+    (docs/shadow.md); `prometheus` overrides the stacks' address, `report` gets each verdict."""
     manifest = manifest_edit.load(root, model)
     if not manifest.versions:
         raise PromotionError(f"{model} has no published version yet: `modelctl publish` one first")
-    candidate = version if version is not None else max(manifest.versions)
     served = manifest.environments.get(environment)
+    shadow = served.shadow if served is not None else None
+    if require_shadow:
+        if shadow is None:
+            raise PromotionError(
+                f"{model} has no shadow in {environment}, so no shadow verdict: declare "
+                f"environments.{environment}.shadow and let it serve mirrored calls first"
+            )
+        if version is not None and version != shadow.version:
+            raise PromotionError(
+                f"{model} version {version} is not the shadow in {environment} (the shadow serves "
+                f"{shadow.version}); the verdict is about the shadow's version only"
+            )
+        version = shadow.version
+    candidate = version if version is not None else max(manifest.versions)
     if served is not None and served.stable == candidate:
         raise PromotionError(f"{model} version {candidate} is already stable in {environment}")
     if canary and served is None:
@@ -157,6 +205,10 @@ def promote(
         raise PromotionError(
             f"{model}: the challenger does not beat the champion in {environment}\n{comparison.describe()}"
         )
+    if require_shadow:
+        assert shadow is not None  # checked above
+        for verdict in require_shadow_verdict(model, shadow, stacks, prometheus):
+            report(verdict.describe())
 
     def change(document):
         if canary:
@@ -166,6 +218,9 @@ def promote(
             # Promoting the canary ends it: its workload goes, the stable one serves it.
             if served is not None and served.canary is not None:
                 manifest_edit.drop_label(document, environment, LABEL_CANARY)
+        # A shadow of the promoted version has done its job: its workload goes.
+        if shadow is not None and shadow.version == candidate:
+            manifest_edit.drop_label(document, environment, LABEL_SHADOW)
 
     manifest_edit.edit(root, model, change)
     return comparison
