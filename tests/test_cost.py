@@ -144,6 +144,32 @@ def test_a_pool_is_priced_whole_and_each_member_gets_its_share():
     )
 
 
+def test_every_track_of_a_model_is_counted_and_its_cost_is_the_models():
+    """A model's canary (and shadow) is a workload of its own: the plan counts each with the
+    autoscaler that scales it, and the model's cost is the sum of its workloads."""
+    from infra.offline import run_stack
+    from scripts.modelctl.plan import capacity
+
+    dev = capacity(run_stack(ROOT, "dev"))  # iris and taxi-fare each run a canary in dev
+    assert {"iris", "iris-canary", "taxi-fare", "taxi-fare-canary"} <= set(dev)
+    assert dev["iris-canary"].model == "iris" and dev["iris"].model is None
+    assert (dev["iris-canary"].min_replicas, dev["iris-canary"].max_replicas) == (1, 4)
+    settings = load_stack_settings(ROOT, "prod")  # priced; the same workloads priced there
+    stack = cost.stack_cost("prod", {k: dev[k] for k in ("iris", "iris-canary")}, settings)
+    assert stack.per_model()["iris"] == pytest.approx(
+        [
+            a + b
+            for a, b in zip(
+                cost.monthly(dev["iris"], settings), cost.monthly(dev["iris-canary"], settings), strict=True
+            )
+        ]
+    )
+    document = cost.as_json(stack, stack)
+    assert {"name": "iris-canary", "kind": "model", "model": "iris"}.items() <= next(
+        c for c in document["components"] if c["name"] == "iris-canary"
+    ).items()
+
+
 def test_without_prices_the_stack_has_capacity_only():
     stack = cost.stack_cost("dev", {"iris": Capacity(1, 2, 0.25, GIB)}, load_stack_settings(ROOT, "dev"))
     assert stack.total() is None and stack.rows()[("model", "iris")].cpu == (0.25, 0.5)

@@ -119,6 +119,17 @@ def test_a_pooled_models_shadow_runs_beside_the_pool(shadow_runs):
     assert '"shadow"' not in pool_config
 
 
+def test_the_plan_counts_the_shadows_pods_as_the_models(shadow_runs):
+    """The shadow's workload is counted with its own autoscaler, and belongs to the model's cost
+    (docs/cost.md): dedicated (dev) and beside a pool (local)."""
+    from scripts.modelctl.plan import capacity
+
+    for stack in ("dev", "local"):
+        counted = capacity(shadow_runs[stack])
+        assert counted["iris-shadow"].model == "iris", stack
+        assert counted["iris-shadow"].min_replicas >= 1 and counted["iris-shadow"].cpu > 0
+
+
 def test_the_shadow_is_scraped_and_kept_out_of_the_models_slo_alerts(shadow_runs):
     run = shadow_runs["dev"]
     monitor = of_type(run, SERVICE_MONITOR)["iris-monitor"]["spec"]

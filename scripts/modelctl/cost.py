@@ -111,6 +111,7 @@ class Estimate:
     gpu: Span
     monthly: Span | None
     pool: str | None = None  # a member's pool
+    model: str | None = None  # the model a canary's or a shadow's workload serves (plan.Capacity.model)
 
 
 @dataclass(frozen=True)
@@ -132,12 +133,13 @@ class StackCost:
         return (sum(m[0] for m in components), sum(m[1] for m in components))
 
     def per_model(self) -> dict[str, Span]:
-        """Each model's monthly cost: its own workload plus its share of a pool."""
+        """Each model's monthly cost: its own workloads (stable, canary, shadow) plus its share of a pool."""
         costs: dict[str, Span] = {}
         for estimate in self.estimates:
             if estimate.kind in (Kind.model, Kind.member) and estimate.monthly is not None:
-                low, high = costs.get(estimate.name, (0.0, 0.0))
-                costs[estimate.name] = (low + estimate.monthly[0], high + estimate.monthly[1])
+                model = estimate.model or estimate.name
+                low, high = costs.get(model, (0.0, 0.0))
+                costs[model] = (low + estimate.monthly[0], high + estimate.monthly[1])
         return costs
 
     def rows(self) -> dict[tuple[str, str], Estimate]:
@@ -163,7 +165,9 @@ def stack_cost(stack: str, capacities: Mapping[str, Capacity], settings: StackSe
             except ValueError as error:
                 notes.append(f"{name}: not priced: {error}")
         kind = Kind.platform if name == PLATFORM else Kind.pool if capacity.members else Kind.model
-        estimates.append(Estimate(name, kind, totals["cpu"], totals["memory"], totals["gpu"], cost))
+        estimates.append(
+            Estimate(name, kind, totals["cpu"], totals["memory"], totals["gpu"], cost, model=capacity.model)
+        )
         if not capacity.members:
             continue
         try:
@@ -356,6 +360,7 @@ def as_json(before: StackCost, after: StackCost) -> dict[str, Any]:
     document["components"] = [
         {"name": name, "kind": kind}
         | ({"pool": pool} if (pool := (new_rows.get((kind, name)) or old_rows[(kind, name)]).pool) else {})
+        | ({"model": model} if (model := (new_rows.get((kind, name)) or old_rows[(kind, name)]).model) else {})
         | {"before": _estimate_json(old_rows.get((kind, name))), "after": _estimate_json(new_rows.get((kind, name)))}
         for kind, name in sorted(set(old_rows) | set(new_rows), key=lambda k: (k[1], k[0]))
     ]

@@ -18,9 +18,10 @@ from kubernetes.utils.quantity import parse_quantity
 
 from infra.model.component import MODEL_TYPE
 from infra.model.pool_component import POOL_TYPE
+from infra.model.workload import INSTANCE_LABEL
 from infra.offline import DeclaredResource, OfflineRun
 from infra.platform.component import PLATFORM_TYPE
-from policy.engines import SCALED_OBJECT, Resource
+from policy.engines import HPA, SCALED_OBJECT, Resource
 from policy.keda import replica_bounds
 
 PLATFORM = "platform"
@@ -435,6 +436,8 @@ class Capacity:
     gpu: float = 0.0  # GPUs requested per pod
     members: tuple[tuple[str, int], ...] = ()  # a pool's (model, member memory bytes), by name
     kind: ComponentKind = ComponentKind.model  # whose workload: a model's, or a pool's (its members')
+    # The model a workload serves when its name is not the model's: a canary's or a shadow's.
+    model: str | None = None
 
     def totals(self) -> dict[str, tuple[float, float]]:
         return {
@@ -464,39 +467,62 @@ def _request(requests: list[dict], resource: str, limits: list[dict]) -> float:
 
 
 def capacity(run: OfflineRun) -> dict[str, Capacity]:
-    """Per model or pool (by name): autoscaler bounds (HPA, or KEDA ScaledObject) x the Deployment's
-    container requests (init containers excluded: they finish before the pod serves)."""
+    """Per workload (by name): autoscaler bounds (HPA, or KEDA ScaledObject) x the Deployment's
+    container requests (init containers excluded: they finish before the pod serves).
+
+    A model's workloads are its tracks, each its own Deployment and autoscaler: `iris` (stable),
+    `iris-canary`, `iris-shadow` (their instance label, infra/model/workload.py), each counted with
+    the autoscaler that scales it (its scaleTargetRef names the Deployment), and `model` names the
+    model the others belong to. A pool's workload is its shard's; the platform's by its owner."""
     owners = components(run)
-    deployments: dict[str, dict] = {}
-    scalers: dict[str, dict] = {}
-    kinds: dict[str, ComponentKind] = {}
+    deployments: dict[str, tuple[Component, DeclaredResource]] = {}
+    scalers: dict[str, dict] = {}  # by owner, the last one (the platform's)
+    scaling: dict[tuple[str, str], dict] = {}  # by (namespace, the Deployment it scales)
     for resource in run.kubernetes_objects():
         owner = owners.get(resource.urn, STACK_ITSELF)
-        kinds[owner.name] = owner.kind
         if resource.type == DEPLOYMENT:
-            deployments[owner.name] = resource.inputs
-        elif resource.type == "kubernetes:autoscaling/v2:HorizontalPodAutoscaler":
-            scalers[owner.name] = resource.inputs
+            instance = ((resource.inputs.get("metadata") or {}).get("labels") or {}).get(INSTANCE_LABEL)
+            workload = instance if owner.kind is ComponentKind.model and instance else owner.name
+            deployments[workload] = (owner, resource)
+            continue
+        if resource.type == HPA:
+            spec = resource.inputs.get("spec") or {}
         elif resource.type == SCALED_OBJECT:  # metric requests: KEDA's bounds, with its defaults
             low, high = replica_bounds(Resource(resource.type, resource.name, resource.inputs))
-            scalers[owner.name] = {"spec": {"minReplicas": low, "maxReplicas": high}}
+            target_ref = (resource.inputs.get("spec") or {}).get("scaleTargetRef")
+            spec = {"minReplicas": low, "maxReplicas": high, "scaleTargetRef": target_ref}
+        else:
+            continue
+        scalers[owner.name] = spec
+        target = (spec.get("scaleTargetRef") or {}).get("name")
+        if isinstance(target, str):
+            scaling[(_namespace(resource), target)] = spec
     result = {}
-    for model, deployment in deployments.items():
+    for workload, (owner, resource) in deployments.items():
+        deployment = resource.inputs
         containers = deployment["spec"]["template"]["spec"]["containers"]
         requests = [c.get("resources", {}).get("requests", {}) for c in containers]
         limits = [c.get("resources", {}).get("limits", {}) for c in containers]
         cpu = float(sum(parse_quantity(r.get("cpu", 0)) for r in requests))
         memory = float(sum(parse_quantity(r.get("memory", 0)) for r in requests))
         gpu = _request(requests, GPU_RESOURCE, limits)
-        scaler = scalers.get(model, {}).get("spec", {})
+        name = (resource.state.get("metadata") or {}).get("name")
+        scaler = scaling.get((_namespace(resource), name)) if isinstance(name, str) else None
+        if scaler is None:
+            scaler = scalers.get(owner.name, {}) if workload == owner.name else {}
         replicas = deployment["spec"].get("replicas", 1)
-        result[model] = Capacity(
+        result[workload] = Capacity(
             scaler.get("minReplicas", replicas),
             scaler.get("maxReplicas", replicas),
             cpu,
             memory,
             gpu,
             _members(deployment),
-            kinds[model],
+            owner.kind,
+            owner.name if owner.kind is ComponentKind.model and workload != owner.name else None,
         )
     return result
+
+
+def _namespace(resource: DeclaredResource) -> str:
+    return str((resource.state.get("metadata") or {}).get("namespace") or "")
