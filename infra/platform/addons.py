@@ -63,7 +63,7 @@ FLAGGER = Chart(
 # webhook that refuses a second autoscaler on a workload (kedacore/keda@v2.20.2
 # apis/keda/v1alpha1/scaledobject_webhook.go:308, :391). Repository as in KEDA's install docs
 # (`helm repo add kedacore https://kedacore.github.io/charts`). The chart's default values install
-# the CRDs (`crds.install`; kedacore/charts was not read offline, so that is not verified here).
+# the CRDs (kedacore/charts keda/values.yaml:L53-55, `crds.install: true`, at 1444d00).
 KEDA = Chart("keda", "keda", PINS["keda"].version, "https://kedacore.github.io/charts", "keda", {})
 
 # kubernetes/autoscaler@cluster-autoscaler-chart-9.59.0: chart `cluster-autoscaler` 9.59.0

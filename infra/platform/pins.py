@@ -58,10 +58,11 @@ NVIDIA_DEVICE_PLUGIN = Pin(
     "NVIDIA/k8s-device-plugin@v0.17.4 deployments/helm/nvidia-device-plugin/Chart.yaml:L2, L5",
 )
 
-# KEDA's chart (kedacore/charts, `keda`) is released with the same version as KEDA itself; the
-# ScaledObject schema vendored is kedacore/keda@v2.20.2 config/crd/bases/keda.sh_scaledobjects.yaml, and
-# the code cites that tag (the chart's appVersion is not verified offline: kedacore/charts not read).
-KEDA = Pin("keda", "2.20.2", "keda-v2.20.2", "kedacore/charts keda 2.20.2 (appVersion not verified offline)")
+# KEDA's chart (kedacore/charts, `keda`) is released with the same version as KEDA itself:
+# kedacore/charts keda/Chart.yaml:L11 `version: 2.20.2`, :L15 `appVersion: 2.20.2` (commit cbb9bb8
+# "prepare v2.20.2 release", read at 1444d00). The ScaledObject schema vendored is
+# kedacore/keda@v2.20.2 config/crd/bases/keda.sh_scaledobjects.yaml, and the code cites that tag.
+KEDA = Pin("keda", "2.20.2", "keda-v2.20.2", "kedacore/charts keda/Chart.yaml:L11, L15 (2.20.2, appVersion 2.20.2)")
 
 PINS: dict[str, Pin] = {
     pin.chart: pin
