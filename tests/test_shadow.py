@@ -261,6 +261,28 @@ def test_a_model_named_like_a_shadow_service_is_refused(project):
     assert any("names ending in '-shadow' are taken" in e for e in errors_of(project))
 
 
+def test_status_and_the_catalog_show_the_shadow(shadow_project, capsys, tmp_path):
+    """Which version shadows which environment, and how much of its traffic is copied to it."""
+    import json
+
+    from scripts.modelctl.cli import main
+
+    assert main(["--root", str(shadow_project), "status", "--format", "json"]) == 0
+    iris = next(m for m in json.loads(capsys.readouterr().out)["models"] if m["name"] == "iris")
+    shadows = {env["environment"]: env["shadow"] for env in iris["environments"]}
+    assert shadows["dev"] == {"version": 1, "percent": 25} and shadows["local"] == {"version": 1, "percent": 10}
+    assert shadows["prod"] is None
+    assert main(["--root", str(shadow_project), "status", "--stack", "dev"]) == 0
+    text = capsys.readouterr().out
+    assert "shadow (mirrored)" in text and "1 (25%)" in text
+    out = tmp_path / "catalog"
+    assert main(["--root", str(shadow_project), "catalog", "--out", str(out)]) == 0
+    capsys.readouterr()
+    page = (out / "models" / "iris.html").read_text()
+    assert '<th scope="col">Shadow</th>' in page and "<td>1 (25% mirrored)</td>" in page
+    assert "dev: v3 + canary v2 (10%) + shadow v1 (25% mirrored)" in (out / "index.html").read_text()
+
+
 def test_status_live_does_not_expect_the_shadow_through_the_route():
     from scripts.modelctl.shelf import compare_loaded
 

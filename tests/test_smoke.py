@@ -361,7 +361,7 @@ def test_status_without_live_shows_owner_versions_metrics_and_environments(capsy
     document = json.loads(capsys.readouterr().out)
     iris = next(m for m in document["models"] if m["name"] == "iris")
     assert iris["environments"] == [
-        {"environment": "prod", "stacks": ["prod"], "stable": 2, "canary": None, "weight": None}
+        {"environment": "prod", "stacks": ["prod"], "stable": 2, "canary": None, "weight": None, "shadow": None}
     ]
     assert iris["versions"][0]["metrics"] == {"accuracy": 0.833}
 

@@ -147,6 +147,8 @@ def _serves(model: ShelfModel) -> str:
         text = f"{env.environment}: v{env.stable}"
         if env.canary is not None:
             text += f" + canary v{env.canary} ({env.canary_weight}%)"
+        if env.shadow is not None:
+            text += f" + shadow v{env.shadow} ({env.shadow_percent}% mirrored)"
         parts.append(f"<li>{e(text)}</li>")
     return f'<ul class="plain">{"".join(parts)}</ul>' if parts else "not served"
 
@@ -299,14 +301,15 @@ def model_page(shelf: Shelf, model: ShelfModel, options: CatalogOptions, repo_ur
     env_rows = "".join(
         f'<tr><th scope="row">{e(env.environment)}</th><td>{e(", ".join(env.stacks) or "no stack")}</td>'
         f"<td>{env.stable}</td><td>{'–' if env.canary is None else env.canary}</td>"
-        f"<td>{'–' if env.canary_weight is None else f'{env.canary_weight}%'}</td></tr>"
+        f"<td>{'–' if env.canary_weight is None else f'{env.canary_weight}%'}</td>"
+        f"<td>{'–' if env.shadow is None else f'{env.shadow} ({env.shadow_percent}% mirrored)'}</td></tr>"
         for env in model.environments
     )
     serving = (
         '<div class="table-wrap" role="region" aria-label="Environments" tabindex="0"><table>'
         "<caption>Which version each environment serves</caption>"
         '<thead><tr><th scope="col">Environment</th><th scope="col">Stacks</th><th scope="col">Stable</th>'
-        '<th scope="col">Canary</th><th scope="col">Canary weight</th></tr></thead>'
+        '<th scope="col">Canary</th><th scope="col">Canary weight</th><th scope="col">Shadow</th></tr></thead>'
         f"<tbody>{env_rows}</tbody></table></div>"
         if model.environments
         else "<p>Served in no environment.</p>"

@@ -31,6 +31,9 @@ class EnvironmentState:
     stable: int
     canary: int | None = None
     canary_weight: int | None = None
+    # The version that takes a copy of `shadow_percent`% of the requests and answers no client.
+    shadow: int | None = None
+    shadow_percent: int | None = None
 
     def labels(self) -> dict[int, str]:
         """Version -> the TF-Serving label it is served under."""
@@ -100,7 +103,7 @@ def load_shelf(root: Path, stack: str | None = None, with_costs: bool = False) -
         for env, served in manifest.environments.items():
             if stack is not None and env not in stacks_of:
                 continue
-            canary = served.canary
+            canary, shadow = served.canary, served.shadow
             environments.append(
                 EnvironmentState(
                     env,
@@ -108,6 +111,8 @@ def load_shelf(root: Path, stack: str | None = None, with_costs: bool = False) -
                     served.stable,
                     canary.version if canary else None,
                     canary.weight if canary else None,
+                    shadow.version if shadow else None,
+                    shadow.percent if shadow else None,
                 )
             )
         if stack is None or environments:
@@ -240,7 +245,7 @@ def render_text(report: StatusReport) -> str:
             values = [f"{published.metrics[m]:g}" if m in published.metrics else "-" for m in metrics]
             versions.append([str(number), *values, published.digest.removeprefix("sha256:")[:12]])
         lines += _table(versions)
-        environments = [["environment", "stacks", "stable", "canary", "weight"]]
+        environments = [["environment", "stacks", "stable", "canary", "weight", "shadow (mirrored)"]]
         for env in model.environments:
             environments.append(
                 [
@@ -249,6 +254,7 @@ def render_text(report: StatusReport) -> str:
                     str(env.stable),
                     "-" if env.canary is None else str(env.canary),
                     "-" if env.canary_weight is None else f"{env.canary_weight}%",
+                    "-" if env.shadow is None else f"{env.shadow} ({env.shadow_percent}%)",
                 ]
             )
         lines += _table(environments) if len(environments) > 1 else ["  served in no environment"]
@@ -305,6 +311,7 @@ def render_json(report: StatusReport) -> dict[str, Any]:
                     "stable": env.stable,
                     "canary": env.canary,
                     "weight": env.canary_weight,
+                    "shadow": None if env.shadow is None else {"version": env.shadow, "percent": env.shadow_percent},
                 }
                 for env in model.environments
             ],
