@@ -373,6 +373,10 @@ LABEL_VALUE = rf"^({LABEL_NAME})?$"
 # ConfigMap data keys (IsConfigMapKey).
 CONFIG_MAP_KEY = r"^[-._a-zA-Z0-9]+$"
 EndpointUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/[^\s]*)?$")]
+# A Prometheus's address (KEDA's triggers, Flagger's analysis, the shadow verdict); `modelctl
+# promote --prometheus` takes the same.
+HTTP_URL_PATTERN = r"^https?://[^\s]+$"
+PrometheusAddress = Annotated[str, StringConstraints(pattern=HTTP_URL_PATTERN)]
 
 
 def cluster_internal_host(endpoint: str | None) -> str | None:
@@ -602,7 +606,7 @@ class MonitoringSettings(Settings):
         default_factory=dict,
         description="Labels Prometheus selects monitors and rules by (kube-prometheus-stack: `release`).",
     )
-    prometheus_address: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")] | None = Field(
+    prometheus_address: PrometheusAddress | None = Field(
         default=None,
         description="URL of the Prometheus that scrapes the models (through the ServiceMonitors), as KEDA's "
         "operator reaches it: what the triggers of `autoscaling.metric: requests` query.",
@@ -613,9 +617,7 @@ class ProgressiveDeliverySettings(Settings):
     """Metric-gated rollouts: Flagger shifts traffic and rolls back on the models' SLOs."""
 
     flagger: bool = Field(default=False, description="Declare a Flagger Canary per model (Gateway API provider).")
-    prometheus_address: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")] | None = Field(
-        default=None, description="Prometheus the analysis queries."
-    )
+    prometheus_address: PrometheusAddress | None = Field(default=None, description="Prometheus the analysis queries.")
     interval: Annotated[str, StringConstraints(pattern=r"^[1-9][0-9]*[smh]$")] = "1m"
     threshold: int = Field(default=5, ge=1, description="Failed checks before a rollback.")
     step_weight: int = Field(default=10, ge=1, le=50, description="Traffic added per step, %.")

@@ -547,7 +547,9 @@ def _seconds(text: str) -> float:
 
 def _http_url(text: str) -> str:
     """An argparse type: an http(s) URL (a Prometheus address)."""
-    if not re.fullmatch(r"https?://[^\s]+", text):
+    from infra.spec.settings import HTTP_URL_PATTERN
+
+    if not re.fullmatch(HTTP_URL_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
     return text
 

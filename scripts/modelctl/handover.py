@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from infra.offline import DeclaredResource
 from policy.engines import HPA, SCALED_OBJECT
-from policy.keda import HPA_OWNERSHIP_ANNOTATION
+from policy.keda import HPA_OWNERSHIP_ANNOTATION, target
+from scripts.modelctl.guardrails import as_policy_resource
 from scripts.modelctl.plan import Op, StackPlan
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -63,28 +63,21 @@ class Handover:
         )
 
 
-def _target(resource: DeclaredResource) -> tuple[str, str]:
-    """(namespace, Deployment name) an HPA or a ScaledObject scales."""
-    inputs: dict[str, Any] = resource.inputs
-    metadata = inputs.get("metadata") or {}
-    ref = (inputs.get("spec") or {}).get("scaleTargetRef") or {}
-    return str(metadata.get("namespace") or ""), str(ref.get("name") or "")
-
-
 def handovers(plan: StackPlan) -> list[Handover]:
     """Each ScaledObject created in `plan` whose workload an HPA scales before it (not exempted
     from the webhook) and that the plan deletes."""
-    deleted_hpas: dict[tuple[str, str], DeclaredResource] = {}
+    deleted_hpas: dict[tuple[str, str, str], DeclaredResource] = {}
     for step in plan.changes:
         if step.op is Op.delete and step.old is not None and step.old.type == HPA:
             annotations = (step.old.inputs.get("metadata") or {}).get("annotations") or {}
             if annotations.get(HPA_OWNERSHIP_ANNOTATION) != "false":
-                deleted_hpas[_target(step.old)] = step.old
+                deleted_hpas[target(as_policy_resource(step.old))] = step.old
     found = []
     for step in plan.changes:
         if step.op in (Op.create, Op.replace) and step.new is not None and step.new.type == SCALED_OBJECT:
-            namespace, workload = _target(step.new)
-            hpa = deleted_hpas.get((namespace, workload))
+            key = target(as_policy_resource(step.new))
+            hpa = deleted_hpas.get(key)
+            namespace, _, workload = key
             if hpa is not None:
                 labels = (hpa.inputs.get("metadata") or {}).get("labels") or {}
                 instance = str(labels.get(INSTANCE_LABEL) or workload)
