@@ -42,11 +42,12 @@ def declared(runs, stack: str) -> list[Resource]:
     return [as_policy_resource(r) for r in runs[stack].resources]
 
 
-def replaced(resources: list[Resource], type_: str, change, which: int = 0) -> list[Resource]:
-    """A copy of `resources` with the `which`-th resource of `type_` changed by `change(props)`."""
+def replaced(resources: list[Resource], type_: str, change, which: int = 0, named: str | None = None) -> list[Resource]:
+    """A copy of `resources` with the `which`-th resource of `type_` (named `named`, if given)
+    changed by `change(props)`."""
     out, seen = [], 0
     for resource in resources:
-        if resource.type == type_:
+        if resource.type == type_ and (named is None or resource.name == named):
             if seen == which:
                 props = copy.deepcopy(dict(resource.props))
                 change(props)
@@ -208,7 +209,7 @@ def test_flagger_refuses_a_target_without_one_of_its_selector_labels(runs):
     def no_selector_label(props):
         props["spec"]["selector"]["matchLabels"] = {"app.kubernetes.io/instance": "iris"}
 
-    broken = replaced(declared(runs, "prod"), DEPLOYMENT, no_selector_label)
+    broken = replaced(declared(runs, "prod"), DEPLOYMENT, no_selector_label, named="iris-deployment")
     ((resource, message),) = service_isolation(broken, stack_policy_settings(ROOT, "prod"))
     assert resource.kind == "Canary" and "must contain one of app, name, app.kubernetes.io/name" in message
 

@@ -36,7 +36,10 @@ def test_rendered_stacks_pass_every_mandatory_policy(runs, stack):
 
 def break_one(runs, stack: str, type_: str, change) -> list[Resource]:
     objects = resources(runs[stack])
-    index = next(i for i, r in enumerate(objects) if r.type == type_)
+    # A model's object (iris's), not whichever of the type registered first: the platform's own
+    # Deployments register in an order the event loop decides.
+    candidates = [i for i, r in enumerate(objects) if r.type == type_]
+    index = next((i for i in candidates if objects[i].name.startswith("iris")), candidates[0])
     props = copy.deepcopy(dict(objects[index].props))
     change(props)
     objects[index] = Resource(objects[index].type, objects[index].name, props)
